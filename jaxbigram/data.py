@@ -1,0 +1,296 @@
+"""Text in, integer ids out: where the corpus comes from, the character tokenizer, the split, and get_batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import UsageError
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+DATA_ENV = "JAXBIGRAM_DATA"
+_MAX_CODEPOINT = 0x110000
+_CACHE_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+class UnknownCharacters(ValueError):
+    """Raised by Tokenizer.encode; ``chars`` lists the characters outside the vocabulary."""
+
+    def __init__(self, chars: list[str]):
+        self.chars = chars
+        super().__init__("characters outside the vocabulary: " + ", ".join(repr(c) for c in chars))
+
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def ids_dtype(vocab_size: int):
+    """The smallest unsigned integer type that holds every id."""
+    return np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Character-level tokenizer: id i is the i-th character of the sorted vocabulary."""
+
+    chars: str
+
+    @classmethod
+    def from_text(cls, text: str) -> "Tokenizer":
+        present = np.flatnonzero(np.bincount(_codepoints(text), minlength=_MAX_CODEPOINT))
+        return cls(present.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def _sorted_codepoints(self) -> np.ndarray:
+        return _codepoints(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """String → ids (vectorised). Raises UnknownCharacters listing any character not in the vocabulary."""
+        cps = _codepoints(text)
+        vocab = self._sorted_codepoints
+        pos = np.minimum(np.searchsorted(vocab, cps), len(vocab) - 1)
+        unknown = vocab[pos] != cps
+        if unknown.any():
+            missing = np.unique(cps[unknown]).astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+            raise UnknownCharacters(list(missing))
+        return pos.astype(ids_dtype(self.vocab_size))
+
+    def decode(self, ids) -> str:
+        """Ids → string (vectorised)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        return self._sorted_codepoints[ids].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+
+    def to_json(self) -> str:
+        return json.dumps({"chars": self.chars}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Tokenizer":
+        return cls(json.loads(text)["chars"])
+
+
+def encode_corpus(text: str) -> tuple[Tokenizer, np.ndarray]:
+    """Build the vocabulary and encode the whole text in one vectorised pass (no per-character Python loop)."""
+    cps = _codepoints(text)
+    present = np.flatnonzero(np.bincount(cps, minlength=_MAX_CODEPOINT))
+    dtype = ids_dtype(len(present))
+    lookup = np.zeros(_MAX_CODEPOINT, dtype=dtype)
+    lookup[present] = np.arange(len(present), dtype=dtype)
+    tokenizer = Tokenizer(present.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
+    return tokenizer, lookup[cps]
+
+
+# ----------------------------------------------------------------------------- where the text comes from
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jaxbigram`` (default ``~/.cache/jaxbigram``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxbigram"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download_tinyshakespeare(dest: Path, url: str = TINYSHAKESPEARE_URL, timeout: float = 30.0) -> Path:
+    """Fetch tinyshakespeare into ``dest``, verifying its sha256."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            payload = response.read()
+    except Exception as e:  # offline, DNS, HTTP errors: all mean "could not download"
+        raise UsageError("download_failed", url=url, reason=str(e) or type(e).__name__) from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != TINYSHAKESPEARE_SHA256:
+        raise UsageError("download_checksum", got=digest, want=TINYSHAKESPEARE_SHA256)
+    _atomic_write(dest, lambda f: f.write(payload))
+    return dest
+
+
+def resolve_data_path(path: str | None = None) -> Path:
+    """``path`` if given, else ``$JAXBIGRAM_DATA``, else tinyshakespeare in the cache (downloaded on first use)."""
+    chosen = path or os.environ.get(DATA_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    cached = cache_dir() / "tinyshakespeare" / "input.txt"
+    if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
+        return cached
+    return download_tinyshakespeare(cached)
+
+
+def read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise UsageError("data_missing", path=path)
+    if path.is_dir():
+        raise UsageError("data_is_dir", path=path)
+    try:
+        payload = path.read_bytes()
+    except OSError as e:
+        raise UsageError("data_unreadable", path=path, reason=e.strerror or str(e)) from None
+    if not payload:
+        raise UsageError("data_empty", path=path)
+    return payload
+
+
+def decode_utf8(payload: bytes, path: Path) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError("data_not_utf8", path=path, offset=e.start) from None
+
+
+# ----------------------------------------------------------------------------- the corpus, cached as .npy
+
+@dataclass(frozen=True)
+class Corpus:
+    """The encoded text: ``ids`` (numpy, possibly memory-mapped), its tokenizer and provenance."""
+
+    ids: np.ndarray
+    tokenizer: Tokenizer
+    path: str
+    sha256: str
+
+
+def _cache_paths(source: Path, sha256: str) -> list[tuple[Path, Path]]:
+    """Candidate (ids.npy, vocab.json) locations: beside the source, then the user cache."""
+    stem = f"{source.name}.jaxbigram-{sha256[:16]}"
+    beside = (source.parent / f"{stem}.ids.npy", source.parent / f"{stem}.vocab.json")
+    cached = (cache_dir() / "ids" / f"{sha256}.ids.npy", cache_dir() / "ids" / f"{sha256}.vocab.json")
+    return [beside, cached]
+
+
+def _read_cache(ids_path: Path, vocab_path: Path) -> tuple[Tokenizer, np.ndarray] | None:
+    try:
+        meta = json.loads(vocab_path.read_text(encoding="utf-8"))
+        if meta.get("format") != _CACHE_FORMAT:
+            return None
+        tokenizer = Tokenizer(meta["chars"])
+        ids = np.load(ids_path, mmap_mode="r")
+        if ids.dtype != ids_dtype(tokenizer.vocab_size) or ids.ndim != 1 or len(ids) != meta["length"]:
+            return None
+        return tokenizer, ids
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cache(ids_path: Path, vocab_path: Path, tokenizer: Tokenizer, ids: np.ndarray) -> bool:
+    try:
+        _atomic_write(ids_path, lambda f: np.save(f, ids))
+        meta = {"format": _CACHE_FORMAT, "chars": tokenizer.chars, "length": int(len(ids))}
+        _atomic_write(vocab_path, lambda f: f.write(json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+        return True
+    except OSError:
+        return False
+
+
+def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
+    """Read and encode a UTF-8 text file; encoded ids are cached keyed by the text's sha256."""
+    path = Path(path)
+    payload = read_bytes(path)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    candidates = _cache_paths(path, sha256) if use_cache else []
+    for ids_path, vocab_path in candidates:
+        hit = _read_cache(ids_path, vocab_path)
+        if hit is not None:
+            return Corpus(ids=hit[1], tokenizer=hit[0], path=str(path), sha256=sha256)
+    tokenizer, ids = encode_corpus(decode_utf8(payload, path))
+    for ids_path, vocab_path in candidates:
+        if _write_cache(ids_path, vocab_path, tokenizer, ids):
+            break
+    return Corpus(ids=ids, tokenizer=tokenizer, path=str(path), sha256=sha256)
+
+
+def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """First (1 - val_fraction) of the ids for training, the rest for validation (the lecture's 90/10)."""
+    n = int((1.0 - val_fraction) * len(ids))
+    return ids[:n], ids[n:]
+
+
+def check_sizes(corpus: Corpus, train_ids, val_ids, block_size: int) -> None:
+    """Refuse corpora too short for ``block_size`` windows, with a message saying what to change."""
+    need = block_size + 2
+    if len(corpus.ids) < need:
+        raise UsageError("data_too_short", path=corpus.path, n=len(corpus.ids), need=need)
+    if len(train_ids) < need:
+        raise UsageError("train_too_short", n=len(train_ids), need=need)
+    if len(val_ids) < need:
+        raise UsageError("val_too_short", n=len(val_ids), need=need)
+
+
+# ----------------------------------------------------------------------------- batches (pure)
+
+def get_batch(key: jax.Array, data: jax.Array, batch_size: int, block_size: int) -> tuple[jax.Array, jax.Array]:
+    """``batch_size`` random windows of ``block_size`` ids (x) and the same windows shifted by one (y), int32."""
+    starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - block_size)
+    offsets = starts[:, None] + jnp.arange(block_size)[None, :]
+    return data[offsets].astype(jnp.int32), data[offsets + 1].astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- bigram counts (numpy, streamed)
+
+@dataclass(frozen=True)
+class BigramCounts:
+    """Sparse bigram counts: ``counts[k]`` pairs of (``rows[k]`` followed by ``cols[k]``); sorted by row*V+col."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+    vocab_size: int
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def dense(self) -> np.ndarray:
+        table = np.zeros((self.vocab_size, self.vocab_size), dtype=np.int64)
+        table[self.rows, self.cols] = self.counts
+        return table
+
+
+def bigram_counts(ids: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> BigramCounts:
+    """Count every adjacent pair of ``ids`` in bounded memory (chunks of ``chunk`` pairs)."""
+    codes_acc = np.zeros(0, dtype=np.int64)
+    counts_acc = np.zeros(0, dtype=np.int64)
+    n_pairs = max(len(ids) - 1, 0)
+    for start in range(0, n_pairs, chunk):
+        stop = min(start + chunk, n_pairs)
+        window = np.asarray(ids[start:stop + 1], dtype=np.int64)
+        codes = window[:-1] * vocab_size + window[1:]
+        if vocab_size * vocab_size <= 4 * chunk:
+            binned = np.bincount(codes, minlength=vocab_size * vocab_size)
+            u = np.flatnonzero(binned)
+            c = binned[u]
+        else:
+            u, c = np.unique(codes, return_counts=True)
+        merged, inverse = np.unique(np.concatenate([codes_acc, u]), return_inverse=True)
+        weights = np.concatenate([counts_acc, c]).astype(np.float64)  # exact below 2**53
+        counts_acc = np.bincount(inverse, weights=weights, minlength=len(merged)).astype(np.int64)
+        codes_acc = merged
+    return BigramCounts(rows=(codes_acc // vocab_size).astype(np.int32), cols=(codes_acc % vocab_size).astype(np.int32),
+                        counts=counts_acc, vocab_size=vocab_size)

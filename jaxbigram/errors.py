@@ -1,0 +1,63 @@
+"""Every message a user can cause, in one place.
+
+Code raises ``UsageError(CODE, **fields)``; ``cli.main`` prints ``error: <text>`` and exits 2.
+Keeping the texts here makes them consistent and easy to review.
+"""
+
+MESSAGES = {
+    # data
+    "data_missing": "data file {path} does not exist: pass an existing text file with --data PATH (or set JAXBIGRAM_DATA)",
+    "data_is_dir": "data path {path} is a directory: pass a text file with --data PATH",
+    "data_unreadable": "cannot read data file {path} ({reason}): check its permissions or pass another file with --data PATH",
+    "data_empty": "data file {path} is empty: pass a non-empty UTF-8 text file with --data PATH",
+    "data_not_utf8": "data file {path} is not UTF-8 text (invalid byte at offset {offset}): convert it to UTF-8 or pass another file with --data PATH",
+    "data_too_short": "data file {path} has {n} characters, fewer than block_size + 2 = {need}: use a longer text or a smaller train.block_size",
+    "val_too_short": "the validation split has {n} characters, fewer than block_size + 2 = {need}: raise data.val_fraction, lower train.block_size, or use a longer text",
+    "train_too_short": "the train split has {n} characters, fewer than block_size + 2 = {need}: lower data.val_fraction or train.block_size, or use a longer text",
+    "download_failed": "could not download tinyshakespeare from {url} ({reason}): pass a local text file with --data PATH or set JAXBIGRAM_DATA=PATH",
+    "download_checksum": "downloaded tinyshakespeare has sha256 {got}, expected {want}: retry, or pass a local copy with --data PATH or JAXBIGRAM_DATA=PATH",
+    # config
+    "config_missing": "config file {path} does not exist: pass an existing TOML file with --config (presets are in configs/)",
+    "config_syntax": "config file {path} is not valid TOML ({reason}): fix the syntax at the line shown",
+    "config_unknown_section": "unknown config section [{section}]{hint}: valid sections are {valid}",
+    "config_unknown_key": "unknown config key {key}{hint}: valid keys in [{section}] are {valid}",
+    "config_not_table": "config section [{section}] must be a table of key = value pairs",
+    "config_type": "config key {key} must be {expected}, got {got!r}",
+    "config_range": "config key {key} must be {rule}, got {got!r}",
+    "config_choice": "config key {key} must be one of {choices}, got {got!r}",
+    "set_syntax": "--set expects section.key=value, got {got!r}: for example --set train.learning_rate=0.01",
+    "set_key": "--set key {key!r} must be section.key, for example train.steps",
+    # sampling
+    "temperature": "--temperature must be > 0, got {got}",
+    "top_k": "--top-k must be between 1 and the vocabulary size {vocab}, got {got}",
+    "top_p": "--top-p must be in (0, 1], got {got}",
+    "negative": "{flag} must be >= {low}, got {got}",
+    "prompt_unknown": "the prompt has characters outside the model's vocabulary: {chars}; the vocabulary is stored in the checkpoint (see `run.py info`): use only those characters",
+    "prompt_file": "cannot read prompt file {path} ({reason}): pass an existing UTF-8 text file with --prompt-file",
+    "prompt_empty": "the prompt is empty: pass at least one character, or leave --prompt out to start from the first vocabulary character",
+    # checkpoints
+    "no_checkpoint": "no checkpoint in {workdir}: run `python run.py train --workdir {workdir}` first",
+    "no_step": "no checkpoint for step {step} in {workdir}: available steps are {steps}",
+    "corrupt_checkpoint": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): use --step with an older step ({steps}), or train again with --fresh",
+    "incompatible": "the checkpoint in {workdir} was trained on {what}: pass --fresh to start a new run there, or use another --workdir",
+    "workdir_not_writable": "workdir {workdir} is not writable ({reason}): pass a writable --workdir",
+    "workdir_is_file": "workdir {workdir} is a file: pass a directory with --workdir",
+    # training
+    "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",
+    "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
+    # command line
+    "cli_usage": "{prog}: {message} (see --help)",
+    # platform
+    "platform_unknown": "unknown --platform {got!r}: choose cpu, gpu or tpu",
+    "platform_unavailable": "platform {got!r} is not available on this machine ({reason}): use --platform cpu or install the matching jax plugin",
+    "extra_missing": "{what} needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
+}
+
+
+class UsageError(Exception):
+    """An error the user caused and can fix; carries a one-line message."""
+
+    def __init__(self, code: str, /, **fields):
+        self.code = code
+        self.fields = fields
+        super().__init__(MESSAGES[code].format(**fields))

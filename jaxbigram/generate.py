@@ -1,0 +1,91 @@
+"""Sampling text from the bigram table: pure, jit-compiled, explicit keys, O(max_new_tokens).
+
+For a bigram the next-character distribution depends only on the last character, so the whole model is a fixed
+(V, V) table of probabilities. We build its per-row CDF once per (temperature, top-k, top-p) and walk the chain with
+pre-drawn uniforms: ``next = #{j : cdf[prev, j] <= u}`` is an exact draw from the row's categorical distribution.
+Uniforms come in blocks of ``SAMPLE_BLOCK`` per stream, block ``b`` from ``fold_in(key, b)``, so a streamed
+generation (chunk by chunk) produces exactly the same text as one call.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from .model import logits_table
+
+SAMPLE_BLOCK = 8192
+
+
+@jax.jit
+def next_char_cdf(params, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
+    """Row-wise CDF ``(V, V)`` of softmax(logits / temperature), restricted to the top-k / nucleus top-p set.
+
+    ``top_k = 0`` and ``top_p = 1`` disable the filters. Ties at the k-th logit are kept (as in nanoGPT).
+    """
+    logits = logits_table(params).astype(jnp.float32) / temperature
+    vocab = logits.shape[-1]
+    desc = -jnp.sort(-logits, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(desc, jnp.full((vocab, 1), k - 1), axis=-1)
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    probs = jax.nn.softmax(logits, axis=-1)
+    # nucleus: keep the smallest set of most likely characters whose probability reaches top_p
+    sorted_probs = -jnp.sort(-probs, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = mass_before < top_p
+    cutoff = jnp.min(jnp.where(keep_sorted, sorted_probs, jnp.inf), axis=-1, keepdims=True)
+    probs = jnp.where(probs >= cutoff, probs, 0.0)
+    cdf = jnp.cumsum(probs, axis=-1)
+    return cdf / cdf[:, -1:]
+
+
+def _uniforms(key, num_streams: int, first_block, num_blocks: int) -> jax.Array:
+    """``(num_blocks * SAMPLE_BLOCK, num_streams)`` uniforms; block b comes from fold_in(key, first_block + b)."""
+    blocks = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(key, first_block + b),
+                                                   (SAMPLE_BLOCK, num_streams)))(jnp.arange(num_blocks))
+    return blocks.reshape(num_blocks * SAMPLE_BLOCK, num_streams)
+
+
+@partial(jax.jit, static_argnames=("num_new",))
+def sample_chain(cdf, key, last_ids, first_block, *, num_new: int) -> jax.Array:
+    """Walk the chain ``num_new`` steps from ``last_ids`` (shape ``(S,)``) → new ids ``(S, num_new)``."""
+    num_blocks = -(-num_new // SAMPLE_BLOCK)
+    uniforms = _uniforms(key, last_ids.shape[0], first_block, num_blocks)[:num_new]
+    vocab = cdf.shape[-1]
+    method = "compare_all" if vocab <= 512 else "scan"
+
+    def step(prev, u):
+        nxt = jax.vmap(lambda row, x: jnp.searchsorted(row, x, side="right", method=method))(cdf[prev], u)
+        nxt = jnp.minimum(nxt, vocab - 1).astype(jnp.int32)
+        return nxt, nxt
+
+    _, out = jax.lax.scan(step, last_ids.astype(jnp.int32), uniforms, unroll=8)
+    return out.T
+
+
+def generate_stream(params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
+                    num_samples: int = 1, chunk_blocks: int = 16):
+    """Yield ``(num_samples, n)`` arrays of new ids, chunk by chunk; together they equal ``generate``'s output."""
+    cdf = next_char_cdf(params, temperature, top_k, top_p)
+    last = jnp.full((num_samples,), jnp.asarray(prompt_ids)[-1], dtype=jnp.int32)
+    done = 0
+    while done < max_new_tokens:
+        n = min(chunk_blocks * SAMPLE_BLOCK, max_new_tokens - done)
+        new = sample_chain(cdf, key, last, done // SAMPLE_BLOCK, num_new=n)
+        yield new
+        last = new[:, -1]
+        done += n
+
+
+def generate(params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
+             num_samples: int = 1) -> jax.Array:
+    """``(num_samples, len(prompt) + max_new_tokens)`` ids: the prompt followed by sampled continuations."""
+    prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, dtype=jnp.int32), (num_samples, len(prompt_ids)))
+    if max_new_tokens == 0:
+        return prompt
+    cdf = next_char_cdf(params, temperature, top_k, top_p)
+    new = sample_chain(cdf, key, prompt[:, -1], 0, num_new=max_new_tokens)
+    return jnp.concatenate([prompt, new], axis=1)
