@@ -17,7 +17,13 @@ PLATFORMS = {"cpu": "cpu", "gpu": "cuda,rocm", "tpu": "tpu"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each flag's default, unless its help already says it or there is none to show (None, False, [])."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +52,7 @@ def _non_negative_int(flag: str, low: int = 0):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run.py", description="jaxbigram: the character-level bigram language model in JAX/Flax.",
                      formatter_class=_Formatter, epilog=_epilog("python run.py train", "python run.py sample --seed 1337"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot}", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train (or resume) a model", formatter_class=_Formatter,
                        description="Train the bigram model; resumes from the latest checkpoint in --workdir.",
@@ -54,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="TOML config file")
     p.add_argument("--data", default=None, help="UTF-8 text file (default: $JAXBIGRAM_DATA, else tinyshakespeare)")
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where checkpoints and logs go")
-    p.add_argument("--steps", type=_non_negative_int("--steps", 1), default=None, help="override train.steps")
-    p.add_argument("--seed", type=_non_negative_int("--seed"), default=None, help="override train.seed")
+    p.add_argument("--steps", type=_non_negative_int("--steps", 1), default=None, help="override train.steps (default: from the config)")
+    p.add_argument("--seed", type=_non_negative_int("--seed"), default=None, help="override train.seed (default: from the config)")
     p.add_argument("--fresh", action="store_true", help="delete this workdir's checkpoints and start over")
     p.add_argument("--platform", default=None, help="cpu, gpu or tpu (default: JAX's choice)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -66,12 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_epilog("python run.py sample --seed 1337 --prompt 'ROMEO:' --max-new-tokens 200"))
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="the training run's workdir")
     p.add_argument("--seed", type=_non_negative_int("--seed"), default=1337, help="sampling seed")
-    p.add_argument("--prompt", default=None, help="text to continue (default: the first vocabulary character, '\\n')")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=None, help="text to continue (default: the first vocabulary character, '\\n')")
+    prompt.add_argument("--prompt-file", default=None, metavar="FILE", help="continue the UTF-8 text of FILE (as is)")
     p.add_argument("--max-new-tokens", type=_non_negative_int("--max-new-tokens"), default=500,
                    help="characters to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely characters")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set reaching probability p")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely characters (default: off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set reaching probability p (default: off)")
     p.add_argument("--num-samples", type=_non_negative_int("--num-samples"), default=1, help="independent samples")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--platform", default=None, help="cpu, gpu or tpu (default: JAX's choice)")
@@ -90,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_epilog("python run.py info --workdir runs/default"))
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="the training run's workdir")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = sub.add_parser("plot", help="draw loss curves and the learned bigram as PNGs", formatter_class=_Formatter,
+                       description="Write loss.png (train/val loss by step, closed-form optimum dashed) and bigram.png "
+                                   "(the V×V table of next-character probabilities). Needs the [plot] extra.",
+                       epilog=_epilog("python run.py plot --workdir runs/default --out docs"))
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="the training run's workdir")
+    p.add_argument("--out", default=None, help="directory for the PNGs (default: the workdir)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step for the bigram table (default: latest)")
     return parser
 
 
@@ -134,6 +150,16 @@ def _encode_prompt(tokenizer, text: str):
         return tokenizer.encode(text)
     except UnknownCharacters as e:
         raise UsageError("prompt_unknown", chars=", ".join(repr(c) for c in e.chars)) from None
+
+
+def _read_prompt_file(path: str) -> str:
+    """The whole UTF-8 text of ``path``, as is; a clear error if it cannot be read."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError("prompt_file", path=path, reason=e.strerror or type(e).__name__) from None
+    except UnicodeDecodeError as e:
+        raise UsageError("prompt_file", path=path, reason=f"not UTF-8: invalid byte at offset {e.start}") from None
 
 
 def _print_report(report: dict, out) -> None:
@@ -185,6 +211,8 @@ def cmd_sample(args) -> int:
         raise UsageError("temperature", got=args.temperature)
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UsageError("top_p", got=args.top_p)
+    if args.prompt_file is not None:
+        args.prompt = _read_prompt_file(args.prompt_file)
     select_platform(args.platform)
     step, params, meta, tokenizer = _load_checkpoint(args.workdir, args.step)
     if args.top_k is not None and not 1 <= args.top_k <= tokenizer.vocab_size:
@@ -248,7 +276,20 @@ def run_info(workdir: str) -> dict:
     best_loss, best_step = min(scored) if scored else (None, None)
     return {"workdir": str(store.workdir), "steps": steps, "latest_step": steps[-1], "best_val_loss": best_loss,
             "best_step": best_step, "vocab_size": latest["vocab_size"], "vocab": latest["vocab"],
-            "data": latest["data"], "config": latest["config"], "exact": latest.get("exact")}
+            "data": latest["data"], "config": latest["config"], "exact": latest.get("exact"),
+            "metrics": _metrics_summary(store.workdir)}
+
+
+def _metrics_summary(workdir) -> dict | None:
+    """Evals logged in ``metrics.jsonl`` and the best val estimate among them (any step, checkpointed or not)."""
+    from .progress import METRICS_FILE, read_metrics
+
+    rows = read_metrics(Path(workdir) / METRICS_FILE)
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r["val_loss"])
+    return {"path": str(Path(workdir) / METRICS_FILE), "evals": len(rows), "last_step": rows[-1]["step"],
+            "best_val_loss": best["val_loss"], "best_step": best["step"]}
 
 
 def cmd_info(args) -> int:
@@ -260,6 +301,10 @@ def cmd_info(args) -> int:
     print(f"checkpoints: steps {', '.join(map(str, info['steps']))} (latest {info['latest_step']})")
     if info["best_step"] is not None:
         print(f"best:        val loss {info['best_val_loss']:.4f} (estimate) at step {info['best_step']}")
+    if info["metrics"]:
+        m = info["metrics"]
+        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {m['path']}; best val loss "
+              f"{m['best_val_loss']:.4f} (estimate) at step {m['best_step']}")
     if info["exact"]:
         print(f"exact:       val loss {info['exact']['val_loss']:.4f} nats at step {info['exact']['step']}, "
               f"optimum {info['exact']['optimum_val_loss']:.4f}")
@@ -271,7 +316,15 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
+def cmd_plot(args) -> int:
+    from .plot import make_plots
+
+    for path in make_plots(args.workdir, args.out, args.step):
+        print(path)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import optax
 from flax.training import train_state
 
 from . import data as data_lib
+from . import progress
 from .config import Config, TrainConfig
 from .errors import UsageError
 from .model import BigramLanguageModel, init_params, logits_table, loss_fn
@@ -180,8 +181,12 @@ def _next_stop(step: int, target: int, cfg: Config) -> int:
     return min(nxt)
 
 
-def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=sys.stdout, err=sys.stderr) -> FitResult:
-    """Train ``cfg.train.steps`` steps (resuming from ``store`` unless ``fresh``), evaluating and checkpointing."""
+def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=sys.stdout, err=sys.stderr,
+        reporter=None) -> FitResult:
+    """Train ``cfg.train.steps`` steps (resuming from ``store`` unless ``fresh``), evaluating and checkpointing.
+
+    ``reporter`` (default: ``progress.for_run``) shows progress and writes ``<workdir>/metrics.jsonl``.
+    """
     tcfg = cfg.train
     train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
@@ -199,6 +204,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
 
+    if reporter is None:
+        reporter = progress.for_run(cfg, store.workdir, start_step=int(state.step), resumed=int(state.step) > 0, err=err)
     train_data, val_data = jnp.asarray(train_np), jnp.asarray(val_np)
     sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size)
 
@@ -207,6 +214,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
                                iters=cfg.eval.iters, **sizes)
         row = {"step": at_step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
         history[:] = [h for h in history if h["step"] != at_step] + [row]
+        reporter.eval(row)
         print(f"step {at_step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}", file=out, flush=True)
         return row
 
@@ -219,7 +227,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
     if step % cfg.eval.interval == 0 and last is None and step < target:
         last = evaluate(step)
     trained_steps, train_seconds = 0, 0.0
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, reporter:
         while step < target:
             stop_at = _next_stop(step, target, cfg)
             t0 = time.perf_counter()
@@ -227,6 +235,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
                                         **sizes)
             losses = np.asarray(losses[: stop_at - step])
             train_seconds += time.perf_counter() - t0
+            reporter.chunk(stop_at, losses, time.perf_counter() - t0)
             trained_steps += stop_at - step
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
