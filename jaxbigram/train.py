@@ -48,8 +48,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 def create_train_state(key: jax.Array, vocab_size: int, cfg: TrainConfig) -> train_state.TrainState:
     """Fresh parameters and AdamW state at step 0."""
-    return train_state.TrainState.create(apply_fn=BigramLanguageModel(vocab_size).apply,
-                                         params=init_params(key, vocab_size), tx=make_optimizer(cfg))
+    state = train_state.TrainState.create(apply_fn=BigramLanguageModel(vocab_size).apply,
+                                          params=init_params(key, vocab_size), tx=make_optimizer(cfg))
+    return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
 def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array):
@@ -181,12 +182,13 @@ def _next_stop(step: int, target: int, cfg: Config) -> int:
     return min(nxt)
 
 
-def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=sys.stdout, err=sys.stderr,
+def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=None, err=None,
         reporter=None) -> FitResult:
     """Train ``cfg.train.steps`` steps (resuming from ``store`` unless ``fresh``), evaluating and checkpointing.
 
     ``reporter`` (default: ``progress.for_run``) shows progress and writes ``<workdir>/metrics.jsonl``.
     """
+    out, err = out or sys.stdout, err or sys.stderr
     tcfg = cfg.train
     train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
@@ -201,6 +203,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
     elif store.latest_step() is not None:
         previous = store.check_compatible(meta)
         state = store.restore_state(store.latest_step(), state)
+        state = state.replace(step=jnp.asarray(state.step, jnp.int32))
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
 
