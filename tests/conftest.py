@@ -9,6 +9,8 @@ JAX is forced to the CPU here, before any test module imports it. Fixtures other
   JAX on the CPU, the session's cache and data) and returns the ``subprocess.CompletedProcess`` (text mode).
 - ``tiny_train``: one ``run.py train --config configs/tiny.toml`` run of the session (``.workdir``, ``.proc``).
 - ``tiny_workdir``: its workdir (``Path``); read-only by convention — use ``tiny_workdir_copy`` to modify one.
+
+Independent numpy references (softmax, cross-entropy, bigram counts) live in ``tests/reference.py``.
 """
 
 from __future__ import annotations

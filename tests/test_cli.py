@@ -8,14 +8,7 @@ import pytest
 from jaxbigram import data
 from jaxbigram.checkpoint import Store
 from jaxbigram.model import logits_table
-
-
-def np_mean_cross_entropy(table, ids):
-    table = np.asarray(table, dtype=np.float64)
-    shifted = table - table.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    ids = np.asarray(ids, dtype=np.int64)
-    return float(-logp[ids[:-1], ids[1:]].mean())
+from reference import np_mean_cross_entropy
 
 
 def assert_usage_error(proc, *fragments):

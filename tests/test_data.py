@@ -7,6 +7,7 @@ import pytest
 
 from jaxbigram import data
 from jaxbigram.data import Tokenizer, UnknownCharacters
+from reference import np_bigram_counts
 
 MIXED = "Hello, wörld!\nÇa va? 日本語 ✓ 😀 — naïve café\r\n\tend"
 
@@ -137,12 +138,6 @@ def test_get_batch_no_window_past_the_end_and_every_start_reachable():
 
 # ----------------------------------------------------------------------------- bigram counts
 
-def naive_counts(ids, vocab):
-    table = np.zeros((vocab, vocab), dtype=np.int64)
-    np.add.at(table, (np.asarray(ids[:-1], np.int64), np.asarray(ids[1:], np.int64)), 1)
-    return table
-
-
 @pytest.mark.parametrize("vocab, n, chunk", [
     (7, 1000, 1 << 22),  # one chunk, dense bincount
     (7, 1000, 1),  # one pair per chunk (np.unique path, 49 > 4)
@@ -157,7 +152,7 @@ def naive_counts(ids, vocab):
 def test_bigram_counts_equal_naive_numpy_count(vocab, n, chunk):
     ids = np.random.default_rng(vocab + n + chunk).integers(0, vocab, n).astype(data.ids_dtype(vocab))
     counts = data.bigram_counts(ids, vocab, chunk=chunk)
-    expected = naive_counts(ids, vocab)
+    expected = np_bigram_counts(ids, vocab)
     np.testing.assert_array_equal(counts.dense(), expected)
     assert counts.total == n - 1
     assert (counts.counts > 0).all()
@@ -175,7 +170,7 @@ def test_bigram_counts_of_no_pairs(ids):
 def test_bigram_counts_on_tinyshakespeare(corpus):
     vocab = corpus.tokenizer.vocab_size
     np.testing.assert_array_equal(data.bigram_counts(corpus.ids, vocab, chunk=100_003).dense(),
-                                  naive_counts(corpus.ids, vocab))
+                                  np_bigram_counts(corpus.ids, vocab))
 
 
 # ----------------------------------------------------------------------------- corpus loading and the cache

@@ -8,6 +8,7 @@ from scipy.stats import chisquare
 
 from jaxbigram.generate import SAMPLE_BLOCK, generate, generate_stream, next_char_cdf
 from jaxbigram.model import init_params, logits_table
+from reference import np_bigram_counts, np_softmax
 
 V = 11
 
@@ -16,12 +17,6 @@ V = 11
 def params():
     p = init_params(jax.random.key(0), V)
     return jax.tree_util.tree_map(lambda w: w * 8.0, p)  # peaked rows, so greedy and temperature effects are clear
-
-
-def np_softmax(table, temperature=1.0):
-    z = np.asarray(table, dtype=np.float64) / temperature
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def test_same_seed_same_text_other_seed_other_text(params):
@@ -78,8 +73,7 @@ def test_empirical_next_char_frequencies_match_softmax(params, temperature):
     against softmax(W[row] / T) (the chain is Markov, so given the row the draws are multinomial)."""
     out = np.asarray(generate(params, jax.random.key(17), [0], 60000, temperature=temperature))[0]
     table = np.asarray(logits_table(params))
-    pairs = np.zeros((V, V))
-    np.add.at(pairs, (out[:-1], out[1:]), 1)
+    pairs = np_bigram_counts(out, V)
     checked = 0
     for row in range(V):
         n = pairs[row].sum()

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbigram.model import BigramLanguageModel, init_params, logits_table, loss_fn
+from reference import np_log_softmax
 
 V, B, T = 6, 4, 8
 
@@ -15,12 +16,6 @@ def _setup(seed=0):
     x = rng.integers(0, V, (B, T)).astype(np.int32)  # 32 positions over 6 ids: ids repeat
     y = rng.integers(0, V, (B, T)).astype(np.int32)
     return params, x, y
-
-
-def np_log_softmax(table):
-    table = np.asarray(table, dtype=np.float64)
-    shifted = table - table.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def test_params_are_one_v_by_v_table_with_flax_default_init():

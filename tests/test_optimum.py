@@ -7,12 +7,7 @@ import pytest
 from jaxbigram import data
 from jaxbigram.optimum import optimum_report, smoothed_loss, train_optimum
 from jaxbigram.train import exact_loss
-
-
-def dense_counts(ids, vocab):
-    table = np.zeros((vocab, vocab), dtype=np.float64)
-    np.add.at(table, (np.asarray(ids[:-1], np.int64), np.asarray(ids[1:], np.int64)), 1)
-    return table
+from reference import np_bigram_counts
 
 
 def dense_entropy(table):
@@ -42,19 +37,19 @@ def shakespeare_splits(corpus):
 
 def test_train_optimum_equals_dense_entropy(shakespeare_splits):
     train, _, vocab = shakespeare_splits
-    expected = dense_entropy(dense_counts(train, vocab))
+    expected = dense_entropy(np_bigram_counts(train, vocab))
     assert train_optimum(data.bigram_counts(train, vocab)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_train_optimum_random_small_vocab():
     ids = np.random.default_rng(0).integers(0, 5, 300)
-    assert train_optimum(data.bigram_counts(ids, 9)) == pytest.approx(dense_entropy(dense_counts(ids, 9)), rel=1e-12)
+    assert train_optimum(data.bigram_counts(ids, 9)) == pytest.approx(dense_entropy(np_bigram_counts(ids, 9)), rel=1e-12)
 
 
 def test_log_count_model_table_attains_the_optimum(shakespeare_splits):
     """W = log P(count model) is a minimiser: exact_loss(W) equals the optimum, and perturbing W makes it worse."""
     train, _, vocab = shakespeare_splits
-    table = dense_counts(train, vocab)
+    table = np_bigram_counts(train, vocab)
     rows = table.sum(axis=1, keepdims=True)
     probs = table / np.where(rows > 0, rows, 1)
     log_probs = np.where(probs > 0, np.log(np.where(probs > 0, probs, 1)), -1e9)
@@ -72,7 +67,7 @@ def test_log_count_model_table_attains_the_optimum(shakespeare_splits):
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_smoothed_val_loss_equals_dense_numpy(shakespeare_splits, alpha):
     train, val, vocab = shakespeare_splits
-    expected = dense_smoothed(dense_counts(train, vocab), dense_counts(val, vocab), alpha)
+    expected = dense_smoothed(np_bigram_counts(train, vocab), np_bigram_counts(val, vocab), alpha)
     got = smoothed_loss(data.bigram_counts(train, vocab), data.bigram_counts(val, vocab), alpha)
     assert got == pytest.approx(expected, rel=1e-12)
 
@@ -81,7 +76,7 @@ def test_smoothed_loss_with_pairs_and_rows_unseen_in_train():
     vocab = 8
     train = np.array([0, 1, 2, 0, 1, 2, 1, 1, 0])  # ids 3..7 never appear in train
     val = np.array([0, 3, 4, 7, 7, 1, 0, 2, 2, 5])
-    expected = dense_smoothed(dense_counts(train, vocab), dense_counts(val, vocab), 1.0)
+    expected = dense_smoothed(np_bigram_counts(train, vocab), np_bigram_counts(val, vocab), 1.0)
     got = smoothed_loss(data.bigram_counts(train, vocab), data.bigram_counts(val, vocab), 1.0)
     assert got == pytest.approx(expected, rel=1e-12)
 
@@ -91,7 +86,7 @@ def test_optimum_report_on_tinyshakespeare(shakespeare_splits):
     report = optimum_report(data.bigram_counts(train, vocab), data.bigram_counts(val, vocab))
     assert report["optimum_val_loss"] == pytest.approx(2.482, abs=5e-4)  # the issue's reference value
     assert report["optimum_train_loss"] < report["optimum_val_loss"]
-    assert report["optimum_train_loss"] == pytest.approx(dense_entropy(dense_counts(train, vocab)), rel=1e-12)
+    assert report["optimum_train_loss"] == pytest.approx(dense_entropy(np_bigram_counts(train, vocab)), rel=1e-12)
 
 
 def test_uniform_table_scores_log_vocab(shakespeare_splits):

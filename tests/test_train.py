@@ -11,15 +11,7 @@ from jaxbigram import config, data
 from jaxbigram.checkpoint import Store
 from jaxbigram.model import init_params, logits_table, loss_fn
 from jaxbigram.train import batch_key, create_train_state, exact_loss, fit, train_chunk, train_step
-
-
-def np_mean_cross_entropy(table, ids):
-    """Mean −log softmax(W[ids[t]])[ids[t+1]] over every position, in float64."""
-    table = np.asarray(table, dtype=np.float64)
-    shifted = table - table.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    ids = np.asarray(ids, dtype=np.int64)
-    return float(-logp[ids[:-1], ids[1:]].mean())
+from reference import np_mean_cross_entropy
 
 
 def leaves_equal(a, b):
@@ -66,11 +58,11 @@ def test_train_chunk_equals_separate_jitted_steps(corpus):
     sizes = dict(batch_size=cfg.batch_size, block_size=cfg.block_size)
 
     step = jax.jit(train_step)
-    reference = create_train_state(jax.random.key(0), vocab, cfg)
+    stepwise = create_train_state(jax.random.key(0), vocab, cfg)
     ref_losses = []
     for s in range(12):
         x, y = data.get_batch(batch_key(base_key, s), train_data, **sizes)
-        reference, loss = step(reference, x, y)
+        stepwise, loss = step(stepwise, x, y)
         ref_losses.append(float(loss))
 
     fused = create_train_state(jax.random.key(0), vocab, cfg)
@@ -79,9 +71,9 @@ def test_train_chunk_equals_separate_jitted_steps(corpus):
     losses_a, losses_b = np.asarray(losses_a), np.asarray(losses_b)
     assert np.isnan(losses_a[7:]).all() and np.isnan(losses_b[5:]).all()
     np.testing.assert_allclose(np.concatenate([losses_a[:7], losses_b[:5]]), ref_losses, rtol=1e-5)
-    assert int(fused.step) == int(reference.step) == 12
+    assert int(fused.step) == int(stepwise.step) == 12
     for got, want in zip(jax.tree_util.tree_leaves((fused.params, fused.opt_state)),
-                         jax.tree_util.tree_leaves((reference.params, reference.opt_state))):
+                         jax.tree_util.tree_leaves((stepwise.params, stepwise.opt_state))):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
