@@ -1,0 +1,142 @@
+"""config.py: presets, validation with one clear message naming the key, and --set overrides."""
+
+import dataclasses
+
+import pytest
+
+from jaxbigram import config
+from jaxbigram.errors import UsageError
+
+
+def load_text(tmp_path, text, overrides=()):
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    return config.load(path, overrides)
+
+
+def error_of(fn, *args, **kwargs) -> UsageError:
+    with pytest.raises(UsageError) as info:
+        fn(*args, **kwargs)
+    assert "\n" not in str(info.value)  # one line
+    return info.value
+
+
+@pytest.mark.parametrize("name", ["default", "lecture", "notes", "tiny"])
+def test_every_preset_loads(repo_root, name):
+    cfg = config.load(repo_root / "configs" / f"{name}.toml")
+    assert isinstance(cfg, config.Config)
+    assert cfg.train.steps >= 1
+
+
+def test_lecture_preset_is_the_lecture(repo_root):
+    cfg = config.load(repo_root / "configs" / "lecture.toml")
+    t = cfg.train
+    assert (t.batch_size, t.block_size, t.steps, t.learning_rate, t.lr_schedule) == (32, 8, 3000, 1e-2, "constant")
+    assert (cfg.eval.interval, cfg.eval.iters) == (300, 200)
+    assert cfg.data.val_fraction == 0.1
+
+
+def test_notes_preset_is_the_seed_notes(repo_root):
+    t = config.load(repo_root / "configs" / "notes.toml").train
+    assert (t.batch_size, t.block_size, t.steps, t.learning_rate) == (32, 8, 100_000, 1e-3)
+
+
+def test_no_file_gives_the_defaults():
+    assert config.load(None) == config.Config()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.Config().train.steps = 5
+
+
+def test_unknown_key_names_it_and_suggests_the_closest(tmp_path):
+    err = error_of(load_text, tmp_path, "[train]\nlearnig_rate = 0.1\n")
+    assert err.code == "config_unknown_key"
+    assert "train.learnig_rate" in str(err) and "did you mean 'learning_rate'" in str(err)
+
+
+def test_unknown_section_suggests_the_closest(tmp_path):
+    err = error_of(load_text, tmp_path, "[trian]\nsteps = 5\n")
+    assert err.code == "config_unknown_section"
+    assert "[trian]" in str(err) and "did you mean 'train'" in str(err)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[train]\nbatch_size = "32"\n', "train.batch_size"),
+    ("[train]\nbatch_size = 3.5\n", "train.batch_size"),
+    ("[train]\nsteps = true\n", "train.steps"),  # a bool is not an integer
+    ('[train]\nlearning_rate = "fast"\n', "train.learning_rate"),
+    ("[data]\npath = 3\n", "data.path"),
+])
+def test_wrong_type_names_the_key(tmp_path, text, key):
+    err = error_of(load_text, tmp_path, text)
+    assert err.code == "config_type" and key in str(err)
+
+
+def test_integer_for_a_float_is_widened(tmp_path):
+    cfg = load_text(tmp_path, "[train]\nlearning_rate = 1\n")
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[train]\nbatch_size = 0\n", "train.batch_size"),
+    ("[train]\nblock_size = -1\n", "train.block_size"),
+    ("[train]\nsteps = 0\n", "train.steps"),
+    ("[train]\nlearning_rate = 0.0\n", "train.learning_rate"),
+    ("[eval]\niters = 0\n", "eval.iters"),
+    ("[data]\nval_fraction = 1.0\n", "data.val_fraction"),
+    ("[train]\nbeta2 = 1.0\n", "train.beta2"),
+])
+def test_out_of_range_names_the_key_and_the_rule(tmp_path, text, key):
+    err = error_of(load_text, tmp_path, text)
+    assert err.code == "config_range" and key in str(err) and "must be" in str(err)
+
+
+def test_bad_choice(tmp_path):
+    err = error_of(load_text, tmp_path, '[train]\nlr_schedule = "linear"\n')
+    assert err.code == "config_choice" and "constant, cosine" in str(err)
+
+
+def test_missing_file_and_syntax_error(tmp_path):
+    assert error_of(config.load, tmp_path / "none.toml").code == "config_missing"
+    err = error_of(load_text, tmp_path, "[train]\nsteps = = 3\n")
+    assert err.code == "config_syntax" and "line 2" in str(err)
+
+
+def test_section_that_is_not_a_table(tmp_path):
+    assert error_of(load_text, tmp_path, "train = 3\n").code == "config_not_table"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train.steps=5", ("train", "steps", 5)),
+    ("train.learning_rate = 1e-3", ("train", "learning_rate", 1e-3)),
+    ("train.lr_schedule=cosine", ("train", "lr_schedule", "cosine")),  # bare words stay strings
+    ('train.lr_schedule="cosine"', ("train", "lr_schedule", "cosine")),
+    ("data.path=/tmp/a=b.txt", ("data", "path", "/tmp/a=b.txt")),  # only the first '=' splits
+])
+def test_parse_override(text, expected):
+    assert config.parse_override(text) == expected
+
+
+def test_override_without_equals_sign():
+    err = error_of(config.parse_override, "train.steps")
+    assert err.code == "set_syntax" and "section.key=value" in str(err)
+
+
+@pytest.mark.parametrize("text", ["steps=5", "a.b.c=1", ".steps=1", "train.=1"])
+def test_override_key_must_be_section_dot_key(text):
+    assert error_of(config.parse_override, text).code == "set_key"
+
+
+def test_overrides_apply_on_top_of_a_file_and_are_validated(repo_root):
+    cfg = config.load(repo_root / "configs" / "lecture.toml", ["train.steps=10", "eval.iters=2"])
+    assert cfg.train.steps == 10 and cfg.eval.iters == 2 and cfg.train.batch_size == 32
+    assert error_of(config.load, None, ["train.steps=0"]).code == "config_range"
+    assert error_of(config.load, None, ["train.stepz=3"]).code == "config_unknown_key"
+
+
+def test_replace_validates():
+    cfg = config.replace(config.Config(), "train", steps=7)
+    assert cfg.train.steps == 7
+    assert error_of(config.replace, cfg, "train", steps=-1).code == "config_range"
