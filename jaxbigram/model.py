@@ -14,9 +14,10 @@ class BigramLanguageModel(nn.Module):
     vocab_size: int
 
     def setup(self):
-        # nn.Embed's default init is N(0, 1/V) per entry (variance scaling, fan-in), not torch.nn.Embedding's
-        # N(0, 1): the untrained loss starts at ≈ ln V (4.17 on tinyshakespeare) rather than the lecture's ≈ 4.7.
-        self.token_embedding_table = nn.Embed(self.vocab_size, self.vocab_size)
+        # N(0, 1) per entry, like torch.nn.Embedding (flax's default would be N(0, 1/V)): the untrained loss starts
+        # near the lecture's ≈ 4.7 rather than ≈ ln V.
+        self.token_embedding_table = nn.Embed(self.vocab_size, self.vocab_size,
+                                              embedding_init=nn.initializers.normal(stddev=1.0))
 
     def __call__(self, idx: jax.Array) -> jax.Array:
         """ids ``(B, T)`` → logits ``(B, T, V)``."""
