@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from .errors import UsageError
+from .parallel import barrier, is_primary
 
 
 class Store:
@@ -36,7 +37,8 @@ class Store:
             options = ocp.CheckpointManagerOptions(
                 preservation_policy=preservation, create=True, cleanup_tmp_directories=True,
                 enable_async_checkpointing=False)
-            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+            handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         return self._manager
 
     def steps(self) -> list[int]:
@@ -88,8 +90,21 @@ class Store:
     def restore_params(self, step: int | None = None) -> tuple[dict, dict]:
         """(params, metadata) at ``step`` (default latest), without needing the optimizer or the dataset."""
         step = self.resolve_step(step)
-        restored = self._restore(step, state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        restored = self._restore(step, state=ocp.args.StandardRestore(self._local_target(step)),
+                                 meta=ocp.args.JsonRestore())
         return restored.state["params"], restored.meta
+
+    def _local_target(self, step: int):
+        """The saved state's shapes and dtypes, placed on this process's first device: restores a checkpoint written
+        by any number of devices or processes (None if unreadable, and ``_restore`` reports the damage)."""
+        import jax
+
+        try:
+            tree = self.manager.item_metadata(step)["state"]
+        except Exception:
+            return None
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
     def check_compatible(self, meta: dict) -> dict:
         """Refuse to resume a run trained on other data or another vocabulary; returns the saved metadata."""
@@ -105,7 +120,9 @@ class Store:
     def clear(self) -> None:
         """Delete every checkpoint of this workdir (``train --fresh``)."""
         self.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if is_primary():  # one process deletes; the others wait, so none recreates the folder too early
+            shutil.rmtree(self.directory, ignore_errors=True)
+        barrier("jaxbigram-store-clear")
 
     def close(self) -> None:
         if self._manager is not None:
