@@ -54,16 +54,19 @@ def is_primary() -> bool:
 
 
 def silence_non_primary() -> None:
-    """On every process but the primary, send stdout and stderr to /dev/null; uncaught errors still reach the
-    terminal, prefixed with the process index."""
+    """On every process but the primary, send stdout and stderr (Python's and the C++ libraries') to /dev/null;
+    uncaught errors still reach the original stderr, prefixed with the process index."""
     if is_primary():
         return
-    index, real_err = jax.process_index(), sys.__stderr__
-    devnull = open(os.devnull, "w")
-    sys.stdout = sys.stderr = devnull
+    index = jax.process_index()
+    real_err = os.fdopen(os.dup(2), "w")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(devnull, 1), os.dup2(devnull, 2)
 
     def hook(kind, value, tb):
         real_err.write(f"[process {index}] " + "".join(traceback.format_exception(kind, value, tb)))
+        real_err.flush()
 
     sys.excepthook = hook
 
@@ -117,6 +120,8 @@ class DataParallel:
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             impl = jax.random.key_impl(leaf)
             return jax.random.wrap_key_data(self._replicate_leaf(jax.random.key_data(leaf)), impl=impl)
+        if jax.process_count() == 1:  # no copy when the leaf already sits on the one device of the mesh
+            return jax.device_put(leaf, self.replicated)
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
 
