@@ -126,6 +126,11 @@ class DataParallel:
         return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
 
 
+def abstract(tree):
+    """Shapes, dtypes and shardings of ``tree``'s arrays, without their memory: a restore target."""
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+
+
 def constrain_batch(x, y, sharding):
     """Inside jit: lay ``(x, y)`` out as ``sharding`` (each device keeps its rows of the global batch); no-op for
     None."""

@@ -201,7 +201,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
         store.clear()
     elif store.latest_step() is not None:
         previous = store.check_compatible(meta)
-        state = store.restore_state(store.latest_step(), state)
+        template, state = parallel.abstract(state), None  # free the fresh state before the saved one is read
+        state = store.restore_state(store.latest_step(), template)
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
 

@@ -38,13 +38,19 @@ SUCCESSORS = 24  # likely next characters per character
 
 
 def character_pool(vocab: int) -> np.ndarray:
-    """``vocab`` distinct code points: '\\n', then the blocks above in order (the first ``vocab - 1`` of them)."""
-    pool = [NEWLINE]
-    for first, last in BLOCKS:
-        pool.extend(c for c in range(first, last + 1) if c not in EXCLUDED)
-    if vocab > len(pool) or vocab < 100:
-        raise SystemExit(f"--vocab must be between 100 and {len(pool)}")
-    return np.asarray(pool[:vocab], dtype=np.uint32)
+    """``vocab`` distinct code points, sorted: '\n', ' ', then characters taken round-robin from every block above
+    (so even a few hundred characters mix all scripts; big vocabularies are mostly CJK)."""
+    blocks = [[c for c in range(first, last + 1) if c not in EXCLUDED and c != 0x20] for first, last in BLOCKS]
+    total = sum(map(len, blocks)) + 2
+    if not 100 <= vocab <= total:
+        raise SystemExit(f"--vocab must be between 100 and {total}")
+    pool, depth = [NEWLINE, 0x20], 0
+    while len(pool) < vocab:
+        for block in blocks:
+            if depth < len(block) and len(pool) < vocab:
+                pool.append(block[depth])
+        depth += 1
+    return np.sort(np.asarray(pool, dtype=np.uint32))
 
 
 def transition_tables(vocab: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
