@@ -61,13 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable), e.g. --set train.learning_rate=0.01")
     p.add_argument("--distributed", action="store_true",
-                   help="multi-process run: jax.distributed.initialize (cluster auto-detected unless the flags below)")
+                   help="multi-process run over several hosts: jax.distributed.initialize, with the cluster "
+                        "(SLURM, Open MPI, TPU pod slice, Kubernetes) auto-detected unless the flags below are given")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="(implies --distributed) process 0's address (default: $JAX_COORDINATOR_ADDRESS or auto-detected)")
-    p.add_argument("--num-processes", type=_non_negative_int("--num-processes", 1), default=None,
-                   help="(implies --distributed) number of processes (default: auto-detected)")
-    p.add_argument("--process-id", type=_non_negative_int("--process-id"), default=None,
-                   help="(implies --distributed) this process's index (default: auto-detected)")
+                   help="process 0's address; implies --distributed (unset: $JAX_COORDINATOR_ADDRESS or detected)")
+    p.add_argument("--num-processes", type=_non_negative_int("--num-processes", 1), default=None, metavar="N",
+                   help="number of processes; implies --distributed (unset: detected)")
+    p.add_argument("--process-id", type=_non_negative_int("--process-id"), default=None, metavar="I",
+                   help="this process's index, 0 to N-1; implies --distributed (unset: detected)")
 
     p = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=_Formatter,
                        description="Generate text from a trained checkpoint; prints only the text on stdout.",

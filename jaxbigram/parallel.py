@@ -108,6 +108,12 @@ class DataParallel:
         """How ``(B, T)`` batches are laid out: rows split along ``data``; None on one device (nothing to split)."""
         return NamedSharding(self.mesh, P(DATA_AXIS)) if self.num_devices > 1 else None
 
+    def abstract(self, fn):
+        """What ``fn()`` would return, as shapes and dtypes laid out replicated on the mesh, without computing or
+        allocating it (``jax.eval_shape``): the target to restore a checkpoint into."""
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                      jax.eval_shape(fn))
+
     def replicate(self, tree):
         """Every array leaf of ``tree`` (params, optimizer state, PRNG keys, token ids) as one global array
         replicated on the mesh. Each process supplies its own devices' copies, so this works across hosts; every
@@ -126,9 +132,9 @@ class DataParallel:
         return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
 
 
-def abstract(tree):
-    """Shapes, dtypes and shardings of ``tree``'s arrays, without their memory: a restore target."""
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+def is_abstract(tree) -> bool:
+    """True if ``tree`` holds shapes (``jax.ShapeDtypeStruct``) rather than arrays."""
+    return any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def constrain_batch(x, y, sharding):

@@ -195,16 +195,17 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
 
     dp = parallel.DataParallel.create(tcfg.batch_size)  # all devices of all processes; batch split along 'data'
     init_key, train_key, eval_key = dp.replicate(jax.random.split(jax.random.key(tcfg.seed), 3))
-    state = dp.replicate(create_train_state(init_key, vocab_size, tcfg))
+    state = dp.abstract(lambda: create_train_state(init_key, vocab_size, tcfg))  # shapes only: restored or made
     history: list = []
     if fresh:
         store.clear()
     elif store.latest_step() is not None:
         previous = store.check_compatible(meta)
-        template, state = parallel.abstract(state), None  # free the fresh state before the saved one is read
-        state = store.restore_state(store.latest_step(), template)
+        state = store.restore_state(store.latest_step(), state)
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
+    if parallel.is_abstract(state):  # a fresh start: only now allocate the (possibly V×V×3) state
+        state = dp.replicate(create_train_state(init_key, vocab_size, tcfg))
 
     train_data, val_data = dp.replicate((train_np, val_np))
     sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)

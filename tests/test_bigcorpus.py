@@ -69,7 +69,7 @@ def test_tokenizer_round_trips_every_character(corpus_path, text):
 def test_get_batch_on_uint16_memmap(corpus_path):
     corpus = data.load_corpus(corpus_path)
     ids = np.asarray(corpus.ids)
-    x, y = data.get_batch(jax.random.key(5), jnp.asarray(corpus.ids), 64, 16)
+    x, y = data.get_batch(jax.random.key(5), jnp.asarray(corpus.ids), 16, 16)
     x, y = np.asarray(x), np.asarray(y)
     assert x.dtype == np.int32 and x.max() > 255  # ids above uint8 survive
     windows = np.lib.stride_tricks.sliding_window_view(ids, 17)
