@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from .errors import UsageError
+from .parallel import barrier, is_primary
 
 
 class Store:
@@ -36,7 +37,8 @@ class Store:
             options = ocp.CheckpointManagerOptions(
                 preservation_policy=preservation, create=True, cleanup_tmp_directories=True,
                 enable_async_checkpointing=False)
-            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+            handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         return self._manager
 
     def steps(self) -> list[int]:
@@ -72,10 +74,13 @@ class Store:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types for damaged files; all mean "this step is unusable"
-            others = [s for s in self.steps() if s != step]
-            raise UsageError("corrupt_checkpoint", step=step, workdir=self.workdir,
-                             reason=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
-                             steps="available: " + (", ".join(map(str, others)) if others else "none")) from None
+            raise self._unusable(step, e) from None
+
+    def _unusable(self, step: int, e: Exception) -> UsageError:
+        others = [s for s in self.steps() if s != step]
+        return UsageError("corrupt_checkpoint", step=step, workdir=self.workdir,
+                          reason=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
+                          steps="available: " + (", ".join(map(str, others)) if others else "none"))
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self.resolve_step(step)
@@ -86,10 +91,18 @@ class Store:
         return self._restore(step, state=ocp.args.StandardRestore(template)).state
 
     def restore_params(self, step: int | None = None) -> tuple[dict, dict]:
-        """(params, metadata) at ``step`` (default latest), without needing the optimizer or the dataset."""
+        """(params, metadata) at ``step`` (default latest), without needing the optimizer or the dataset.
+
+        Only the params are read (the AdamW state, 2/3 of the bytes, stays on disk), onto this process's first
+        device, whatever number of devices or processes wrote the checkpoint.
+        """
         step = self.resolve_step(step)
-        restored = self._restore(step, state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-        return restored.state["params"], restored.meta
+        meta = self.read_meta(step)
+        try:
+            params = _read_params(self.directory / str(step) / "state", self.manager.item_metadata(step)["state"])
+        except Exception as e:  # as in _restore: a damaged step
+            raise self._unusable(step, e) from None
+        return params, meta
 
     def check_compatible(self, meta: dict) -> dict:
         """Refuse to resume a run trained on other data or another vocabulary; returns the saved metadata."""
@@ -105,7 +118,9 @@ class Store:
     def clear(self) -> None:
         """Delete every checkpoint of this workdir (``train --fresh``)."""
         self.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if is_primary():  # one process deletes; the others wait, so none recreates the folder too early
+            shutil.rmtree(self.directory, ignore_errors=True)
+        barrier("jaxbigram-store-clear")
 
     def close(self) -> None:
         if self._manager is not None:
@@ -122,3 +137,16 @@ def _ensure_writable(workdir: Path) -> None:
         raise UsageError("workdir_not_writable", workdir=workdir, reason=e.strerror or str(e)) from None
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise UsageError("workdir_not_writable", workdir=workdir, reason="permission denied")
+
+
+def _read_params(state_dir: Path, state_metadata) -> dict:
+    """The ``params`` subtree of a saved TrainState, restored alone onto the first local device."""
+    import jax
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                               state_metadata["params"])}
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(state_dir, args=args)["params"]

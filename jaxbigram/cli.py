@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", default=None, help="cpu, gpu or tpu (default: JAX's choice)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable), e.g. --set train.learning_rate=0.01")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-process run over several hosts: jax.distributed.initialize, with the cluster "
+                        "(SLURM, Open MPI, TPU pod slice, Kubernetes) auto-detected unless the flags below are given")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address; implies --distributed (unset: $JAX_COORDINATOR_ADDRESS or detected)")
+    p.add_argument("--num-processes", type=_non_negative_int("--num-processes", 1), default=None, metavar="N",
+                   help="number of processes; implies --distributed (unset: detected)")
+    p.add_argument("--process-id", type=_non_negative_int("--process-id"), default=None, metavar="I",
+                   help="this process's index, 0 to N-1; implies --distributed (unset: detected)")
 
     p = sub.add_parser("sample", help="generate text from a checkpoint", formatter_class=_Formatter,
                        description="Generate text from a trained checkpoint; prints only the text on stdout.",
@@ -185,6 +194,12 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     cfg = config_lib.load(args.config, overrides)
+    if args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        # before any JAX computation; only process 0 prints from here on
+        from .parallel import initialize_distributed, silence_non_primary
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        silence_non_primary()
     select_platform(args.platform)
     store = Store(args.workdir, keep=cfg.checkpoint.keep)
     started = time.perf_counter()
@@ -192,7 +207,7 @@ def cmd_train(args) -> int:
     print(f"data: {corpus.path} ({len(corpus.ids):,} characters, vocab {corpus.tokenizer.vocab_size}, "
           f"sha256 {corpus.sha256[:12]}…)", file=sys.stderr)
     try:
-        result = fit(cfg, corpus, store, fresh=args.fresh)
+        result = fit(cfg, corpus, store, fresh=args.fresh, out=sys.stdout, err=sys.stderr)
     finally:
         store.close()
     seconds = time.perf_counter() - started

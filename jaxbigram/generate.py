@@ -26,20 +26,28 @@ def next_char_cdf(params, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
     ``top_k = 0`` and ``top_p = 1`` disable the filters. Ties at the k-th logit are kept (as in nanoGPT).
     """
     logits = logits_table(params).astype(jnp.float32) / temperature
+    # the filters sort every row (O(V² log V): tens of seconds at V = 10,000 on a CPU), so run them only when asked
+    logits = jax.lax.cond(top_k > 0, _top_k_filter, lambda l, _: l, logits, top_k)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jax.lax.cond(top_p < 1, _top_p_filter, lambda p, _: p, probs, top_p)
+    cdf = jnp.cumsum(probs, axis=-1)
+    return cdf / cdf[:, -1:]
+
+
+def _top_k_filter(logits, top_k):
     vocab = logits.shape[-1]
     desc = -jnp.sort(-logits, axis=-1)
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    kth = jnp.take_along_axis(desc, jnp.full((vocab, 1), k - 1), axis=-1)
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-    probs = jax.nn.softmax(logits, axis=-1)
-    # nucleus: keep the smallest set of most likely characters whose probability reaches top_p
+    kth = jnp.take_along_axis(desc, jnp.full((vocab, 1), jnp.minimum(top_k, vocab) - 1), axis=-1)
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def _top_p_filter(probs, top_p):
+    """Nucleus: keep the smallest set of most likely characters whose probability reaches top_p."""
     sorted_probs = -jnp.sort(-probs, axis=-1)
     mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
     keep_sorted = mass_before < top_p
     cutoff = jnp.min(jnp.where(keep_sorted, sorted_probs, jnp.inf), axis=-1, keepdims=True)
-    probs = jnp.where(probs >= cutoff, probs, 0.0)
-    cdf = jnp.cumsum(probs, axis=-1)
-    return cdf / cdf[:, -1:]
+    return jnp.where(probs >= cutoff, probs, 0.0)
 
 
 def _uniforms(key, num_streams: int, first_block, num_blocks: int) -> jax.Array:

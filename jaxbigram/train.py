@@ -15,7 +15,7 @@ import optax
 from flax.training import train_state
 
 from . import data as data_lib
-from . import progress
+from . import parallel, progress
 from .config import Config, TrainConfig
 from .errors import UsageError
 from .model import BigramLanguageModel, init_params, logits_table, loss_fn
@@ -64,17 +64,20 @@ def batch_key(base_key: jax.Array, step) -> jax.Array:
     return jax.random.fold_in(base_key, step)
 
 
-@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps"), donate_argnums=(0,))
-def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, block_size: int, max_steps: int):
+@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "sharding"), donate_argnums=(0,))
+def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, block_size: int, max_steps: int,
+                sharding=None):
     """Run ``num_steps`` (≤ ``max_steps``, traced, so one compile serves every count) steps in one call.
 
     Step ``s`` draws its batch from ``fold_in(base_key, s)`` with ``s = state.step``. Returns the new state and a
     ``(max_steps,)`` buffer whose first ``num_steps`` entries are the per-step losses (the rest NaN).
+    ``sharding`` (data parallel): the layout of each global batch, see ``parallel.DataParallel.batch_sharding``.
     """
 
     def body(i, carry):
         state, losses = carry
         x, y = data_lib.get_batch(batch_key(base_key, state.step), train_data, batch_size, block_size)
+        x, y = parallel.constrain_batch(x, y, sharding)
         state, loss = train_step(state, x, y)
         return state, losses.at[i].set(loss)
 
@@ -82,14 +85,15 @@ def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, bloc
     return jax.lax.fori_loop(0, num_steps, body, (state, losses))
 
 
-@partial(jax.jit, static_argnames=("iters", "batch_size", "block_size"))
-def estimate_loss(params, key, train_data, val_data, *, iters: int, batch_size: int, block_size: int) -> dict:
+@partial(jax.jit, static_argnames=("iters", "batch_size", "block_size", "sharding"))
+def estimate_loss(params, key, train_data, val_data, *, iters: int, batch_size: int, block_size: int,
+                  sharding=None) -> dict:
     """The lecture's estimate: mean loss over ``iters`` random batches of each split (pure; keys explicit)."""
 
     def mean_loss(split_key, split_data):
         keys = jax.random.split(split_key, iters)
-        return jax.lax.map(lambda k: loss_fn(params, *data_lib.get_batch(k, split_data, batch_size, block_size)),
-                           keys).mean()
+        return jax.lax.map(lambda k: loss_fn(params, *parallel.constrain_batch(
+            *data_lib.get_batch(k, split_data, batch_size, block_size), sharding)), keys).mean()
 
     train_key, val_key = jax.random.split(key)
     return {"train": mean_loss(train_key, train_data), "val": mean_loss(val_key, val_data)}
@@ -195,8 +199,9 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
     vocab_size = corpus.tokenizer.vocab_size
     meta = run_metadata(cfg, corpus)
 
-    init_key, train_key, eval_key = jax.random.split(jax.random.key(tcfg.seed), 3)
-    state = create_train_state(init_key, vocab_size, tcfg)
+    dp = parallel.DataParallel.create(tcfg.batch_size)  # all devices of all processes; batch split along 'data'
+    init_key, train_key, eval_key = dp.replicate(jax.random.split(jax.random.key(tcfg.seed), 3))
+    state = dp.abstract(lambda: create_train_state(init_key, vocab_size, tcfg))  # shapes only: restored or made
     history: list = []
     if fresh:
         store.clear()
@@ -206,11 +211,13 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
         state = state.replace(step=jnp.asarray(state.step, jnp.int32))
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
+    if parallel.is_abstract(state):  # a fresh start: only now allocate the (possibly V×V×3) state
+        state = dp.replicate(create_train_state(init_key, vocab_size, tcfg))
 
     if reporter is None:
         reporter = progress.for_run(cfg, store.workdir, start_step=int(state.step), resumed=int(state.step) > 0, err=err)
-    train_data, val_data = jnp.asarray(train_np), jnp.asarray(val_np)
-    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size)
+    train_data, val_data = dp.replicate((train_np, val_np))
+    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)
 
     def evaluate(at_step: int) -> dict:
         losses = estimate_loss(state.params, jax.random.fold_in(eval_key, at_step), train_data, val_data,

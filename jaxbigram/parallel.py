@@ -1,0 +1,145 @@
+"""Data parallelism on a ``jax.sharding.Mesh``, and multi-process (multi-host) start-up with ``jax.distributed``.
+
+The layout, in JAX's own terms:
+
+* one mesh axis, ``data``, over every device of every process (``jax.devices()``);
+* the global batch of each step is sharded along ``data`` (``NamedSharding(mesh, P('data'))``): the batch is drawn
+  inside the compiled step from ``fold_in(base_key, step)`` exactly as on one device, and a sharding constraint on
+  ``(x, y)`` makes each device gather only its own rows; the loss and the gradient are then all-reduced by XLA;
+* the parameters, the AdamW state and the token ids are replicated (``NamedSharding(mesh, P())``).
+
+Replicating the ``(V, V)`` table is the right choice while 3 copies of it (params, AdamW ``mu`` and ``nu``) plus a
+gradient fit on every device: each step touches only ``B·T`` rows, and replication costs one all-reduce of the
+gradient and no other communication. For a vocabulary large enough that ``4·V²·4`` bytes crowd a device, shard the
+table and its optimizer state along the rows (``P('data', None)``): the same code works with that sharding, at
+the price of an all-gather of the rows a batch needs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .errors import UsageError
+
+DATA_AXIS = "data"
+
+
+# ----------------------------------------------------------------------------- processes
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """``jax.distributed.initialize``: explicit values, else JAX's detection of the cluster (SLURM, Open MPI, TPU pod
+    slices, Kubernetes; ``JAX_COORDINATOR_ADDRESS`` is read by JAX itself). Call before any JAX computation."""
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+    except (AttributeError, ValueError):  # older or newer JAX without the option: its default applies
+        pass
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise UsageError("distributed_init", reason=str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def is_primary() -> bool:
+    """True on the process that prints and writes metadata (process 0; always true without ``jax.distributed``)."""
+    return jax.process_index() == 0
+
+
+def silence_non_primary() -> None:
+    """On every process but the primary, send stdout and stderr (Python's and the C++ libraries') to /dev/null;
+    uncaught errors still reach the original stderr, prefixed with the process index."""
+    if is_primary():
+        return
+    index = jax.process_index()
+    real_err = os.fdopen(os.dup(2), "w")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(devnull, 1), os.dup2(devnull, 2)
+
+    def hook(kind, value, tb):
+        real_err.write(f"[process {index}] " + "".join(traceback.format_exception(kind, value, tb)))
+        real_err.flush()
+
+    sys.excepthook = hook
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- the mesh
+
+@dataclass(frozen=True)
+class DataParallel:
+    """A 1-D ``data`` mesh and the shardings of a data-parallel run."""
+
+    mesh: Mesh
+
+    @classmethod
+    def create(cls, batch_size: int, devices=None) -> "DataParallel":
+        """A mesh over ``devices`` (default: all devices of all processes); the batch must split evenly over them."""
+        devices = list(jax.devices() if devices is None else devices)
+        if batch_size % len(devices):
+            raise UsageError("batch_devices", batch=batch_size, devices=len(devices))
+        return cls(Mesh(np.array(devices), (DATA_AXIS,)))
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch_sharding(self) -> NamedSharding | None:
+        """How ``(B, T)`` batches are laid out: rows split along ``data``; None on one device (nothing to split)."""
+        return NamedSharding(self.mesh, P(DATA_AXIS)) if self.num_devices > 1 else None
+
+    def abstract(self, fn):
+        """What ``fn()`` would return, as shapes and dtypes laid out replicated on the mesh, without computing or
+        allocating it (``jax.eval_shape``): the target to restore a checkpoint into."""
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                      jax.eval_shape(fn))
+
+    def replicate(self, tree):
+        """Every array leaf of ``tree`` (params, optimizer state, PRNG keys, token ids) as one global array
+        replicated on the mesh. Each process supplies its own devices' copies, so this works across hosts; every
+        process must pass the same values."""
+        return jax.tree_util.tree_map(self._replicate_leaf, tree)
+
+    def _replicate_leaf(self, leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding == self.replicated:
+            return leaf
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(leaf)
+            return jax.random.wrap_key_data(self._replicate_leaf(jax.random.key_data(leaf)), impl=impl)
+        if jax.process_count() == 1:  # no copy when the leaf already sits on the one device of the mesh
+            return jax.device_put(leaf, self.replicated)
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
+
+
+def is_abstract(tree) -> bool:
+    """True if ``tree`` holds shapes (``jax.ShapeDtypeStruct``) rather than arrays."""
+    return any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def constrain_batch(x, y, sharding):
+    """Inside jit: lay ``(x, y)`` out as ``sharding`` (each device keeps its rows of the global batch); no-op for
+    None."""
+    if sharding is None:
+        return x, y
+    return jax.lax.with_sharding_constraint((x, y), (sharding, sharding))

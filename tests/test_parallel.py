@@ -1,0 +1,172 @@
+"""Data parallelism and multi-process training: the same numbers on 1, 2, 4 and 8 devices and on 2 processes.
+
+A subprocess with 8 CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``) trains on meshes over 1,
+2, 4 and 8 of them, and runs the ``fit`` driver on all 8; the two processes of the multi-process run talk through
+``jax.distributed`` on localhost with gloo collectives; the one-device reference is ``fit`` in this process. They
+all run at the same time.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import importlib.util  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxbigram import config  # noqa: E402
+from jaxbigram.checkpoint import Store  # noqa: E402
+from jaxbigram.data import load_corpus  # noqa: E402
+from jaxbigram.errors import UsageError  # noqa: E402
+from jaxbigram.model import logits_table  # noqa: E402
+from jaxbigram.parallel import DataParallel  # noqa: E402
+from jaxbigram.train import fit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_COUNTS = (1, 2, 4, 8)  # as in parallel_worker.py
+STEPS, HALF = 40, 20
+CONFIG = f"""
+[train]
+seed = 7
+steps = {STEPS}
+batch_size = 16
+block_size = 8
+learning_rate = 0.05
+steps_per_call = 10
+[eval]
+interval = 20
+iters = 4
+[checkpoint]
+interval = 20
+keep = 2
+"""
+
+
+def _load_make_corpus():
+    spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "scripts" / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env(devices: int = 1) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch_pair(cfg, data, workdir, steps, tmp):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        cmd = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(cfg), "--data", str(data),
+               "--workdir", str(workdir), "--steps", str(steps), "--coordinator", f"localhost:{port}",
+               "--num-processes", "2", "--process-id", str(pid)]
+        out, err = open(tmp / f"p{pid}-{steps}.out", "w+"), open(tmp / f"p{pid}-{steps}.err", "w+")
+        procs.append((subprocess.Popen(cmd, env=_env(), stdout=out, stderr=err, cwd=tmp), out, err))
+    return procs
+
+
+def _finish(procs, timeout=240):
+    results = []
+    for proc, out, err in procs:
+        proc.wait(timeout=timeout)
+        out.seek(0), err.seek(0)
+        results.append((proc.returncode, out.read(), err.read()))
+        out.close(), err.close()
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Start the subprocesses together (the 8-device worker and the first half of the two-process run), and train
+    the one-device reference with ``fit`` in this process meanwhile."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    data = tmp / "corpus.txt"
+    _load_make_corpus().make_corpus(str(data), 60_000, vocab=120, seed=3)
+    cfg = tmp / "cfg.toml"
+    cfg.write_text(CONFIG)
+    worker = subprocess.Popen([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), str(cfg), str(data),
+                               str(tmp / "dev8"), str(tmp / "dev8.npz")],
+                              env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pair = _launch_pair(cfg, data, tmp / "multi", HALF, tmp)
+    with open(os.devnull, "w") as quiet:
+        reference = fit(config.load(cfg), load_corpus(data), Store(tmp / "one"), fresh=True, out=quiet, err=quiet)
+    output, _ = worker.communicate(timeout=240)
+    assert worker.returncode == 0, output[-3000:]
+    first_half = _finish(pair)
+    second_half = _finish(_launch_pair(cfg, data, tmp / "multi", STEPS, tmp))  # resumes from step HALF
+    one = {"params": np.asarray(logits_table(reference.state.params)), "val_loss": reference.report["val_loss"],
+           "history": np.asarray([[h["step"], h["train_loss"], h["val_loss"]] for h in reference.history])}
+    return {"tmp": tmp, "one": one, "dev": np.load(tmp / "dev8.npz"), "pair": (first_half, second_half)}
+
+
+def test_batch_must_split_evenly_over_devices():
+    with pytest.raises(UsageError) as e:
+        DataParallel.create(10, devices=[object()] * 4)
+    assert e.value.code == "batch_devices"
+    assert "batch_size 10" in str(e.value) and "4 devices" in str(e.value)
+    assert DataParallel.create(12, devices=None).num_devices >= 1
+
+
+@pytest.mark.parametrize("n", DEVICE_COUNTS[1:])
+def test_loss_curve_matches_one_device(runs, n):
+    """Meshes over 2, 4 and 8 devices: same global batch, same per-step losses and params as 1 device."""
+    dev = runs["dev"]
+    assert int(dev["devices"]) == 8
+    # each device holds only its rows of the global batch, and the global batch is the one-device batch
+    assert dev[f"rows{n}"].tolist() == [16 // n] and dev["rows1"].tolist() == [16]
+    np.testing.assert_array_equal(dev[f"batch{n}"], dev["batch1"])
+    losses = dev["losses1"]
+    assert losses.shape == (STEPS,) and np.isfinite(losses).all() and losses[-1] < losses[0] - 0.5
+    np.testing.assert_allclose(dev[f"losses{n}"], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(dev[f"params{n}"], dev["params1"], rtol=0, atol=1e-5)
+
+
+def test_fit_on_eight_devices_matches_one(runs):
+    """The whole driver on 8 devices (evals, checkpoints, exact report) against fit in this 1-device process."""
+    dev, one = runs["dev"], runs["one"]
+    np.testing.assert_allclose(dev["params1"], one["params"], rtol=0, atol=1e-5)  # the chunk loop is what fit runs
+    np.testing.assert_allclose(dev["fit_params"], one["params"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(dev["history"], one["history"], rtol=0, atol=1e-5)
+    assert abs(float(dev["val_loss"]) - one["val_loss"]) < 1e-5
+
+
+def test_checkpoint_of_many_devices_restores_on_one(runs):
+    """A checkpoint written from an 8-device mesh loads in this one-device process (sample/eval path)."""
+    params, meta = Store(runs["tmp"] / "dev8", create=False).restore_params()
+    assert meta["step"] == STEPS
+    np.testing.assert_allclose(np.asarray(params["token_embedding_table"]["embedding"]), runs["one"]["params"],
+                               rtol=0, atol=1e-5)
+
+
+def test_two_processes_train_together_like_one(runs):
+    for half in runs["pair"]:
+        (rc0, out0, err0), (rc1, out1, err1) = half
+        assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
+        assert out1 == "" and "Traceback" not in err1  # only the primary process prints
+        assert "devices [CpuDevice(id=0), CpuDevice(id=" in err0  # one global mesh over both processes
+    first, second = runs["pair"]
+    assert f"step {HALF}: train loss" in first[0][1]
+    assert f"resuming from step {HALF}" in second[0][2] and f"step {STEPS}: train loss" in second[0][1]
+    # the run saved from both processes, resumed from both, and ends where one process with one device ends
+    store = Store(runs["tmp"] / "multi", create=False)
+    assert store.steps()[-1] == STEPS
+    params, meta = store.restore_params()
+    one = runs["one"]
+    np.testing.assert_allclose(np.asarray(params["token_embedding_table"]["embedding"]), one["params"],
+                               rtol=0, atol=1e-5)
+    history = np.asarray([[h["step"], h["train_loss"], h["val_loss"]] for h in meta["history"]])
+    np.testing.assert_allclose(history, one["history"], rtol=0, atol=1e-5)
+    assert abs(meta["exact"]["val_loss"] - one["val_loss"]) < 1e-5
