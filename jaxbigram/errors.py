@@ -44,6 +44,7 @@ MESSAGES = {
     "workdir_is_file": "workdir {workdir} is a file: pass a directory with --workdir",
     # training
     "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",
+    "interrupted": "stopped by {signal} at step {step}; checkpoint saved in {path}. To resume: {command}",
     "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -133,6 +134,14 @@ class Interrupted(Exception):
         super().__init__(f"interrupted at step {step}")
 
 
+def _note(text: str) -> None:
+    """Write to stderr without Python's buffered streams (safe inside a signal handler)."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 class _StopRequest:
     """Records SIGINT/SIGTERM instead of raising, so a chunk or a save is never cut in half."""
 
@@ -149,9 +158,13 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        # os.write, not print: a handler may interrupt a print to the same stream ("reentrant call" error)
         if self.signum is None:
             self.signum = signum
-            print(f"\nreceived signal {signum}: finishing this chunk and saving a checkpoint…", file=sys.stderr)
+            _note(f"\nreceived signal {signum}: finishing this chunk and saving a checkpoint…\n")
+        else:  # a second Ctrl-C must not cut the save in half: it is noted, never raised
+            _note(f"\nreceived signal {signum} again: still saving, please wait (kill -9 would also be safe: the "
+                  f"last complete checkpoint is kept)\n")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -180,8 +193,9 @@ def _next_stop(step: int, target: int, cfg: Config) -> int:
     return min(nxt)
 
 
-def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=sys.stdout, err=sys.stderr) -> FitResult:
+def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=None, err=None) -> FitResult:
     """Train ``cfg.train.steps`` steps (resuming from ``store`` unless ``fresh``), evaluating and checkpointing."""
+    out, err = out or sys.stdout, err or sys.stderr  # looked up per call (tests and callers may swap the streams)
     tcfg = cfg.train
     train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
@@ -193,9 +207,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
     history: list = []
     if fresh:
         store.clear()
-    elif store.latest_step() is not None:
-        previous = store.check_compatible(meta)
-        state = store.restore_state(store.latest_step(), state)
+    elif store.latest_step() is not None and (resumed := store.resume(meta, state, err)) is not None:
+        previous, state = resumed  # the newest intact checkpoint; damaged newer ones are set aside with a note
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
 
