@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import sys
@@ -105,6 +106,7 @@ class Store:
     def _restore(self, step: int, whole_state: bool = False, **items):
         """Restore ``items`` of ``step``; a restored state is checked against its checksums (all arrays if
         ``whole_state``, else the params only)."""
+        _drop_orbax_orphans()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             if "state" in items:
@@ -114,7 +116,7 @@ class Store:
             return restored
         except Exception as e:  # orbax raises many types for damaged files; all mean "this step is unusable"
             reason = _reason(e)
-        _collect_quietly()
+        gc.collect()  # close orbax's abandoned reads now (their noise is filtered, see _drop_orbax_orphans)
         older = [s for s in self.steps() if s < step]
         raise UsageError("corrupt_checkpoint", step=step, workdir=self.workdir, reason=reason,
                          steps="available: " + (", ".join(map(str, older)) if older else "none"))
@@ -193,15 +195,36 @@ class Store:
             self._manager = None
 
 
-def _collect_quietly() -> None:
-    """Collect what a failed orbax read left behind now, silently: its orphaned read coroutines turn the GeneratorExit
-    of their cleanup into an exception, which Python would print as a traceback later, after our one-line error."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+def _drop_orbax_orphans() -> None:
+    """Keep a failed orbax read from printing tracebacks around our one-line error.
+
+    When one array of a damaged checkpoint fails to read, orbax abandons its other reads and closes its event loop.
+    What is left then reports itself at any time up to exit: abandoned coroutines turn their GeneratorExit into an
+    exception, TensorStore's finished reads call back into the closed loop ("Event loop is closed"), and failed tasks
+    are logged as "Task exception was never retrieved". Filters on ``sys.unraisablehook`` and on the ``asyncio``
+    logger drop exactly those; anything else still gets through.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orbax_orphans", False):
+        return
+
+    def hook(unraisable):
+        closed_loop = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        if not (closed_loop or _from_orbax(unraisable.exc_traceback, getattr(unraisable.object, "cr_code", None))):
+            previous(unraisable)
+
+    hook._drops_orbax_orphans = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+        lambda record: not (record.exc_info and _from_orbax(record.exc_info[2], None)))
+
+
+def _from_orbax(tb, code) -> bool:
+    files = [code.co_filename] if code is not None else []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return any(f"{os.sep}orbax{os.sep}" in f for f in files)
 
 
 def _reason(error: Exception) -> str:
@@ -247,4 +270,6 @@ def _ensure_writable(workdir: Path) -> None:
     except OSError as e:
         raise UsageError("workdir_not_writable", workdir=workdir, reason=e.strerror or str(e)) from None
     if not os.access(workdir, os.W_OK | os.X_OK):
-        raise UsageError("workdir_not_writable", workdir=workdir, reason="permission denied")
+        read_only = bool(os.statvfs(workdir).f_flag & os.ST_RDONLY)
+        raise UsageError("workdir_not_writable", workdir=workdir,
+                         reason="read-only file system" if read_only else "permission denied")

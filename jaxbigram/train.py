@@ -161,9 +161,9 @@ class _StopRequest:
         # os.write, not print: a handler may interrupt a print to the same stream ("reentrant call" error)
         if self.signum is None:
             self.signum = signum
-            _note(f"\nreceived signal {signum}: finishing this chunk and saving a checkpoint…\n")
+            _note(f"\nreceived {signal.Signals(signum).name}: finishing this chunk and saving a checkpoint…\n")
         else:  # a second Ctrl-C must not cut the save in half: it is noted, never raised
-            _note(f"\nreceived signal {signum} again: still saving, please wait (kill -9 would also be safe: the "
+            _note(f"\nreceived {signal.Signals(signum).name} again: still saving, please wait (kill -9 would also be safe: the "
                   f"last complete checkpoint is kept)\n")
 
     def __exit__(self, *exc):

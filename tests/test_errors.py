@@ -17,8 +17,6 @@ import pytest
 
 from jaxbigram.cli import main
 
-# orbax leaves un-awaited read coroutines behind when an array file is damaged; harmless, but pytest reports them
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.toml")
