@@ -135,13 +135,14 @@ class Store:
         restored = self._restore(step, state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
         return restored.state["params"], restored.meta
 
-    def resume(self, meta: dict, template, err=sys.stderr):
+    def resume(self, meta: dict, template, err=None):
         """(saved metadata, TrainState) of the newest checkpoint that restores intact, or None if none does.
 
         A damaged step (unreadable, or a checksum mismatch) is moved to ``<workdir>/damaged-checkpoints/`` with a note
         on ``err`` and the next older step is tried, so ``train`` continues from the last good checkpoint. Refuses
         (UsageError "incompatible") a checkpoint trained on other data or another vocabulary.
         """
+        err = err or sys.stderr
         for step in reversed(self.steps()):
             try:
                 saved = self._restore(step, meta=ocp.args.JsonRestore()).meta

@@ -159,12 +159,13 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         # os.write, not print: a handler may interrupt a print to the same stream ("reentrant call" error)
+        name = signal.Signals(signum).name
         if self.signum is None:
             self.signum = signum
-            _note(f"\nreceived {signal.Signals(signum).name}: finishing this chunk and saving a checkpoint…\n")
+            _note(f"\nreceived {name}: finishing this chunk and saving a checkpoint…\n")
         else:  # a second Ctrl-C must not cut the save in half: it is noted, never raised
-            _note(f"\nreceived {signal.Signals(signum).name} again: still saving, please wait (kill -9 would also be safe: the "
-                  f"last complete checkpoint is kept)\n")
+            _note(f"\nreceived {name} again: still saving, please wait (kill -9 would also be safe: the last complete "
+                  f"checkpoint is kept)\n")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
