@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import MESSAGES, UsageError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 DEFAULT_WORKDIR = "runs/default"
@@ -339,6 +339,25 @@ def cmd_plot(args) -> int:
     return 0
 
 
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command that continues an interrupted ``train``: the same one, without ``--fresh``."""
+    import shlex
+
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--fresh"]
+    program = "python run.py" if Path(sys.argv[0]).name in ("run.py", "__main__.py", "-c", "") else "jaxbigram"
+    return f"{program} {shlex.join(args)}"
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot}
 
 
@@ -353,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"stopped at step {e.step}; checkpoint saved in {e.path}. Run the same command again to resume.",
-              file=sys.stderr)
+        print(MESSAGES["interrupted"].format(signal=_signal_name(e.signum), step=e.step, path=e.path,
+                                             command=resume_command(argv)), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted (no training step was lost: nothing had started)", file=sys.stderr)

@@ -19,6 +19,7 @@ from .errors import UsageError
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DATA_ENV = "JAXBIGRAM_DATA"
+DATA_URL_ENV = "JAXBIGRAM_DATA_URL"  # where tinyshakespeare is downloaded from (default TINYSHAKESPEARE_URL)
 _MAX_CODEPOINT = 0x110000
 _CACHE_FORMAT = 1
 
@@ -141,7 +142,7 @@ def resolve_data_path(path: str | None = None) -> Path:
     cached = cache_dir() / "tinyshakespeare" / "input.txt"
     if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
         return cached
-    return download_tinyshakespeare(cached)
+    return download_tinyshakespeare(cached, os.environ.get(DATA_URL_ENV) or TINYSHAKESPEARE_URL)
 
 
 def read_bytes(path: Path) -> bytes:

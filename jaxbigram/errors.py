@@ -45,6 +45,7 @@ MESSAGES = {
     # training
     "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",
     "distributed_init": "could not start the multi-process run ({reason}): pass --coordinator HOST:PORT, --num-processes N and --process-id I, or launch under a cluster manager JAX detects (SLURM, Open MPI, TPU pod slice, Kubernetes)",
+    "interrupted": "stopped by {signal} at step {step}; checkpoint saved in {path}. To resume: {command}",
     "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",

@@ -48,12 +48,22 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, resumed_step: int | None):
         self.path = Path(path)
-        kept = [r for r in read_metrics(self.path) if resumed_step is not None and r["step"] <= resumed_step]
+        existing = read_metrics(self.path)
+        kept = [r for r in existing if resumed_step is not None and r["step"] <= resumed_step]
         kept = list({r["step"]: r for r in kept}.values())  # one row per step, first position, last value
-        self._rewrite(kept)
+        if kept != existing or not self._ends_cleanly():
+            self._rewrite(kept)  # untouched when nothing changes: a refused resume leaves the file as it was
         self.steps = {r["step"] for r in kept}
         self.last_step = max(self.steps, default=None)
         self.wall_offset = float(kept[-1].get("wall_s") or 0.0) if kept else 0.0
+
+    def _ends_cleanly(self) -> bool:
+        """False when the last line was cut short (a kill mid-append)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return True
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     def _rewrite(self, rows: list[dict]) -> None:
         if not rows and not self.path.exists():

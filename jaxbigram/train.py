@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -139,6 +140,14 @@ class Interrupted(Exception):
         super().__init__(f"interrupted at step {step}")
 
 
+def _note(text: str) -> None:
+    """Write to stderr without Python's buffered streams (safe inside a signal handler)."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 class _StopRequest:
     """Records SIGINT/SIGTERM instead of raising, so a chunk or a save is never cut in half."""
 
@@ -155,9 +164,14 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        # os.write, not print: a handler may interrupt a print to the same stream ("reentrant call" error)
+        name = signal.Signals(signum).name
         if self.signum is None:
             self.signum = signum
-            print(f"\nreceived signal {signum}: finishing this chunk and saving a checkpoint…", file=sys.stderr)
+            _note(f"\nreceived {name}: finishing this chunk and saving a checkpoint…\n")
+        else:  # a second Ctrl-C must not cut the save in half: it is noted, never raised
+            _note(f"\nreceived {name} again: still saving, please wait (kill -9 would also be safe: the last complete "
+                  f"checkpoint is kept)\n")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -205,9 +219,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out
     history: list = []
     if fresh:
         store.clear()
-    elif store.latest_step() is not None:
-        previous = store.check_compatible(meta)
-        state = store.restore_state(store.latest_step(), state)
+    elif store.latest_step() is not None and (resumed := store.resume(meta, state, err)) is not None:
+        previous, state = resumed  # the newest intact checkpoint; damaged newer ones are set aside with a note
         state = state.replace(step=jnp.asarray(state.step, jnp.int32))
         history = list(previous.get("history", []))
         print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
