@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -94,6 +95,54 @@ def encode_corpus(text: str) -> tuple[Tokenizer, np.ndarray]:
     lookup[present] = np.arange(len(present), dtype=dtype)
     tokenizer = Tokenizer(present.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass"))
     return tokenizer, lookup[cps]
+
+
+ENCODE_CHUNK_BYTES = 1 << 23
+
+
+def _utf8_codepoints(payload: bytes, path, chunk: int):
+    """Yield the code points (uint32 arrays) of consecutive pieces of UTF-8 ``payload``, decoding ``chunk`` bytes at a
+    time; invalid UTF-8 raises ``data_not_utf8`` with the offending byte's offset in the whole payload."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(payload)
+    for start in range(0, len(payload), chunk):
+        pending = len(decoder.getstate()[0])  # bytes of a character split across the previous boundary
+        try:
+            text = decoder.decode(view[start:start + chunk], final=start + chunk >= len(payload))
+        except UnicodeDecodeError as e:
+            raise UsageError("data_not_utf8", path=path, offset=start - pending + e.start) from None
+        yield _codepoints(text)
+
+
+def encode_utf8(payload: bytes, path="<bytes>", chunk: int = ENCODE_CHUNK_BYTES) -> tuple[Tokenizer, np.ndarray]:
+    """UTF-8 bytes → (Tokenizer, ids), equal to ``encode_corpus(payload.decode())`` without ever holding the whole
+    text as a ``str``: memory is the ids plus O(chunk). Pure ASCII (the common case) is mapped byte for byte with
+    ``bytes.translate``; other text is decoded twice in chunks (pass 1 finds the vocabulary, pass 2 maps)."""
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    if raw.size and int(raw.max()) < 0x80:  # ASCII: one byte per character
+        seen = np.zeros(0x80, dtype=bool)
+        for start in range(0, raw.size, chunk):
+            seen[raw[start:start + chunk]] = True
+        present = np.flatnonzero(seen)
+        table = np.zeros(256, dtype=np.uint8)
+        table[present] = np.arange(len(present), dtype=np.uint8)
+        ids = np.frombuffer(bytes(payload).translate(table.tobytes()), dtype=np.uint8)
+        return Tokenizer(present.astype("<u4").tobytes().decode("utf-32-le")), ids
+    seen = np.zeros(_MAX_CODEPOINT, dtype=bool)
+    length = 0
+    for cps in _utf8_codepoints(payload, path, chunk):
+        seen[cps] = True
+        length += len(cps)
+    present = np.flatnonzero(seen)
+    dtype = ids_dtype(len(present))
+    lookup = np.zeros(_MAX_CODEPOINT, dtype=dtype)
+    lookup[present] = np.arange(len(present), dtype=dtype)
+    ids = np.empty(length, dtype=dtype)
+    at = 0
+    for cps in _utf8_codepoints(payload, path, chunk):
+        ids[at:at + len(cps)] = lookup[cps]
+        at += len(cps)
+    return Tokenizer(present.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")), ids
 
 
 # ----------------------------------------------------------------------------- where the text comes from
@@ -219,7 +268,7 @@ def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
         hit = _read_cache(ids_path, vocab_path)
         if hit is not None:
             return Corpus(ids=hit[1], tokenizer=hit[0], path=str(path), sha256=sha256)
-    tokenizer, ids = encode_corpus(decode_utf8(payload, path))
+    tokenizer, ids = encode_utf8(payload, path)
     for ids_path, vocab_path in candidates:
         if _write_cache(ids_path, vocab_path, tokenizer, ids):
             break
