@@ -61,8 +61,32 @@ def _median_rate(work: float, seconds: list[float]) -> float:
     return work / statistics.median(seconds)
 
 
-def _mb(kilobytes: int) -> float:
-    return round(kilobytes / 1024.0, 1)  # ru_maxrss is in KiB on Linux
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: ``VmHWM`` (Linux; counts only this program, not a parent that
+    forked it), else ``getrusage(RUSAGE_SELF).ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0), 1)
+
+
+def _cli_with_peak(argv: list[str], peak_file: str) -> int:
+    """``cli.main(argv)`` in this (child) process, then its peak memory written to ``peak_file``."""
+    from .cli import main
+
+    try:
+        return main(argv)
+    finally:
+        Path(peak_file).write_text(str(peak_rss_mb()))
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH for child processes: the folder holding this jaxbigram first, so they import the same code."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def _log(message: str) -> None:
@@ -145,36 +169,40 @@ def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: in
 # ----------------------------------------------------------------------------- the whole notes run
 
 def _run_child(argv: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Run ``argv``; returns (wall seconds from spawn to exit, the child's own peak RSS in MiB, the result)."""
+    """Run ``argv``; returns (wall seconds from spawn to exit, the child's CPU seconds (user + system), the result)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         out.seek(0)
         err.seek(0)
-        return seconds, _mb(usage.ru_maxrss), subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
+        return (seconds, usage.ru_utime + usage.ru_stime,
+                subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read()))
 
 
 def bench_notes_run(plan: Plan, platform: str | None) -> dict:
     """Wall time of ``run.py train --config notes.toml --fresh`` from process start to exit (final checkpoint
     written), with an empty compilation cache (cold) and then with the cache the cold run filled (warm)."""
-    argv = [sys.executable, "-m", "jaxbigram", "train", "--config", plan.notes_config, "--fresh",
-            *plan.extra_args, *(["--platform", platform] if platform else [])]
-    cold, warm, rss = [], [], 0.0
+    cold, warm, cold_cpu, warm_cpu, rss = [], [], [], [], 0.0
     with tempfile.TemporaryDirectory(prefix="jaxbigram-bench-") as tmp:
+        peak_file = str(Path(tmp) / "peak")
         for i in range(plan.notes_repeats):
-            cache = Path(tmp) / f"xla-{i}"
-            env = dict(os.environ, JAXBIGRAM_COMPILE_CACHE=str(cache))
-            for bucket in (cold, warm):
-                seconds, child_rss, proc = _run_child([*argv, "--workdir", str(Path(tmp) / f"run-{i}")], env)
+            args = ["train", "--config", plan.notes_config, "--fresh", "--workdir", str(Path(tmp) / f"run-{i}"),
+                    *plan.extra_args, *(["--platform", platform] if platform else [])]
+            code = f"import sys; from jaxbigram.bench import _cli_with_peak; sys.exit(_cli_with_peak({args!r}, {peak_file!r}))"
+            env = dict(os.environ, JAXBIGRAM_COMPILE_CACHE=str(Path(tmp) / f"xla-{i}"), PYTHONPATH=_pythonpath())
+            for bucket, cpu_bucket in ((cold, cold_cpu), (warm, warm_cpu)):
+                seconds, cpu, proc = _run_child([sys.executable, "-c", code], env)
                 if proc.returncode != 0:
                     raise RuntimeError(f"notes run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
                 bucket.append(seconds)
-                rss = max(rss, child_rss)
+                cpu_bucket.append(cpu)
+                rss = max(rss, float(Path(peak_file).read_text()))
             _log(f"notes run {i + 1}/{plan.notes_repeats}: cold cache {cold[-1]:.2f} s, warm cache {warm[-1]:.2f} s")
     return {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm), "peak_rss_mb": rss,
+            "cold_cpu_s": statistics.median(cold_cpu), "warm_cpu_s": statistics.median(warm_cpu),
             "raw_cold_s": cold, "raw_warm_s": warm}
 
 
@@ -260,7 +288,7 @@ def _data_prep_child(path: str) -> None:
     ok = len(cached.ids) == len(first.ids) and cached.tokenizer == first.tokenizer
     print(json.dumps({"first_s": first_s, "cached_s": cached_s, "ok": bool(ok),
                       "memory_mapped": type(cached.ids).__name__ == "memmap", "vocab_size": first.tokenizer.vocab_size,
-                      "peak_rss_mb": _mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def bench_data_prep(megabytes: float, repeats: int) -> dict:
@@ -273,8 +301,7 @@ def bench_data_prep(megabytes: float, repeats: int) -> dict:
             for stale in Path(tmp).glob("corpus.txt.jaxbigram-*"):
                 stale.unlink()
             code = f"from jaxbigram.bench import _data_prep_child; _data_prep_child({str(path)!r})"
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                                            os.environ.get("PYTHONPATH")])))
+            env = dict(os.environ, PYTHONPATH=_pythonpath())
             proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"data prep failed:\n{proc.stderr[-2000:]}")
@@ -299,6 +326,14 @@ def _cpu_model() -> str:
     return platform_lib.processor() or platform_lib.machine()
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average: on a shared machine, how much else was running."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     """Every measurement of ``plan``; returns the flat JSON-ready report documented in the README."""
     import jax
@@ -311,6 +346,7 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
         "jax_version": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
         "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "python": platform_lib.python_version(),
         "quick": plan.repeats < FULL.repeats, "repeats": plan.repeats, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_avg_start": _load_average(),
     }
     raw: dict = {}
     (b, t), (lb, lt) = plan.small_shape, plan.large_shape
@@ -353,10 +389,12 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     _log(f"whole notes run ({Path(plan.notes_config).name}) in subprocesses")
     notes = bench_notes_run(plan, platform)
     report.update({"notes_run_s": notes["cold_s"], "notes_run_warm_cache_s": notes["warm_s"],
+                   "notes_run_cpu_s": notes["cold_cpu_s"], "notes_run_warm_cache_cpu_s": notes["warm_cpu_s"],
                    "notes_run_peak_rss_mb": notes["peak_rss_mb"]})
     raw.update(notes_run_s=notes["raw_cold_s"], notes_run_warm_cache_s=notes["raw_warm_s"])
 
-    report["peak_rss_mb"] = _mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    report["peak_rss_mb"] = peak_rss_mb()
+    report["load_avg_end"] = _load_average()
     report["raw_seconds"] = raw
     return report
 
