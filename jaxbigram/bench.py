@@ -265,7 +265,8 @@ def write_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
 
     rng = np.random.default_rng(seed)
     codepoints = np.frombuffer(_ALPHABET.encode("utf-32-le"), dtype="<u4")
-    text = codepoints[rng.integers(0, len(codepoints), 1 << 20)].tobytes().decode("utf-32-le")
+    chars = int(min(1 << 20, max(1000, megabytes * 1e6 / 1.1)))  # ~1.1 UTF-8 bytes per character
+    text = codepoints[rng.integers(0, len(codepoints), chars)].tobytes().decode("utf-32-le")
     copies = max(1, round(megabytes * 1e6 / len(text.encode("utf-8"))))
     size = 0
     with open(path, "wb") as f:
@@ -356,17 +357,16 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     _log(f"training at {b}x{t}: {small['steps_per_s']:,.0f} steps/s; naive jit-per-step loop next")
     naive = bench_naive_train(train_ids, vocab, plan.small_shape, plan.naive_steps, plan.repeats)
     _log(f"naive loop: {naive['steps_per_s']:,.0f} steps/s; training at {lb}x{lt} next")
-    large = bench_train(train_ids, vocab, plan.large_shape, plan.large_steps_per_call, plan.large_calls,
-                        max(3, plan.repeats - 2))
+    large = bench_train(train_ids, vocab, plan.large_shape, plan.large_steps_per_call, plan.large_calls, plan.repeats)
     report.update({
-        f"train_steps_per_s_{b}x{t}": small["steps_per_s"], f"train_tokens_per_s_{b}x{t}": small["tokens_per_s"],
+        "train_shape": f"{b}x{t}", "train_steps_per_s": small["steps_per_s"], "train_tokens_per_s": small["tokens_per_s"],
         "train_compile_s": small["compile_s"],
-        f"train_steps_per_s_{lb}x{lt}": large["steps_per_s"], f"train_tokens_per_s_{lb}x{lt}": large["tokens_per_s"],
-        f"train_compile_s_{lb}x{lt}": large["compile_s"],
-        f"naive_steps_per_s_{b}x{t}": naive["steps_per_s"], f"naive_tokens_per_s_{b}x{t}": naive["tokens_per_s"],
-        f"speedup_vs_naive_{b}x{t}": small["steps_per_s"] / naive["steps_per_s"],
+        "train_large_shape": f"{lb}x{lt}", "train_large_steps_per_s": large["steps_per_s"],
+        "train_large_tokens_per_s": large["tokens_per_s"], "train_large_compile_s": large["compile_s"],
+        "naive_train_steps_per_s": naive["steps_per_s"], "naive_train_tokens_per_s": naive["tokens_per_s"],
+        "speedup_vs_naive": small["steps_per_s"] / naive["steps_per_s"],
     })
-    raw.update(train_small_s=small["raw_s"], train_large_s=large["raw_s"], naive_train_s=naive["raw_s"])
+    raw.update(train_s=small["raw_s"], train_large_s=large["raw_s"], naive_train_s=naive["raw_s"])
 
     _log("sampling")
     params = small["params"]  # the table trained above: a realistic next-character distribution
@@ -374,23 +374,25 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     long = bench_sampling(params, s1, n1, plan.repeats)
     wide = bench_sampling(params, s2, n2, plan.repeats)
     naive_sample = bench_naive_sampling(params, plan.naive_sample_chars, plan.repeats)
-    report.update({f"sample_chars_per_s_{s1}x{n1}": long["chars_per_s"],
-                   f"sample_chars_per_s_{s2}x{n2}": wide["chars_per_s"],
-                   "naive_sample_chars_per_s_1_stream": naive_sample["chars_per_s"]})
-    raw.update(sample_long_s=long["raw_s"], sample_wide_s=wide["raw_s"], naive_sample_s=naive_sample["raw_s"])
+    report.update({"sample_1_stream_shape": f"{s1}x{n1}", "sample_1_stream_chars_per_s": long["chars_per_s"],
+                   "sample_many_streams_shape": f"{s2}x{n2}", "sample_many_streams_chars_per_s": wide["chars_per_s"],
+                   "naive_sample_chars_per_s": naive_sample["chars_per_s"]})
+    raw.update(sample_1_stream_s=long["raw_s"], sample_many_streams_s=wide["raw_s"],
+               naive_sample_s=naive_sample["raw_s"])
 
     _log(f"data prep on a generated {plan.corpus_mb:g} MB UTF-8 corpus")
     prep = bench_data_prep(plan.corpus_mb, plan.data_repeats)
-    report.update({"data_prep_mb": prep["mb"], "data_prep_first_mb_per_s": prep["first_mb_per_s"],
+    report.update({"data_prep_mb": prep["mb"], "data_prep_vocab_size": prep["vocab_size"],
+                   "data_prep_first_mb_per_s": prep["first_mb_per_s"],
                    "data_prep_cached_mb_per_s": prep["cached_mb_per_s"], "data_prep_peak_rss_mb": prep["peak_rss_mb"],
                    "data_prep_cache_memory_mapped": prep["memory_mapped"]})
     raw.update(data_prep_first_s=prep["raw_first_s"], data_prep_cached_s=prep["raw_cached_s"])
 
     _log(f"whole notes run ({Path(plan.notes_config).name}) in subprocesses")
     notes = bench_notes_run(plan, platform)
-    report.update({"notes_run_s": notes["cold_s"], "notes_run_warm_cache_s": notes["warm_s"],
-                   "notes_run_cpu_s": notes["cold_cpu_s"], "notes_run_warm_cache_cpu_s": notes["warm_cpu_s"],
-                   "notes_run_peak_rss_mb": notes["peak_rss_mb"]})
+    report.update({"notes_config": Path(plan.notes_config).name, "notes_run_s": notes["cold_s"],
+                   "notes_run_cpu_s": notes["cold_cpu_s"], "notes_run_warm_cache_s": notes["warm_s"],
+                   "notes_run_warm_cache_cpu_s": notes["warm_cpu_s"], "notes_run_peak_rss_mb": notes["peak_rss_mb"]})
     raw.update(notes_run_s=notes["raw_cold_s"], notes_run_warm_cache_s=notes["raw_warm_s"])
 
     report["peak_rss_mb"] = peak_rss_mb()
