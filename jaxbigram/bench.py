@@ -12,7 +12,6 @@ import json
 import os
 import platform as platform_lib
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,13 +47,13 @@ class Plan:
 
 
 FULL = Plan()
+QUICK = Plan(repeats=3, small_calls=5, large_calls=1, naive_steps=1000, notes_repeats=1, corpus_mb=20.0,
+             data_repeats=1)
 
 
 def replace_plan(plan: Plan, **changes) -> Plan:
+    """A copy of ``plan`` with some fields changed."""
     return dataclasses.replace(plan, **changes)
-
-QUICK = Plan(repeats=3, small_calls=5, large_calls=1, naive_steps=1000, notes_repeats=1, corpus_mb=20.0,
-             data_repeats=1)
 
 
 def _median_rate(work: float, seconds: list[float]) -> float:
@@ -286,10 +285,13 @@ def _data_prep_child(path: str) -> None:
     t0 = time.perf_counter()
     cached = load_corpus(path)
     cached_s = time.perf_counter() - t0
-    ok = len(cached.ids) == len(first.ids) and cached.tokenizer == first.tokenizer
+    peak = peak_rss_mb()  # before the check below pages the whole memory map in
+    import numpy as np
+
+    ok = cached.tokenizer == first.tokenizer and np.array_equal(cached.ids, first.ids)
     print(json.dumps({"first_s": first_s, "cached_s": cached_s, "ok": bool(ok),
-                      "memory_mapped": type(cached.ids).__name__ == "memmap", "vocab_size": first.tokenizer.vocab_size,
-                      "peak_rss_mb": peak_rss_mb()}))
+                      "memory_mapped": isinstance(cached.ids, np.memmap), "vocab_size": first.tokenizer.vocab_size,
+                      "peak_rss_mb": peak}))
 
 
 def bench_data_prep(megabytes: float, repeats: int) -> dict:
@@ -302,11 +304,13 @@ def bench_data_prep(megabytes: float, repeats: int) -> dict:
             for stale in Path(tmp).glob("corpus.txt.jaxbigram-*"):
                 stale.unlink()
             code = f"from jaxbigram.bench import _data_prep_child; _data_prep_child({str(path)!r})"
-            env = dict(os.environ, PYTHONPATH=_pythonpath())
+            env = dict(os.environ, PYTHONPATH=_pythonpath(), XDG_CACHE_HOME=str(Path(tmp) / "cache"))
             proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"data prep failed:\n{proc.stderr[-2000:]}")
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if not results[-1]["ok"]:
+                raise RuntimeError("data prep: the cached corpus differs from the freshly encoded one")
     first = [r["first_s"] for r in results]
     cached = [r["cached_s"] for r in results]
     return {"mb": size / 1e6, "first_mb_per_s": _median_rate(size / 1e6, first),
