@@ -97,7 +97,7 @@ def encode_corpus(text: str) -> tuple[Tokenizer, np.ndarray]:
     return tokenizer, lookup[cps]
 
 
-ENCODE_CHUNK_BYTES = 1 << 23
+ENCODE_CHUNK_BYTES = 1 << 22  # 4 MB: 8 MB is ~6% faster but holds ~85 MB more in temporaries
 
 
 def _utf8_codepoints(payload: bytes, path, chunk: int):
