@@ -52,7 +52,7 @@ def _non_negative_int(flag: str, low: int = 0):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run.py", description="jaxbigram: the character-level bigram language model in JAX/Flax.",
                      formatter_class=_Formatter, epilog=_epilog("python run.py train", "python run.py sample --seed 1337"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot,bench}", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train (or resume) a model", formatter_class=_Formatter,
                        description="Train the bigram model; resumes from the latest checkpoint in --workdir.",
@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="the training run's workdir")
     p.add_argument("--out", default=None, help="directory for the PNGs (default: the workdir)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step for the bigram table (default: latest)")
+
+    p = sub.add_parser("bench", help="measure training, sampling and data-prep speed", formatter_class=_Formatter,
+                       description="Benchmark this machine: fused training (steps/s, tokens/s, compile time) next to a "
+                                   "naive jit-per-step loop, the whole configs/notes.toml run, sampling chars/s, data "
+                                   "prep MB/s and peak memory (medians of repeats, after warm-up; see README).",
+                       epilog=_epilog("python run.py bench --quick", "python run.py bench --json > bench.json"))
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and a 20 MB corpus (about half the time)")
+    p.add_argument("--data", default=None, help="text to train on (default: $JAXBIGRAM_DATA, else tinyshakespeare)")
+    p.add_argument("--platform", default=None, help="cpu, gpu or tpu (default: JAX's choice)")
     return parser
 
 
@@ -331,13 +341,26 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+    from .data import load_corpus, resolve_data_path
+
+    select_platform(args.platform)
+    data_path = resolve_data_path(args.data)
+    plan = bench.QUICK if args.quick else bench.FULL
+    plan = bench.replace_plan(plan, extra_args=("--data", str(data_path)))
+    report = bench.run(plan, load_corpus(data_path), platform=args.platform)
+    print(json.dumps(report) if args.json else bench.format_table(report))
+    return 0
+
+
+
 def cmd_plot(args) -> int:
     from .plot import make_plots
 
     for path in make_plots(args.workdir, args.out, args.step):
         print(path)
     return 0
-
 
 
 def _signal_name(signum: int) -> str:
@@ -358,7 +381,8 @@ def resume_command(argv: list[str] | None) -> str:
     return f"{program} {shlex.join(args)}"
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        if args.command != "info":
+            from .runtime import configure
+
+            # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
+            configure(getattr(args, "platform", None), compile_cache=args.command != "bench")
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -137,6 +137,13 @@ def is_abstract(tree) -> bool:
     return any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def stacked(sharding):
+    """The layout of a stack of batches (a leading steps axis, unsplit) whose batches are laid out as ``sharding``."""
+    if sharding is None:
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
+
+
 def constrain_batch(x, y, sharding):
     """Inside jit: lay ``(x, y)`` out as ``sharding`` (each device keeps its rows of the global batch); no-op for
     None."""

@@ -65,6 +65,17 @@ def batch_key(base_key: jax.Array, step) -> jax.Array:
     return jax.random.fold_in(base_key, step)
 
 
+# Batches of a fused chunk are drawn up front, in one vectorised call per sub-chunk, as long as their ids fit in this
+# many elements; the step loop then only trains. On a CPU this halves the cost of a small step (the per-step
+# threefry and gather kernels are gone from the loop) without changing a single value: ``vmap(get_batch)`` over the
+# steps' keys returns exactly the batches that ``get_batch`` returns step by step.
+BATCH_BUFFER_ELEMENTS = 1 << 21
+
+
+def _steps_per_draw(max_steps: int, per_step: int, budget: int) -> int:
+    return max(1, min(max_steps, budget // max(per_step, 1)))
+
+
 @partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "sharding"), donate_argnums=(0,))
 def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, block_size: int, max_steps: int,
                 sharding=None):
@@ -72,18 +83,29 @@ def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, bloc
 
     Step ``s`` draws its batch from ``fold_in(base_key, s)`` with ``s = state.step``. Returns the new state and a
     ``(max_steps,)`` buffer whose first ``num_steps`` entries are the per-step losses (the rest NaN).
+    Batches are drawn ``_steps_per_draw`` steps at a time (``vmap`` of ``get_batch``), then trained on one by one.
     ``sharding`` (data parallel): the layout of each global batch, see ``parallel.DataParallel.batch_sharding``.
     """
+    per_draw = _steps_per_draw(max_steps, 2 * batch_size * block_size, BATCH_BUFFER_ELEMENTS)
+    draw = jax.vmap(lambda s: data_lib.get_batch(batch_key(base_key, s), train_data, batch_size, block_size))
 
-    def body(i, carry):
+    def sub_chunk(j, carry):
         state, losses = carry
-        x, y = data_lib.get_batch(batch_key(base_key, state.step), train_data, batch_size, block_size)
-        x, y = parallel.constrain_batch(x, y, sharding)
-        state, loss = train_step(state, x, y)
-        return state, losses.at[i].set(loss)
+        first = j * per_draw
+        xs, ys = parallel.constrain_batch(*draw(state.step + jnp.arange(per_draw)), parallel.stacked(sharding))
+
+        def body(i, carry):
+            state, losses = carry
+            x, y = parallel.constrain_batch(xs[i], ys[i], sharding)
+            state, loss = train_step(state, x, y)
+            return state, losses.at[first + i].set(loss)
+
+        return jax.lax.fori_loop(0, jnp.minimum(per_draw, num_steps - first), body, (state, losses))
 
     losses = jnp.full((max_steps,), jnp.nan, dtype=jnp.float32)
-    return jax.lax.fori_loop(0, num_steps, body, (state, losses))
+    if per_draw >= max_steps:  # the common case: one draw serves the whole chunk
+        return sub_chunk(0, (state, losses))
+    return jax.lax.fori_loop(0, (num_steps + per_draw - 1) // per_draw, sub_chunk, (state, losses))
 
 
 @partial(jax.jit, static_argnames=("iters", "batch_size", "block_size", "sharding"))

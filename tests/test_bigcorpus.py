@@ -122,7 +122,7 @@ def test_sampling_with_big_vocab_is_an_exact_chain_walk(trained):
     key, n = jax.random.key(42), 300
     out = np.asarray(generate.generate(params, key, [0], n))[0]
     cdf = np.asarray(generate.next_char_cdf(params, 1.0, 0, 1.0))
-    uniforms = np.asarray(generate._uniforms(key, 1, 0, 1))[:n, 0]
+    uniforms = np.asarray(generate._uniforms(key, 1, 0, n))[:, 0]
     prev, expected = 0, []
     for u in uniforms:
         prev = min(int(np.searchsorted(cdf[prev], u, side="right")), vocab - 1)

@@ -1,0 +1,75 @@
+"""Process-wide JAX settings the CLI applies once, before the first compile (side effects only; no math here).
+
+- A persistent XLA compilation cache in ``$XDG_CACHE_HOME/jaxbigram/xla`` (default ``~/.cache/jaxbigram/xla``): the
+  second run of a config loads its compiled programs from disk instead of compiling them again. Set
+  ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it.
+- On the CPU, XLA's LLVM back end at ``-O1`` instead of ``-O2``: about 30% less compile time for these small programs,
+  and no slower to run (training results are bit-identical). Skipped when ``XLA_FLAGS`` already sets
+  ``xla_backend_optimization_level``, when ``JAXBIGRAM_XLA_TUNING=off``, or when an accelerator may be used.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from pathlib import Path
+
+COMPILE_CACHE_ENV = "JAXBIGRAM_COMPILE_CACHE"
+XLA_TUNING_ENV = "JAXBIGRAM_XLA_TUNING"
+CPU_XLA_FLAGS = ("--xla_backend_optimization_level=1",)
+_OFF = {"0", "off", "false", "no", "none"}
+
+
+def compile_cache_dir() -> Path | None:
+    """Where compiled programs are cached: ``$JAXBIGRAM_COMPILE_CACHE``, else the user cache; None when disabled."""
+    raw = os.environ.get(COMPILE_CACHE_ENV)
+    if raw is not None:
+        return None if raw.strip().lower() in _OFF or not raw.strip() else Path(raw).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxbigram" / "xla"
+
+
+def enable_compile_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache for every program (even quick ones); returns its folder."""
+    path = compile_cache_dir()
+    if path is None:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _accelerator_possible(platform: str | None) -> bool:
+    if platform is not None:
+        return platform != "cpu"
+    requested = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
+    if requested.strip():
+        return any(p.strip() not in ("", "cpu") for p in requested.split(","))
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return True
+    return any(importlib.util.find_spec(name) is not None for name in ("libtpu", "jax_plugins"))
+
+
+def tune_xla_for_cpu(platform: str | None = None) -> bool:
+    """Add ``CPU_XLA_FLAGS`` to ``XLA_FLAGS`` when the run will be on the CPU; returns whether it did.
+
+    Must run before JAX starts its backend (the flags are read then).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get(XLA_TUNING_ENV, "on").strip().lower() in _OFF:
+        return False
+    if "xla_backend_optimization_level" in flags or _accelerator_possible(platform):
+        return False
+    os.environ["XLA_FLAGS"] = " ".join([flags, *CPU_XLA_FLAGS]).strip()
+    return True
+
+
+def configure(platform: str | None = None, compile_cache: bool = True) -> None:
+    """Everything above, in the order JAX needs it. Called by ``cli.main`` before any computation."""
+    tune_xla_for_cpu(platform)
+    if compile_cache:
+        enable_compile_cache()
