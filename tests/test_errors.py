@@ -173,12 +173,16 @@ def test_no_checkpoint(command, tmp_path, capsys):
 
 @pytest.fixture
 def damaged(trained, tmp_path):
-    """A copy of the trained workdir whose latest step (200) has its biggest array file truncated."""
+    """A copy of the trained workdir whose latest step (200) has every array data file truncated to half.
+
+    (All of them: which file holds the params, the only arrays sample/eval read, differs from run to run.)
+    """
     workdir = tmp_path / "damaged"
     shutil.copytree(trained, workdir)
-    files = [p for p in (workdir / "checkpoints" / "200" / "state").rglob("*") if p.is_file()]
-    biggest = max(files, key=lambda p: p.stat().st_size)
-    os.truncate(biggest, biggest.stat().st_size // 2)
+    files = [p for p in (workdir / "checkpoints" / "200" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        os.truncate(path, path.stat().st_size // 2)
     return workdir
 
 
