@@ -159,6 +159,9 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a cache beside a shared text should be readable by all
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -227,8 +230,20 @@ class Corpus:
     sha256: str
 
 
+def _writable_dir(folder: Path) -> bool:
+    """Whether we may add files to ``folder``: its mode must allow writing (respected even by root, who bypasses
+    permission checks, so a read-only data folder such as a shared dataset is never written to) and access allows it."""
+    try:
+        return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        return False
+
+
 def _cache_paths(source: Path, sha256: str) -> list[tuple[Path, Path]]:
-    """Candidate (ids.npy, vocab.json) locations: beside the source, then the user cache."""
+    """Candidate (ids.npy, vocab.json) locations: beside the source, then the user cache.
+
+    Beside the source is read from always, but written to only when its folder is writable (see _writable_dir).
+    """
     stem = f"{source.name}.jaxbigram-{sha256[:16]}"
     beside = (source.parent / f"{stem}.ids.npy", source.parent / f"{stem}.vocab.json")
     cached = (cache_dir() / "ids" / f"{sha256}.ids.npy", cache_dir() / "ids" / f"{sha256}.vocab.json")
@@ -271,8 +286,9 @@ def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
             return Corpus(ids=hit[1], tokenizer=hit[0], path=str(path), sha256=sha256)
     tokenizer, ids = encode_utf8(payload, path)
     for ids_path, vocab_path in candidates:
-        if _write_cache(ids_path, vocab_path, tokenizer, ids):
-            break
+        if _writable_dir(ids_path.parent) or not ids_path.parent.exists():
+            if _write_cache(ids_path, vocab_path, tokenizer, ids):
+                break
     return Corpus(ids=ids, tokenizer=tokenizer, path=str(path), sha256=sha256)
 
 

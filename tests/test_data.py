@@ -192,6 +192,26 @@ def test_load_corpus_caches_ids_and_the_second_load_is_memory_mapped(tmp_path):
     assert second.sha256 == first.sha256
 
 
+def test_read_only_data_folder_is_never_written_and_the_user_cache_serves(tmp_path, monkeypatch):
+    """A shared, read-only dataset folder stays untouched (even for root); the ids go to $XDG_CACHE_HOME."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "corpus.txt"
+    path.write_text("read only\n" * 30, encoding="utf-8")
+    folder.chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        first = data.load_corpus(path)
+        second = data.load_corpus(path)
+        assert sorted(p.name for p in folder.iterdir()) == ["corpus.txt"]
+    finally:
+        folder.chmod(0o755)
+    cached = list((tmp_path / "cache" / "jaxbigram" / "ids").glob(f"{first.sha256}.ids.npy"))
+    assert cached and cached[0].stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
+    assert isinstance(second.ids, np.memmap)
+    np.testing.assert_array_equal(second.ids, naive_encode("read only\n" * 30)[1])
+
+
 def test_changed_file_invalidates_the_cache(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("abcabc\n" * 20, encoding="utf-8")
