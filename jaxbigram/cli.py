@@ -1,4 +1,5 @@
-"""Command line: ``train``, ``sample``, ``eval``, ``info``. Parses flags, prints, maps user errors to exit code 2."""
+"""Command line: ``train``, ``sample``, ``eval``, ``info``, ``plot``, ``bench``. Parses flags, prints, maps user errors
+to exit code 2 (and signals to 128 + N)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def _non_negative_int(flag: str, low: int = 0):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run.py", description="jaxbigram: the character-level bigram language model in JAX/Flax.",
                      formatter_class=_Formatter, epilog=_epilog("python run.py train", "python run.py sample --seed 1337"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot,bench}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot,bench}",
+                                parser_class=_Parser)
 
     p = sub.add_parser("train", help="train (or resume) a model", formatter_class=_Formatter,
                        description="Train the bigram model; resumes from the latest checkpoint in --workdir.",
@@ -195,7 +197,7 @@ def _print_report(report: dict, out) -> None:
 def cmd_train(args) -> int:
     from . import config as config_lib
     from .checkpoint import Store
-    from .data import load_corpus, resolve_data_path
+    from .data import DATA_ENV, load_corpus, resolve_data_path
     from .train import fit
 
     overrides = list(args.overrides)
@@ -213,7 +215,8 @@ def cmd_train(args) -> int:
     select_platform(args.platform)
     store = Store(args.workdir, keep=cfg.checkpoint.keep)
     started = time.perf_counter()
-    corpus = load_corpus(resolve_data_path(args.data or cfg.data.path or None))
+    # --data, else $JAXBIGRAM_DATA, else the config's data.path, else tinyshakespeare (cached or downloaded)
+    corpus = load_corpus(resolve_data_path(args.data or os.environ.get(DATA_ENV) or cfg.data.path or None))
     print(f"data: {corpus.path} ({len(corpus.ids):,} characters, vocab {corpus.tokenizer.vocab_size}, "
           f"sha256 {corpus.sha256[:12]}…)", file=sys.stderr)
     try:
@@ -262,7 +265,7 @@ def cmd_sample(args) -> int:
 
 def evaluate_checkpoint(workdir: str, step: int | None, data_path: str | None) -> dict:
     """Exact losses of a checkpoint on its data (or ``data_path``), with the optimum and the gap."""
-    from .data import bigram_counts, decode_utf8, load_corpus, read_bytes, split
+    from .data import UnknownCharacters, bigram_counts, decode_utf8, load_corpus, read_bytes, split
     from .train import exact_report
 
     step, params, meta, tokenizer = _load_checkpoint(workdir, step)
@@ -271,11 +274,16 @@ def evaluate_checkpoint(workdir: str, step: int | None, data_path: str | None) -
     if corpus.tokenizer.chars == tokenizer.chars:
         ids = corpus.ids
     else:  # another text: encode it with the checkpoint's vocabulary
-        ids = _encode_prompt(tokenizer, decode_utf8(read_bytes(Path(path)), Path(path)))
+        try:
+            ids = tokenizer.encode(decode_utf8(read_bytes(Path(path)), Path(path)))
+        except UnknownCharacters as e:
+            raise UsageError("eval_unknown_chars", path=path, n=len(e.chars),
+                             chars=", ".join(repr(c) for c in e.chars[:20])) from None
     train_ids, val_ids = split(ids, meta["config"]["data"]["val_fraction"])
     report = exact_report(params, bigram_counts(train_ids, tokenizer.vocab_size),
                           bigram_counts(val_ids, tokenizer.vocab_size))
-    report.update(step=step, data=str(path), sha256=corpus.sha256, same_data_as_training=corpus.sha256 == meta["data"]["sha256"])
+    report.update(step=step, data=str(path), sha256=corpus.sha256,
+                  same_data_as_training=corpus.sha256 == meta["data"]["sha256"])
     return report
 
 

@@ -33,6 +33,7 @@ MESSAGES = {
     "top_p": "--top-p must be in (0, 1], got {got}",
     "negative": "{flag} must be >= {low}, got {got}",
     "prompt_unknown": "the prompt has characters outside the model's vocabulary: {chars}; the vocabulary is stored in the checkpoint (see `run.py info`): use only those characters",
+    "eval_unknown_chars": "{path} has {n} characters outside the checkpoint's vocabulary ({chars}): evaluate on text written in the model's characters (see `run.py info`)",
     "prompt_file": "cannot read prompt file {path} ({reason}): pass an existing UTF-8 text file with --prompt-file",
     "prompt_empty": "the prompt is empty: pass at least one character, or leave --prompt out to start from the first vocabulary character",
     # checkpoints

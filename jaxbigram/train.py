@@ -81,6 +81,10 @@ def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, bloc
                 sharding=None):
     """Run ``num_steps`` (≤ ``max_steps``, traced, so one compile serves every count) steps in one call.
 
+    The loop is ``lax.fori_loop`` rather than ``lax.scan`` with a static length: chunks end at eval and checkpoint
+    boundaries, so their lengths vary (e.g. 300, 100, 200 with the lecture's intervals), and a traced trip count keeps
+    that to one compile instead of one per distinct length.
+
     Step ``s`` draws its batch from ``fold_in(base_key, s)`` with ``s = state.step``. Returns the new state and a
     ``(max_steps,)`` buffer whose first ``num_steps`` entries are the per-step losses (the rest NaN).
     Batches are drawn ``_steps_per_draw`` steps at a time (``vmap`` of ``get_batch``), then trained on one by one.

@@ -270,3 +270,9 @@ def test_subprocess(case, trained, damaged, tmp_path):
     if case == "unavailable platform":
         assert "platform 'tpu' is not available" in line and "--platform cpu" in line
 
+
+
+def test_eval_on_text_with_characters_the_model_never_saw(untouched, tmp_path, capsys):
+    other = _write(tmp_path / "other.txt", "héllo wörld\n" * 50)
+    line = run_main(capsys, ["eval", "--workdir", untouched, "--data", other])
+    assert "2 characters outside the checkpoint's vocabulary" in line and "'é'" in line and "'ö'" in line
