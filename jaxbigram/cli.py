@@ -14,7 +14,7 @@ from .errors import MESSAGES, UsageError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 DEFAULT_WORKDIR = "runs/default"
-PLATFORMS = {"cpu": "cpu", "gpu": "cuda,rocm", "tpu": "tpu"}
+PLATFORMS = {"cpu": ["cpu"], "gpu": ["cuda", "rocm"], "tpu": ["tpu"]}  # --platform → JAX backends to try, in order
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -133,17 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- helpers at the edge
 
 def select_platform(name: str | None) -> None:
-    """Pin JAX to ``name`` before any computation; print the backend and devices on stderr."""
+    """Pin JAX to ``name`` before any computation; print the backend and devices on stderr.
+
+    ``gpu`` tries JAX's ``cuda`` backend, then ``rocm``: JAX fails loudly on any platform named in ``jax_platforms``
+    that does not start, so naming both at once would fail on a machine with only one kind.
+    """
     import jax
 
-    if name is not None:
-        if name not in PLATFORMS:
-            raise UsageError("platform_unknown", got=name)
-        jax.config.update("jax_platforms", PLATFORMS[name])
-    try:
-        devices = jax.devices()
-    except RuntimeError as e:
-        raise UsageError("platform_unavailable", got=name, reason=str(e).splitlines()[0]) from None
+    if name is not None and name not in PLATFORMS:
+        raise UsageError("platform_unknown", got=name)
+    errors = []
+    for backend in PLATFORMS[name] if name is not None else [None]:
+        if backend is not None:
+            jax.config.update("jax_platforms", backend)
+        try:
+            devices = jax.devices()
+            break
+        except (RuntimeError, AssertionError) as e:  # JAX asserts when a named platform has no device at all
+            errors.append(str(e).splitlines()[0] if str(e) else f"no {backend} device found")
+    else:
+        raise UsageError("platform_unavailable", got=name, reason=errors[0])
     print(f"jax {jax.__version__}: backend {jax.default_backend()}, devices {devices}", file=sys.stderr)
 
 

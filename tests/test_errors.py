@@ -253,11 +253,13 @@ def _run_py(*argv, env_extra=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("case", ["unavailable platform", "missing data", "corrupted checkpoint", "set without ="])
+@pytest.mark.parametrize("case", ["unavailable platform", "unavailable gpu", "missing data", "corrupted checkpoint",
+                                  "set without ="])
 def test_subprocess(case, trained, damaged, tmp_path):
     before = snapshot(trained)
     argv = {
         "unavailable platform": ["train", "--config", TINY, "--workdir", trained, "--data", DATA, "--platform", "tpu"],
+        "unavailable gpu": ["sample", "--workdir", trained, "--platform", "gpu"],  # tries cuda, then rocm
         "missing data": ["train", "--config", TINY, "--workdir", trained, "--data", tmp_path / "missing.txt"],
         "corrupted checkpoint": ["sample", "--workdir", damaged],
         "set without =": ["train", "--workdir", trained, "--set", "train.learning_rate"],
@@ -269,6 +271,8 @@ def test_subprocess(case, trained, damaged, tmp_path):
     assert snapshot(trained) == before
     if case == "unavailable platform":
         assert "platform 'tpu' is not available" in line and "--platform cpu" in line
+    if case == "unavailable gpu":
+        assert "platform 'gpu' is not available" in line and "--platform cpu" in line
 
 
 
