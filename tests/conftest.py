@@ -3,7 +3,8 @@
 JAX is forced to the CPU here, before any test module imports it. Fixtures other modules can reuse:
 
 - ``repo_root``: the project's root folder (``Path``).
-- ``data_path``: tinyshakespeare (``$JAXBIGRAM_DATA``, default ``<repo>/../shared/data/tinyshakespeare/input.txt``).
+- ``data_path``: tinyshakespeare (``$JAXBIGRAM_DATA``, else ``<repo>/../shared/data/tinyshakespeare/input.txt``, else the
+  copy ``run.py train`` downloaded into the user cache).
 - ``corpus``: that file loaded with ``data.load_corpus`` (session-scoped).
 - ``run_cli``: ``run_cli("train", "--workdir", d, ...)`` runs ``python run.py ...`` in a subprocess (cwd = repo root,
   JAX on the CPU, the session's cache and data) and returns the ``subprocess.CompletedProcess`` (text mode).
@@ -29,6 +30,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+# what `python run.py train` downloaded on this machine (the user's cache, read before the session cache replaces it)
+USER_CACHED_DATA = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                    / "jaxbigram" / "tinyshakespeare" / "input.txt")
+if not os.environ.get("JAXBIGRAM_DATA"):  # every test module (and subprocess) then sees the same file
+    for _candidate in (DEFAULT_DATA, USER_CACHED_DATA):
+        if _candidate.is_file():
+            os.environ["JAXBIGRAM_DATA"] = str(_candidate.resolve())
+            break
 
 
 def _resolve_data() -> Path:
@@ -63,8 +72,9 @@ def _session_cache(tmp_path_factory):
 def data_path() -> Path:
     path = _resolve_data()
     if not path.is_file():
-        pytest.fail(f"tinyshakespeare not found at {path}: set JAXBIGRAM_DATA to its input.txt "
-                    f"(default: ../shared/data/tinyshakespeare/input.txt beside the repo)", pytrace=False)
+        pytest.fail(f"tinyshakespeare not found at {path}: set JAXBIGRAM_DATA to its input.txt, or run "
+                    f"`python run.py train` once to download it (also looked in ../shared/data/tinyshakespeare/ "
+                    f"and {USER_CACHED_DATA})", pytrace=False)
     return path
 
 
