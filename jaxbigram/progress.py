@@ -160,6 +160,8 @@ class Reporter:
         if not self.enabled:
             return
         self.last_eval = row
+        if self.train_loss is None:  # before the first chunk: show the estimate rather than "?"
+            self.train_loss = row["train_loss"]
         self.step = max(self.step, row["step"])
         now = self.clock()
         if self.metrics is not None:
