@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import logging
 import os
@@ -21,7 +23,8 @@ from .parallel import barrier, is_primary
 
 TRASH = "_trash"  # orbax renames the steps it drops here (one atomic rename), then we empty it
 DAMAGED = "damaged-checkpoints"  # under the workdir: damaged steps that `train` moved out of the way
-_DELETING = ".checkpoints-deleting-"  # `--fresh` renames checkpoints/ to this prefix, then deletes it
+_DELETING = ".checkpoints-deleting-"
+LOCK_FILE = ".train.lock"  # held by a running `train` (see Store.exclusive)  # `--fresh` renames checkpoints/ to this prefix, then deletes it
 
 
 class Store:
@@ -207,6 +210,23 @@ class Store:
             os.replace(self.directory, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
         barrier("jaxbigram-store-clear")
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold ``<workdir>/.train.lock`` (an OS lock, released even on kill -9) so two ``train`` runs never share a
+        workdir: they would clean up each other's half-written saves. Only the primary process takes it."""
+        if not is_primary():
+            yield
+            return
+        with open(self.workdir / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UsageError("workdir_busy", workdir=self.workdir) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._manager is not None:

@@ -229,7 +229,8 @@ def cmd_train(args) -> int:
     print(f"data: {corpus.path} ({len(corpus.ids):,} characters, vocab {corpus.tokenizer.vocab_size}, "
           f"sha256 {corpus.sha256[:12]}…)", file=sys.stderr)
     try:
-        result = fit(cfg, corpus, store, fresh=args.fresh, out=sys.stdout, err=sys.stderr)
+        with store.exclusive():
+            result = fit(cfg, corpus, store, fresh=args.fresh, out=sys.stdout, err=sys.stderr)
     finally:
         store.close()
     seconds = time.perf_counter() - started

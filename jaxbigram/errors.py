@@ -42,6 +42,7 @@ MESSAGES = {
     "corrupt_checkpoint": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): use --step with an older step ({steps}), or train again with --fresh",
     "incompatible": "the checkpoint in {workdir} was trained on {what}: pass --fresh to start a new run there, or use another --workdir",
     "workdir_not_writable": "workdir {workdir} is not writable ({reason}): pass a writable --workdir",
+    "workdir_busy": "another `train` is running in {workdir}: wait for it, stop it (Ctrl-C saves a checkpoint), or pass another --workdir",
     "workdir_is_file": "workdir {workdir} is a file: pass a directory with --workdir",
     # training
     "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",

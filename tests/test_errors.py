@@ -280,3 +280,17 @@ def test_eval_on_text_with_characters_the_model_never_saw(untouched, tmp_path, c
     other = _write(tmp_path / "other.txt", "héllo wörld\n" * 50)
     line = run_main(capsys, ["eval", "--workdir", untouched, "--data", other])
     assert "2 characters outside the checkpoint's vocabulary" in line and "'é'" in line and "'ö'" in line
+
+
+def test_a_second_train_in_a_busy_workdir_is_refused(trained, capsys):
+    """While one `train` holds the workdir, another is refused (they would clean up each other's saves)."""
+    from jaxbigram.checkpoint import Store
+
+    with Store(trained).exclusive():
+        before = snapshot(trained)
+        line = run_main(capsys, ["train", "--config", TINY, "--workdir", trained, "--data", DATA, "--steps", "300"])
+        assert "another `train` is running in" in line and "--workdir" in line
+        assert snapshot(trained) == before
+    # released: the lock never outlives its holder
+    with Store(trained).exclusive():
+        pass
