@@ -3,6 +3,7 @@
 JAX is forced to the CPU here, before any test module imports it. Fixtures other modules can reuse:
 
 - ``repo_root``: the project's root folder (``Path``).
+- ``make_corpus``: the generator of ``scripts/make_corpus.py`` (multilingual synthetic corpora).
 - ``data_path``: tinyshakespeare (``$JAXBIGRAM_DATA``, else ``<repo>/../shared/data/tinyshakespeare/input.txt``, else the
   copy ``run.py train`` downloaded into the user cache).
 - ``corpus``: that file loaded with ``data.load_corpus`` (session-scoped).
@@ -57,6 +58,17 @@ def _resolve_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def make_corpus():
+    """``scripts/make_corpus.py``'s ``make_corpus(path, size_bytes, vocab=..., seed=...)`` (a script, not a module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_corpus", REPO_ROOT / "scripts" / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_corpus
 
 
 @pytest.fixture(scope="session", autouse=True)

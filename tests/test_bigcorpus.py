@@ -8,8 +8,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -20,21 +18,13 @@ from jaxbigram import config, data, generate, train  # noqa: E402
 from jaxbigram.checkpoint import Store  # noqa: E402
 from jaxbigram.model import logits_table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 1500
 
 
-def _make_corpus_module():
-    spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "scripts" / "make_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def corpus_path(tmp_path_factory):
+def corpus_path(tmp_path_factory, make_corpus):
     path = tmp_path_factory.mktemp("bigcorpus") / "multi.txt"
-    stats = _make_corpus_module().make_corpus(str(path), 400_000, vocab=VOCAB, seed=11)
+    stats = make_corpus(str(path), 400_000, vocab=VOCAB, seed=11)
     assert stats["bytes"] == path.stat().st_size and 390_000 <= stats["bytes"] <= 400_000
     return path
 

@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -45,13 +44,6 @@ iters = 4
 interval = 20
 keep = 2
 """
-
-
-def _load_make_corpus():
-    spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "scripts" / "make_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _env(devices: int = 1) -> dict:
@@ -89,12 +81,12 @@ def _finish(procs, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, make_corpus):
     """Start the subprocesses together (the 8-device worker and the first half of the two-process run), and train
     the one-device reference with ``fit`` in this process meanwhile."""
     tmp = tmp_path_factory.mktemp("parallel")
     data = tmp / "corpus.txt"
-    _load_make_corpus().make_corpus(str(data), 60_000, vocab=120, seed=3)
+    make_corpus(str(data), 60_000, vocab=120, seed=3)
     cfg = tmp / "cfg.toml"
     cfg.write_text(CONFIG)
     worker = subprocess.Popen([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), str(cfg), str(data),
