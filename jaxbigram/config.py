@@ -10,6 +10,22 @@ from pathlib import Path
 
 from .errors import UsageError
 
+PRESET_DIRS = (Path(__file__).resolve().parent / "configs",  # an installed package: the presets ship inside it
+               Path(__file__).resolve().parent.parent / "configs")  # a checkout: the top-level configs/ (the source)
+DEFAULT_PRESET = "default"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "bigram"  # bigram | gpt
+    # gpt only (the bigram is a (V, V) table and ignores them)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -48,6 +64,7 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -57,11 +74,15 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-_SECTION_CLASSES = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "checkpoint": CheckpointConfig}
+_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
+                    "checkpoint": CheckpointConfig}
 
 # (rule text, predicate) per key; keys not listed accept any value of the right type.
 _RULES = {
+    "model.n_layer": (">= 1", lambda v: v >= 1),
+    "model.n_head": (">= 1", lambda v: v >= 1),
+    "model.n_embd": (">= 1", lambda v: v >= 1),
+    "model.dropout": (">= 0 and < 1", lambda v: 0 <= v < 1),
     "data.val_fraction": ("> 0 and < 1", lambda v: 0 < v < 1),
     "train.seed": (">= 0", lambda v: v >= 0),
     "train.steps": (">= 1", lambda v: v >= 1),
@@ -80,7 +101,8 @@ _RULES = {
     "checkpoint.interval": (">= 1", lambda v: v >= 1),
     "checkpoint.keep": (">= 1", lambda v: v >= 1),
 }
-_CHOICES = {"train.lr_schedule": ("constant", "cosine")}
+_CHOICES = {"train.lr_schedule": ("constant", "cosine"), "model.kind": ("bigram",),
+            "model.dtype": ("float32", "bfloat16")}
 
 
 def _hint(name: str, valid) -> str:
@@ -90,7 +112,10 @@ def _hint(name: str, valid) -> str:
 
 def _check_value(key: str, value, annotation: str):
     """Type-check one value against its dataclass annotation; returns the (possibly widened) value."""
-    if annotation == "int":
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise UsageError("config_type", key=key, expected="true or false", got=value)
+    elif annotation == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise UsageError("config_type", key=key, expected="an integer", got=value)
     elif annotation == "float":
@@ -125,7 +150,11 @@ def from_dict(raw: dict) -> Config:
                                  hint=_hint(key, fields), valid=", ".join(fields))
             checked[key] = _check_value(f"{section}.{key}", value, fields[key])
         sections[section] = cls(**checked)
-    return Config(**sections)
+    cfg = Config(**sections)
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise UsageError("config_range", key="model.n_embd", rule=f"divisible by model.n_head = {cfg.model.n_head}",
+                         got=cfg.model.n_embd)
+    return cfg
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -143,13 +172,32 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key, value
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Read a TOML file (or start from defaults), apply ``section.key=value`` overrides, validate."""
-    raw: dict = {}
+def presets() -> dict[str, Path]:
+    """The preset configs that ship with jaxbigram, by name (``default``, ``lecture``, ``gpt-cpu``, …)."""
+    for folder in PRESET_DIRS:
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    return {}
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A config file: an existing path as given, else a preset by name (``gpt-cpu`` or ``configs/gpt-cpu.toml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = presets()
+    stem = path.stem if path.suffix == ".toml" else path.name
+    if stem in known and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return known[stem]
+    raise UsageError("config_missing", path=path, presets=", ".join(known))
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
+    """Read a TOML file or preset (or start from ``base``, else the defaults), apply ``section.key=value``
+    overrides, validate."""
+    raw: dict = {s: dict(v) for s, v in (base or {}).items()}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError("config_missing", path=path)
+        path = resolve(path)
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -167,3 +215,9 @@ def replace(cfg: Config, section: str, **changes) -> Config:
     raw = cfg.to_dict()
     raw[section].update(changes)
     return from_dict(raw)
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """The ``section.key`` names whose values differ between two config dicts (missing sections: defaults)."""
+    a, b = from_dict(a).to_dict(), from_dict(b).to_dict()
+    return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]

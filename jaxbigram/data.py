@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import UsageError
+from .errors import DownloadError, UsageError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -55,10 +55,6 @@ class Tokenizer:
 
     chars: str
 
-    @classmethod
-    def from_text(cls, text: str) -> "Tokenizer":
-        return cls(_chars(np.flatnonzero(np.bincount(_codepoints(text), minlength=_MAX_CODEPOINT))))
-
     @property
     def vocab_size(self) -> int:
         return len(self.chars)
@@ -77,17 +73,20 @@ class Tokenizer:
             raise UnknownCharacters(list(_chars(np.unique(cps[unknown]))))
         return pos.astype(ids_dtype(self.vocab_size))
 
+    def encode_prompt(self, text: str) -> np.ndarray:
+        """A user's prompt → ids, with a one-line error for an empty prompt or characters the model never saw."""
+        if text == "":
+            raise UsageError("prompt_empty")
+        try:
+            return self.encode(text)
+        except UnknownCharacters as e:
+            raise UsageError("prompt_unknown", chars=", ".join(repr(c) for c in e.chars)) from None
+
     def decode(self, ids) -> str:
         """Ids → string (vectorised)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         return _chars(self._sorted_codepoints[ids])
 
-    def to_json(self) -> str:
-        return json.dumps({"chars": self.chars}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Tokenizer":
-        return cls(json.loads(text)["chars"])
 
 
 def _id_lookup(present: np.ndarray) -> np.ndarray:
@@ -96,13 +95,6 @@ def _id_lookup(present: np.ndarray) -> np.ndarray:
     lookup = np.zeros(_MAX_CODEPOINT, dtype=dtype)
     lookup[present] = np.arange(len(present), dtype=dtype)
     return lookup
-
-
-def encode_corpus(text: str) -> tuple[Tokenizer, np.ndarray]:
-    """Build the vocabulary and encode the whole text in one vectorised pass (no per-character Python loop)."""
-    cps = _codepoints(text)
-    present = np.flatnonzero(np.bincount(cps, minlength=_MAX_CODEPOINT))
-    return Tokenizer(_chars(present)), _id_lookup(present)[cps]
 
 
 ENCODE_CHUNK_BYTES = 1 << 22  # 4 MB: 8 MB is ~6% faster but holds ~85 MB more in temporaries
@@ -123,7 +115,7 @@ def _utf8_codepoints(payload: bytes, path, chunk: int):
 
 
 def encode_utf8(payload: bytes, path="<bytes>", chunk: int = ENCODE_CHUNK_BYTES) -> tuple[Tokenizer, np.ndarray]:
-    """UTF-8 bytes → (Tokenizer, ids), equal to ``encode_corpus(payload.decode())`` without ever holding the whole
+    """UTF-8 bytes → (Tokenizer, ids), the vocabulary and ids of ``payload.decode()`` without ever holding the whole
     text as a ``str``: memory is the ids plus O(chunk). Pure ASCII (the common case) is mapped byte for byte with
     ``bytes.translate``; other text is decoded twice in chunks (pass 1 finds the vocabulary, pass 2 maps)."""
     raw = np.frombuffer(payload, dtype=np.uint8)
@@ -183,23 +175,35 @@ def download_tinyshakespeare(dest: Path, url: str = TINYSHAKESPEARE_URL, timeout
         with urllib.request.urlopen(url, timeout=timeout) as response:
             payload = response.read()
     except Exception as e:  # offline, DNS, HTTP errors: all mean "could not download"
-        raise UsageError("download_failed", url=url, reason=str(e) or type(e).__name__) from None
+        raise DownloadError("download_failed", url=url, reason=str(e) or type(e).__name__) from None
     digest = hashlib.sha256(payload).hexdigest()
     if digest != TINYSHAKESPEARE_SHA256:
-        raise UsageError("download_checksum", got=digest, want=TINYSHAKESPEARE_SHA256)
+        raise DownloadError("download_checksum", got=digest, want=TINYSHAKESPEARE_SHA256)
     _atomic_write(dest, lambda f: f.write(payload))
     return dest
 
 
-def resolve_data_path(path: str | None = None) -> Path:
-    """``path`` if given, else ``$JAXBIGRAM_DATA``, else tinyshakespeare in the cache (downloaded on first use)."""
-    chosen = path or os.environ.get(DATA_ENV)
-    if chosen:
-        return Path(chosen).expanduser()
+def resolve_data_path(flag: str | None = None, *, recorded: str | None = None, config_path: str = "") -> tuple[Path, str]:
+    """The text to read, and where that choice came from (``--data``, ``checkpoint``, ``$JAXBIGRAM_DATA``, ``config``,
+    ``cache``). The one place that decides; first match wins:
+
+    1. ``flag`` (``--data``);
+    2. ``recorded``: the text a checkpoint was trained on, when that file still exists (resume, eval);
+    3. ``$JAXBIGRAM_DATA``; 4. the config's ``data.path``;
+    5. tinyshakespeare in the user cache, downloaded (sha256-checked) on first use.
+    """
+    if flag:
+        return Path(flag).expanduser(), "--data"
+    if recorded and Path(recorded).is_file():
+        return Path(recorded), "checkpoint"
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
+    if config_path:
+        return Path(config_path).expanduser(), "config"
     cached = cache_dir() / "tinyshakespeare" / "input.txt"
     if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
-        return cached
-    return download_tinyshakespeare(cached, os.environ.get(DATA_URL_ENV) or TINYSHAKESPEARE_URL)
+        return cached, "cache"
+    return download_tinyshakespeare(cached, os.environ.get(DATA_URL_ENV) or TINYSHAKESPEARE_URL), "download"
 
 
 def read_bytes(path: Path) -> bytes:
@@ -214,6 +218,16 @@ def read_bytes(path: Path) -> bytes:
     if not payload:
         raise UsageError("data_empty", path=path)
     return payload
+
+
+def read_prompt_file(path: str | Path) -> str:
+    """The whole UTF-8 text of a prompt file, as is; a clear error if it cannot be read."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError("prompt_file", path=path, reason=e.strerror or type(e).__name__) from None
+    except UnicodeDecodeError as e:
+        raise UsageError("prompt_file", path=path, reason=f"not UTF-8: invalid byte at offset {e.start}") from None
 
 
 def decode_utf8(payload: bytes, path: Path) -> str:
@@ -321,64 +335,3 @@ def get_batch(key: jax.Array, data: jax.Array, batch_size: int, block_size: int)
     starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - block_size)
     offsets = starts[:, None] + jnp.arange(block_size)[None, :]
     return data[offsets].astype(jnp.int32), data[offsets + 1].astype(jnp.int32)
-
-
-# ----------------------------------------------------------------------------- bigram counts (numpy, streamed)
-
-@dataclass(frozen=True)
-class BigramCounts:
-    """Sparse bigram counts: ``counts[k]`` pairs of (``rows[k]`` followed by ``cols[k]``); sorted by row*V+col."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    counts: np.ndarray
-    vocab_size: int
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
-
-    def dense(self) -> np.ndarray:
-        table = np.zeros((self.vocab_size, self.vocab_size), dtype=np.int64)
-        table[self.rows, self.cols] = self.counts
-        return table
-
-
-def bigram_counts(ids: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> BigramCounts:
-    """Count every adjacent pair of ``ids`` in bounded memory (chunks of ``chunk`` pairs).
-
-    Memory is O(chunk + distinct pairs), whatever the length of ``ids`` (a memory map is read chunk by chunk).
-    Small vocabularies count into a dense V×V table per chunk; big ones collect each chunk's distinct pairs and merge
-    them into the running total only once the pending ones outnumber it, so merging costs O(n log n) overall.
-    """
-    codes_acc = np.zeros(0, dtype=np.int64)
-    counts_acc = np.zeros(0, dtype=np.int64)
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-    pending_size = 0
-
-    def merge():
-        nonlocal codes_acc, counts_acc, pending, pending_size
-        merged, inverse = np.unique(np.concatenate([codes_acc, *(u for u, _ in pending)]), return_inverse=True)
-        weights = np.concatenate([counts_acc, *(c for _, c in pending)]).astype(np.float64)  # exact below 2**53
-        counts_acc = np.bincount(inverse, weights=weights, minlength=len(merged)).astype(np.int64)
-        codes_acc, pending, pending_size = merged, [], 0
-
-    n_pairs = max(len(ids) - 1, 0)
-    for start in range(0, n_pairs, chunk):
-        stop = min(start + chunk, n_pairs)
-        window = np.asarray(ids[start:stop + 1], dtype=np.int64)
-        codes = window[:-1] * vocab_size + window[1:]
-        if vocab_size * vocab_size <= 4 * chunk:
-            binned = np.bincount(codes, minlength=vocab_size * vocab_size)
-            u = np.flatnonzero(binned)
-            c = binned[u]
-        else:
-            u, c = np.unique(codes, return_counts=True)
-        pending.append((u, c))
-        pending_size += len(u)
-        if pending_size > max(len(codes_acc), 1 << 12):
-            merge()
-    if pending:
-        merge()
-    return BigramCounts(rows=(codes_acc // vocab_size).astype(np.int32), cols=(codes_acc % vocab_size).astype(np.int32),
-                        counts=counts_acc, vocab_size=vocab_size)

@@ -1,7 +1,8 @@
-"""Every message a user can cause, in one place.
+"""Every message a user can cause, in one place, and the error types that carry them.
 
-Code raises ``UsageError(CODE, **fields)``; ``cli.main`` prints ``error: <text>`` and exits 2.
-Keeping the texts here makes them consistent and easy to review.
+Code raises ``UsageError(CODE, **fields)`` (bad input: flags, config, data, prompt), ``CheckpointError`` (a checkpoint
+missing, damaged or from another run), ``DownloadError`` (the dataset could not be fetched) or ``ResourceError`` (a
+run that cannot fit). All are ``JaxbigramError``: ``cli.main`` prints ``error: <text>`` and exits 2.
 """
 
 MESSAGES = {
@@ -17,7 +18,7 @@ MESSAGES = {
     "download_failed": "could not download tinyshakespeare from {url} ({reason}): pass a local text file with --data PATH or set JAXBIGRAM_DATA=PATH",
     "download_checksum": "downloaded tinyshakespeare has sha256 {got}, expected {want}: retry, or pass a local copy with --data PATH or JAXBIGRAM_DATA=PATH",
     # config
-    "config_missing": "config file {path} does not exist: pass an existing TOML file with --config (presets are in configs/)",
+    "config_missing": "config file {path} does not exist: pass an existing TOML file or a preset name with --config (presets: {presets})",
     "config_syntax": "config file {path} is not valid TOML ({reason}): fix the syntax at the line shown",
     "config_unknown_section": "unknown config section [{section}]{hint}: valid sections are {valid}",
     "config_unknown_key": "unknown config key {key}{hint}: valid keys in [{section}] are {valid}",
@@ -39,12 +40,17 @@ MESSAGES = {
     # checkpoints
     "no_checkpoint": "no checkpoint in {workdir}: run `python run.py train --workdir {workdir}` first",
     "no_step": "no checkpoint for step {step} in {workdir}: available steps are {steps}",
-    "corrupt_checkpoint": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): use --step with an older step ({steps}), or train again with --fresh",
+    "corrupt_checkpoint": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): use --step with an older step ({steps}); `train` in that workdir resumes from the newest intact step",
+    "step_moved": "checkpoint step {step} in {workdir} was removed while it was being read (a running `train` keeps only its newest steps): pass --step with one of {steps}, or leave --step out for the newest",
     "incompatible": "the checkpoint in {workdir} was trained on {what}: pass --fresh to start a new run there, or use another --workdir",
+    "config_changed": "the run in {workdir} was trained with other settings ({keys}): resume without --config/--set (the checkpoint's config is the run's config; only train.steps, eval.* and checkpoint.interval/keep may change), or start a new run with --fresh or another --workdir",
+    "model_unknown": "unknown model.kind {got!r}: choose one of {choices}",
     "workdir_not_writable": "workdir {workdir} is not writable ({reason}): pass a writable --workdir",
     "workdir_busy": "another `train` is running in {workdir}: wait for it, stop it (Ctrl-C saves a checkpoint), or pass another --workdir",
+    "workdir_empty": "--workdir is empty: name a folder for the run, for example --workdir runs/default",
     "workdir_is_file": "workdir {workdir} is a file: pass a directory with --workdir",
     # training
+    "disk_full": "no space left on device while saving step {step} in {directory}: free space and run the same command to resume from {resume} (the earlier checkpoints are intact)",
     "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",
     "distributed_init": "could not start the multi-process run ({reason}): pass --coordinator HOST:PORT, --num-processes N and --process-id I, or launch under a cluster manager JAX detects (SLURM, Open MPI, TPU pod slice, Kubernetes)",
     "interrupted": "stopped by {signal} at step {step}; checkpoint saved in {path}. To resume: {command}",
@@ -58,10 +64,26 @@ MESSAGES = {
 }
 
 
-class UsageError(Exception):
-    """An error the user caused and can fix; carries a one-line message."""
+class JaxbigramError(Exception):
+    """A failure with a one-line message that says what to do (exit code 2 at the command line)."""
 
     def __init__(self, code: str, /, **fields):
         self.code = code
         self.fields = fields
         super().__init__(MESSAGES[code].format(**fields))
+
+
+class UsageError(JaxbigramError):
+    """Bad input the user can fix: a flag, a config value, a data or prompt file."""
+
+
+class CheckpointError(JaxbigramError):
+    """A checkpoint that is missing, damaged, or belongs to another run."""
+
+
+class DownloadError(JaxbigramError):
+    """The dataset could not be downloaded (offline, or a bad payload)."""
+
+
+class ResourceError(JaxbigramError):
+    """A run that cannot fit in memory or in JAX's integer ranges."""

@@ -1,10 +1,66 @@
-"""Closed-form bigram losses from counts: the ground truth any bigram trainer can be checked against."""
+"""The bigram statistics of a text: its pair counts (streamed, bounded memory) and the closed-form losses they give,
+the ground truth any bigram trainer can be checked against (and the baseline any other model must beat)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .data import BigramCounts
+
+@dataclass(frozen=True)
+class BigramCounts:
+    """Sparse bigram counts: ``counts[k]`` pairs of (``rows[k]`` followed by ``cols[k]``); sorted by row*V+col."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+    vocab_size: int
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+def bigram_counts(ids: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> BigramCounts:
+    """Count every adjacent pair of ``ids`` in bounded memory (chunks of ``chunk`` pairs).
+
+    Memory is O(chunk + distinct pairs), whatever the length of ``ids`` (a memory map is read chunk by chunk).
+    Small vocabularies count into a dense V×V table per chunk; big ones collect each chunk's distinct pairs and merge
+    them into the running total only once the pending ones outnumber it, so merging costs O(n log n) overall.
+    """
+    codes_acc = np.zeros(0, dtype=np.int64)
+    counts_acc = np.zeros(0, dtype=np.int64)
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    pending_size = 0
+
+    def merge():
+        nonlocal codes_acc, counts_acc, pending, pending_size
+        merged, inverse = np.unique(np.concatenate([codes_acc, *(u for u, _ in pending)]), return_inverse=True)
+        weights = np.concatenate([counts_acc, *(c for _, c in pending)]).astype(np.float64)  # exact below 2**53
+        counts_acc = np.bincount(inverse, weights=weights, minlength=len(merged)).astype(np.int64)
+        codes_acc, pending, pending_size = merged, [], 0
+
+    n_pairs = max(len(ids) - 1, 0)
+    for start in range(0, n_pairs, chunk):
+        stop = min(start + chunk, n_pairs)
+        window = np.asarray(ids[start:stop + 1], dtype=np.int64)
+        codes = window[:-1] * vocab_size + window[1:]
+        if vocab_size * vocab_size <= 4 * chunk:
+            binned = np.bincount(codes, minlength=vocab_size * vocab_size)
+            u = np.flatnonzero(binned)
+            c = binned[u]
+        else:
+            u, c = np.unique(codes, return_counts=True)
+        pending.append((u, c))
+        pending_size += len(u)
+        if pending_size > max(len(codes_acc), 1 << 12):
+            merge()
+    if pending:
+        merge()
+    return BigramCounts(rows=(codes_acc // vocab_size).astype(np.int32), cols=(codes_acc % vocab_size).astype(np.int32),
+                        counts=counts_acc, vocab_size=vocab_size)
+
 
 
 def _row_totals(counts: BigramCounts) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""``python run.py plot``: loss curves and the learned bigram table as PNGs (matplotlib, Agg backend, optional extra).
+"""``python run.py plot``: loss curves (any model) and the learned bigram table (bigram only) as PNGs (matplotlib, Agg
+backend, optional extra).
 
 The data functions (``bigram_probabilities``, ``loss_curves``, ``char_label``) are pure and need no matplotlib;
 only ``plot_losses`` / ``plot_bigram`` / ``make_plots`` draw.
@@ -12,8 +13,8 @@ import jax
 import numpy as np
 
 from .errors import UsageError
-from .model import logits_table
-from .progress import METRICS_FILE, read_metrics
+from .evaluate import load_checkpoint, loss_rows, val_optimum
+from .models.bigram import logits_table
 
 LOSS_PNG = "loss.png"
 BIGRAM_PNG = "bigram.png"
@@ -76,7 +77,7 @@ def plot_losses(curves: dict, path: str | Path, *, optimum: float | None = None,
         if exact_val is not None:
             ax.plot([exact_val[0]], [exact_val[1]], "k*", ms=9, label=f"exact val loss {exact_val[1]:.4f} (whole split)")
         if optimum is not None:
-            ax.axhline(optimum, color="k", ls="--", lw=1, label=f"closed-form optimum (val) {optimum:.4f}")
+            ax.axhline(optimum, color="k", ls="--", lw=1, label=f"closed-form bigram optimum (val) {optimum:.4f}")
         ax.set_xlabel("step")
         ax.grid(True, which="both", alpha=0.3)
     full = axes[0][0]
@@ -121,48 +122,23 @@ def plot_bigram(probs: np.ndarray, chars, path: str | Path, *, title: str = "lea
     return Path(path)
 
 
-def _optimum(meta: dict) -> float | None:
-    """The val optimum from the checkpoint's exact report, else computed from its data file (if still there)."""
-    exact = meta.get("exact") or {}
-    if exact.get("optimum_val_loss") is not None:
-        return float(exact["optimum_val_loss"])
-    from . import data as data_lib
-    from .optimum import optimum_report
-
-    path = Path(meta.get("data", {}).get("path", ""))
-    if not path.is_file():
-        return None
-    corpus = data_lib.load_corpus(path)
-    if corpus.sha256 != meta["data"].get("sha256"):
-        return None
-    train_ids, val_ids = data_lib.split(corpus.ids, meta["config"]["data"]["val_fraction"])
-    v = corpus.tokenizer.vocab_size
-    return float(optimum_report(data_lib.bigram_counts(train_ids, v), data_lib.bigram_counts(val_ids, v))
-                 ["optimum_val_loss"])
-
-
 def make_plots(workdir: str | Path, out: str | Path | None = None, step: int | None = None) -> list[Path]:
-    """Write ``loss.png`` and ``bigram.png`` for a run into ``out`` (default: the workdir); returns their paths."""
-    from .checkpoint import Store
-
+    """Write ``loss.png`` (any model) and, for a bigram, ``bigram.png`` for a run into ``out`` (default: the
+    workdir); returns their paths."""
     _pyplot()  # fail early, before any loading, when matplotlib is missing
-    store = Store(workdir, create=False)
-    try:
-        step = store.resolve_step(step)
-        params, meta = store.restore_params(step)
-    finally:
-        store.close()
-    out = Path(out) if out is not None else store.workdir
+    ckpt = load_checkpoint(workdir, step)
+    out = Path(out) if out is not None else ckpt.workdir
     out.mkdir(parents=True, exist_ok=True)
-    rows = read_metrics(store.workdir / METRICS_FILE) or meta.get("history", [])
-    rows = [r for r in rows if r["step"] <= step]
-    exact = meta.get("exact") or {}
-    t = meta["config"]["train"]
-    run = f"batch {t['batch_size']}×{t['block_size']}, lr {t['learning_rate']:g} {t['lr_schedule']}"
+    rows = loss_rows(ckpt.workdir, ckpt.meta, ckpt.step)
+    exact = ckpt.meta.get("exact") or {}
+    t = ckpt.meta["config"]["train"]
+    run = f"{ckpt.model.kind}, batch {t['batch_size']}×{t['block_size']}, lr {t['learning_rate']:g} {t['lr_schedule']}"
     paths = []
     if rows:
-        paths.append(plot_losses(loss_curves(rows), out / LOSS_PNG, optimum=_optimum(meta),
-                                 exact_val=(exact.get("step", step), exact["val_loss"]) if exact else None, title=f"loss by step ({run})"))
-    paths.append(plot_bigram(bigram_probabilities(params), meta["vocab"], out / BIGRAM_PNG,
-                             title=f"learned bigram at step {step}: P(next character | current character)"))
+        paths.append(plot_losses(loss_curves(rows), out / LOSS_PNG, optimum=val_optimum(ckpt.meta),
+                                 exact_val=(exact.get("step", ckpt.step), exact["val_loss"]) if exact else None,
+                                 title=f"loss by step ({run})"))
+    if ckpt.model.kind == "bigram":
+        paths.append(plot_bigram(bigram_probabilities(ckpt.params), ckpt.meta["vocab"], out / BIGRAM_PNG,
+                                 title=f"learned bigram at step {ckpt.step}: P(next character | current character)"))
     return paths

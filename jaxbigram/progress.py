@@ -1,12 +1,12 @@
 """What a user sees while ``train`` runs: a tqdm bar (or plain lines when stderr is no terminal) and ``metrics.jsonl``.
 
 The ``fit`` driver owns one ``Reporter`` and calls three hooks: ``chunk`` after each fused training call, ``eval`` at
-each evaluation, and the context manager around the loop. All I/O of progress and metrics lives here.
+each evaluation (printed on ``out`` and logged), and the context manager around the loop. All I/O of progress and
+metrics lives here.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -107,8 +107,9 @@ class Reporter:
     """
 
     def __init__(self, *, start_step: int, total_steps: int, resumed: bool, metrics_path: str | Path | None = None,
-                 lr_fn=None, err=None, bar: bool | None = None, enabled: bool = True,
+                 lr_fn=None, out=None, err=None, bar: bool | None = None, enabled: bool = True,
                  plain_every_s: float = PLAIN_EVERY_S, clock=time.perf_counter):
+        self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
         self.enabled = enabled
         self.start_step = self.step = start_step
@@ -156,7 +157,7 @@ class Reporter:
             self._plain()
 
     def eval(self, row: dict) -> None:
-        """At an evaluation (``row`` = step, train_loss, val_loss): log it, and update the display."""
+        """At an evaluation (``row`` = step, train_loss, val_loss): print it on ``out``, log it, update the display."""
         if not self.enabled:
             return
         self.last_eval = row
@@ -174,8 +175,10 @@ class Reporter:
         self._trained, self._train_s = 0, 0.0
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix(), refresh=False)
-            self._bar.clear()  # the caller prints its eval line next; the bar redraws below it
-        elif not self.use_bar:
+            self._bar.clear()  # the eval line goes above the bar, which redraws below it
+        print(f"step {row['step']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}",
+              file=self.out, flush=True)
+        if self._bar is None and not self.use_bar:
             self._plain()
 
     # -- rendering
@@ -207,23 +210,3 @@ def _isatty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
-
-
-@functools.lru_cache(maxsize=8)
-def _lr_fn(train_cfg):
-    """The optimizer's learning-rate schedule, jitted: one ~50 ms compile per config, where eager op-by-op dispatch
-    of a cosine schedule costs ~0.3 s on first use."""
-    import jax
-
-    from .train import learning_rate_schedule
-
-    return jax.jit(learning_rate_schedule(train_cfg))
-
-
-def for_run(cfg, workdir: str | Path, *, start_step: int, resumed: bool, err=None) -> Reporter:
-    """The reporter ``fit`` uses by default: metrics in ``<workdir>/metrics.jsonl``, only on the primary process."""
-    import jax
-
-    return Reporter(start_step=start_step, total_steps=cfg.train.steps, resumed=resumed,
-                    metrics_path=Path(workdir) / METRICS_FILE, lr_fn=_lr_fn(cfg.train), err=err,
-                    enabled=jax.process_index() == 0)

@@ -1,5 +1,6 @@
 """Process-wide JAX settings the CLI applies once, before the first compile (side effects only; no math here).
 
+- ``select_platform``: pin JAX to cpu / gpu / tpu, with a one-line error when that platform has no device.
 - A persistent XLA compilation cache in ``$XDG_CACHE_HOME/jaxbigram/xla`` (default ``~/.cache/jaxbigram/xla``): the
   second run of a config loads its compiled programs from disk instead of compiling them again. Set
   ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it.
@@ -15,7 +16,10 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .errors import UsageError
+
 COMPILE_CACHE_ENV = "JAXBIGRAM_COMPILE_CACHE"
+PLATFORMS = {"cpu": ["cpu"], "gpu": ["cuda", "rocm"], "tpu": ["tpu"]}  # --platform → JAX backends to try, in order
 XLA_TUNING_ENV = "JAXBIGRAM_XLA_TUNING"
 CPU_XLA_FLAGS = ("--xla_backend_optimization_level=1",)
 _OFF = {"0", "off", "false", "no", "none"}
@@ -73,3 +77,27 @@ def configure(platform: str | None = None, compile_cache: bool = True) -> None:
     tune_xla_for_cpu(platform)
     if compile_cache:
         enable_compile_cache()
+
+
+def select_platform(name: str | None) -> str:
+    """Pin JAX to ``name`` (None: JAX's choice) before any computation; returns a description of the backend.
+
+    ``gpu`` tries JAX's ``cuda`` backend, then ``rocm``: JAX fails loudly on any platform named in ``jax_platforms``
+    that does not start, so naming both at once would fail on a machine with only one kind.
+    """
+    import jax
+
+    if name is not None and name not in PLATFORMS:
+        raise UsageError("platform_unknown", got=name)
+    errors = []
+    for backend in PLATFORMS[name] if name is not None else [None]:
+        if backend is not None:
+            jax.config.update("jax_platforms", backend)
+        try:
+            devices = jax.devices()
+            break
+        except (RuntimeError, AssertionError) as e:  # JAX asserts when a named platform has no device at all
+            errors.append(str(e).splitlines()[0] if str(e) else f"no {backend} device found")
+    else:
+        raise UsageError("platform_unavailable", got=name, reason=errors[0])
+    return f"jax {jax.__version__}: backend {jax.default_backend()}, {len(devices)} device(s) {devices}"

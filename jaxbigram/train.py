@@ -1,4 +1,8 @@
-"""Training: the optimizer, the pure train step, fused multi-step calls, evaluation, and the loop driver ``fit``."""
+"""Training: the optimizer, the pure train step, fused multi-step calls, the loss estimate, and the loop driver
+``fit`` (the one place that loops in Python; ``train_and_evaluate`` adds the run folder around it).
+
+Everything above the loop driver is pure and model-agnostic: the model (``models.build``) is a static argument.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +21,12 @@ import optax
 from flax.training import train_state
 
 from . import data as data_lib
-from . import parallel, progress
+from . import models, parallel, progress
+from . import workdir as workdir_lib
+from .checkpoint import Store
 from .config import Config, TrainConfig
 from .errors import UsageError
-from .model import BigramLanguageModel, init_params, logits_table, loss_fn
-from .optimum import optimum_report
-
-LN2 = float(np.log(2.0))
+from .evaluate import exact_report
 
 
 # ----------------------------------------------------------------------------- state and step (pure)
@@ -41,57 +45,69 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     return optax.constant_schedule(cfg.learning_rate)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with the configured schedule, optionally after global-norm clipping."""
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay)
+def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransformation:
+    """AdamW with the configured schedule (weight decay on the leaves ``decay_mask`` selects; None: all),
+    optionally after global-norm clipping."""
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
+                        mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw
 
 
-def create_train_state(key: jax.Array, vocab_size: int, cfg: TrainConfig) -> train_state.TrainState:
-    """Fresh parameters and AdamW state at step 0."""
-    state = train_state.TrainState.create(apply_fn=BigramLanguageModel(vocab_size).apply,
-                                          params=init_params(key, vocab_size), tx=make_optimizer(cfg))
+def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.TrainState:
+    """Fresh parameters and AdamW state at step 0; ``apply_fn`` is the model's loss (what ``train_step`` calls)."""
+    params = model.init(key)
+    state = train_state.TrainState.create(apply_fn=model.loss, params=params,
+                                          tx=make_optimizer(cfg, model.decay_mask(params)))
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
-def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array):
+def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None):
     """One AdamW step on batch (x, y) → (new state, loss before the step)."""
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y)
+    loss, grads = jax.value_and_grad(state.apply_fn)(state.params, x, y, dropout_key)
     return state.apply_gradients(grads=grads), loss
 
 
-def batch_key(base_key: jax.Array, step) -> jax.Array:
-    """The key of step ``step``'s batch: the run is a pure function of (config, seed, data)."""
+def step_key(base_key: jax.Array, step) -> jax.Array:
+    """The key of step ``step`` (its batch, or its dropout): the run is a pure function of (config, seed, data)."""
     return jax.random.fold_in(base_key, step)
+
+
+def run_keys(seed: int) -> dict:
+    """The run's keys, all from ``seed``: init, batches (``step_key(batch, s)``), evals, dropout."""
+    init_key, batch_key, eval_key = jax.random.split(jax.random.key(seed), 3)
+    return {"init": init_key, "batch": batch_key, "eval": eval_key,
+            "dropout": jax.random.fold_in(jax.random.key(seed), 1)}
 
 
 # Batches of a fused chunk are drawn up front, in one vectorised call per sub-chunk, as long as their ids fit in this
 # many elements; the step loop then only trains. On a CPU this halves the cost of a small step (the per-step
 # threefry and gather kernels are gone from the loop) without changing a single value: ``vmap(get_batch)`` over the
 # steps' keys returns exactly the batches that ``get_batch`` returns step by step.
-BATCH_BUFFER_ELEMENTS = 1 << 21
+DEFAULT_BATCH_BUFFER = 1 << 21
 
 
 def _steps_per_draw(max_steps: int, per_step: int, budget: int) -> int:
     return max(1, min(max_steps, budget // max(per_step, 1)))
 
 
-@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "sharding"), donate_argnums=(0,))
-def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, block_size: int, max_steps: int,
-                sharding=None):
+@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer", "sharding"),
+         donate_argnums=(0,))
+def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_size: int, block_size: int,
+                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None):
     """Run ``num_steps`` (≤ ``max_steps``, traced, so one compile serves every count) steps in one call.
 
     The loop is ``lax.fori_loop`` rather than ``lax.scan`` with a static length: chunks end at eval and checkpoint
     boundaries, so their lengths vary (e.g. 300, 100, 200 with the lecture's intervals), and a traced trip count keeps
     that to one compile instead of one per distinct length.
 
-    Step ``s`` draws its batch from ``fold_in(base_key, s)`` with ``s = state.step``. Returns the new state and a
-    ``(max_steps,)`` buffer whose first ``num_steps`` entries are the per-step losses (the rest NaN).
-    Batches are drawn ``_steps_per_draw`` steps at a time (``vmap`` of ``get_batch``), then trained on one by one.
+    Step ``s`` draws its batch from ``step_key(base_key, s)`` and its dropout from ``step_key(dropout_key, s)``
+    with ``s = state.step``. Returns the new state and a ``(max_steps,)`` buffer whose first ``num_steps`` entries
+    are the per-step losses (the rest NaN). Batches are drawn up to ``batch_buffer`` ids at a time (``vmap`` of
+    ``get_batch``), then trained on one by one.
     ``sharding`` (data parallel): the layout of each global batch, see ``parallel.DataParallel.batch_sharding``.
     """
-    per_draw = _steps_per_draw(max_steps, 2 * batch_size * block_size, BATCH_BUFFER_ELEMENTS)
-    draw = jax.vmap(lambda s: data_lib.get_batch(batch_key(base_key, s), train_data, batch_size, block_size))
+    per_draw = _steps_per_draw(max_steps, 2 * batch_size * block_size, batch_buffer)
+    draw = jax.vmap(lambda s: data_lib.get_batch(step_key(base_key, s), train_data, batch_size, block_size))
 
     def sub_chunk(j, carry):
         state, losses = carry
@@ -101,7 +117,7 @@ def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, bloc
         def body(i, carry):
             state, losses = carry
             x, y = parallel.constrain_batch(xs[i], ys[i], sharding)
-            state, loss = train_step(state, x, y)
+            state, loss = train_step(state, x, y, step_key(dropout_key, state.step))
             return state, losses.at[first + i].set(loss)
 
         return jax.lax.fori_loop(0, jnp.minimum(per_draw, num_steps - first), body, (state, losses))
@@ -112,47 +128,19 @@ def train_chunk(state, train_data, base_key, num_steps, *, batch_size: int, bloc
     return jax.lax.fori_loop(0, (num_steps + per_draw - 1) // per_draw, sub_chunk, (state, losses))
 
 
-@partial(jax.jit, static_argnames=("iters", "batch_size", "block_size", "sharding"))
-def estimate_loss(params, key, train_data, val_data, *, iters: int, batch_size: int, block_size: int,
+@partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size", "sharding"))
+def estimate_loss(model, params, key, train_data, val_data, *, iters: int, batch_size: int, block_size: int,
                   sharding=None) -> dict:
-    """The lecture's estimate: mean loss over ``iters`` random batches of each split (pure; keys explicit)."""
+    """The lecture's estimate: mean loss over ``iters`` random batches of each split, no dropout (pure; keys
+    explicit)."""
 
     def mean_loss(split_key, split_data):
         keys = jax.random.split(split_key, iters)
-        return jax.lax.map(lambda k: loss_fn(params, *parallel.constrain_batch(
+        return jax.lax.map(lambda k: model.loss(params, *parallel.constrain_batch(
             *data_lib.get_batch(k, split_data, batch_size, block_size), sharding)), keys).mean()
 
     train_key, val_key = jax.random.split(key)
     return {"train": mean_loss(train_key, train_data), "val": mean_loss(val_key, val_data)}
-
-
-@jax.jit
-def _pair_nll(params, rows, cols):
-    table = logits_table(params).astype(jnp.float32)
-    return jax.nn.logsumexp(table, axis=-1)[rows] - table[rows, cols]
-
-
-def exact_loss(params, counts: data_lib.BigramCounts) -> float:
-    """Mean cross-entropy over every position of a split, exact: Σ count(i,j)·(−log softmax(W)[i,j]) / N.
-
-    For a bigram the loss of a whole split depends on the text only through its bigram counts, so this equals
-    running ``loss_fn`` over all windows, in memory O(distinct pairs) whatever the corpus size.
-    """
-    if counts.total == 0:
-        return float("nan")
-    nll = np.asarray(_pair_nll(params, jnp.asarray(counts.rows), jnp.asarray(counts.cols)), dtype=np.float64)
-    return float(np.dot(nll, counts.counts) / counts.total)
-
-
-def exact_report(params, train_counts, val_counts) -> dict:
-    """Exact losses in nats and bits per character, the closed-form optimum, and the gap to it."""
-    report = {"train_loss": exact_loss(params, train_counts), "val_loss": exact_loss(params, val_counts)}
-    report["train_bpc"] = report["train_loss"] / LN2
-    report["val_bpc"] = report["val_loss"] / LN2
-    report.update(optimum_report(train_counts, val_counts))
-    report["gap_train"] = report["train_loss"] - report["optimum_train_loss"]
-    report["gap_val"] = report["val_loss"] - report["optimum_val_loss"]
-    return report
 
 
 # ----------------------------------------------------------------------------- the loop driver (side effects)
@@ -174,7 +162,7 @@ def _note(text: str) -> None:
         pass
 
 
-class _StopRequest:
+class StopRequest:
     """Records SIGINT/SIGTERM instead of raising, so a chunk or a save is never cut in half."""
 
     def __init__(self):
@@ -205,9 +193,10 @@ class _StopRequest:
         return False
 
 
-def run_metadata(cfg: Config, corpus: data_lib.Corpus) -> dict:
+def run_metadata(cfg: Config, corpus: data_lib.Corpus, model, num_params: int) -> dict:
     """What a checkpoint needs besides the arrays, so sample/eval never need the dataset."""
-    return {"config": cfg.to_dict(), "vocab": corpus.tokenizer.chars, "vocab_size": corpus.tokenizer.vocab_size,
+    return {"config": cfg.to_dict(), "model": model.kind, "num_params": num_params, "vocab": corpus.tokenizer.chars,
+            "vocab_size": corpus.tokenizer.vocab_size,
             "data": {"path": corpus.path, "sha256": corpus.sha256, "length": int(len(corpus.ids))}}
 
 
@@ -219,91 +208,116 @@ class FitResult:
     steps_per_second: float = 0.0
 
 
-def _next_stop(step: int, target: int, cfg: Config) -> int:
-    nxt = [target, step + cfg.train.steps_per_call]
-    for interval in (cfg.eval.interval, cfg.checkpoint.interval):
-        nxt.append((step // interval + 1) * interval)
-    return min(nxt)
+def _next_boundary(step: int, target: int, cfg: Config) -> int:
+    """Where the next fused call ends: the target, an eval or checkpoint step, or ``steps_per_call`` ahead."""
+    return min(target, step + cfg.train.steps_per_call, *((step // i + 1) * i
+                                                           for i in (cfg.eval.interval, cfg.checkpoint.interval)))
 
 
-def fit(cfg: Config, corpus: data_lib.Corpus, store, *, fresh: bool = False, out=None, err=None,
-        reporter=None) -> FitResult:
-    """Train ``cfg.train.steps`` steps (resuming from ``store`` unless ``fresh``), evaluating and checkpointing.
+def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = False, out=None, err=None,
+        reporter: progress.Reporter | None = None) -> FitResult:
+    """Train to ``cfg.train.steps`` (resuming from ``store`` unless ``fresh``), evaluating and checkpointing.
 
-    ``reporter`` (default: ``progress.for_run``) shows progress and writes ``<workdir>/metrics.jsonl``.
+    One linear loop over chunk boundaries: at each one, evaluate / checkpoint / stop is decided once. With ``fresh``,
+    the old checkpoints are deleted only when the first new one is about to be written.
     """
     out, err = out or sys.stdout, err or sys.stderr
+    log = partial(print, file=err, flush=True)
     tcfg = cfg.train
     train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
-    vocab_size = corpus.tokenizer.vocab_size
-    meta = run_metadata(cfg, corpus)
-
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
     dp = parallel.DataParallel.create(tcfg.batch_size)  # all devices of all processes; batch split along 'data'
-    init_key, train_key, eval_key = dp.replicate(jax.random.split(jax.random.key(tcfg.seed), 3))
-    state = dp.abstract(lambda: create_train_state(init_key, vocab_size, tcfg))  # shapes only: restored or made
+    keys = dp.replicate(run_keys(tcfg.seed))
+    state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
+    meta = run_metadata(cfg, corpus, model, models.num_params(state.params))
     history: list = []
-    if fresh:
-        store.clear()
-    elif store.latest_step() is not None and (resumed := store.resume(meta, state, err)) is not None:
-        previous, state = resumed  # the newest intact checkpoint; damaged newer ones are set aside with a note
+    resumed = None if fresh or not store.steps() else workdir_lib.resume(store, state, meta, log)
+    if resumed is not None:
+        saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
         state = state.replace(step=jnp.asarray(state.step, jnp.int32))
-        history = list(previous.get("history", []))
-        print(f"resuming from step {int(state.step)} in {store.directory}", file=err)
-    if parallel.is_abstract(state):  # a fresh start: only now allocate the (possibly V×V×3) state
-        state = dp.replicate(create_train_state(init_key, vocab_size, tcfg))
+        history = list(saved.get("history", []))
+        log(f"resuming from step {int(state.step)} in {store.directory}")
+    else:  # a new run: only now allocate the (possibly V×V×3) state
+        state = dp.replicate(create_train_state(keys["init"], model, tcfg))
+    step = start = int(state.step)
+    if start >= tcfg.steps and resumed is not None:
+        log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; "
+            f"raise --steps to continue")
 
     if reporter is None:
-        reporter = progress.for_run(cfg, store.workdir, start_step=int(state.step), resumed=int(state.step) > 0, err=err)
+        lr = jax.jit(learning_rate_schedule(tcfg))
+        reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
+                                     metrics_path=store.workdir / progress.METRICS_FILE, lr_fn=lambda s: float(lr(s)),
+                                     out=out, err=err, enabled=parallel.is_primary())
     train_data, val_data = dp.replicate((train_np, val_np))
     sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)
-
-    def evaluate(at_step: int) -> dict:
-        losses = estimate_loss(state.params, jax.random.fold_in(eval_key, at_step), train_data, val_data,
-                               iters=cfg.eval.iters, **sizes)
-        row = {"step": at_step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
-        history[:] = [h for h in history if h["step"] != at_step] + [row]
-        reporter.eval(row)
-        print(f"step {at_step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}", file=out, flush=True)
-        return row
-
-    def save(at_step: int, last: dict, report: dict | None = None) -> None:
-        store.save(at_step, state, {**meta, "step": at_step, "history": history, "last_eval": last,
-                                    **({"exact": report} if report else {})}, val_loss=last["val_loss"])
-
-    step, target = int(state.step), tcfg.steps
     last = history[-1] if history and history[-1]["step"] == step else None
-    if step % cfg.eval.interval == 0 and last is None and step < target:
-        last = evaluate(step)
-    trained_steps, train_seconds = 0, 0.0
-    with _StopRequest() as stop, reporter:
-        while step < target:
-            stop_at = _next_stop(step, target, cfg)
+    trained_steps, train_seconds, stale = 0, 0.0, fresh
+    with StopRequest() as stop, reporter:
+        while True:  # at a chunk boundary: decide evaluate / checkpoint / stop, once
+            done, stopping = step >= tcfg.steps, stop.signum is not None
+            save_now = step > start and (done or stopping or step % cfg.checkpoint.interval == 0)
+            if (save_now or step % cfg.eval.interval == 0) and (last is None or last["step"] != step):
+                losses = estimate_loss(model, state.params, step_key(keys["eval"], step), train_data, val_data,
+                                       iters=cfg.eval.iters, **sizes)
+                last = {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
+                history = [h for h in history if h["step"] != step] + [last]
+                reporter.eval(last)
+            report = None
+            if done:
+                report = {**exact_report(model, state.params, train_np, val_np), "step": step}
+            if save_now:
+                if stale:  # --fresh: the old run goes only now, when the new one writes its first step
+                    store.clear()
+                    stale = False
+                store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
+                                         **({"exact": report} if report else {})}, val_loss=last["val_loss"])
+            if done:
+                break
+            if stopping:
+                raise Interrupted(stop.signum, step, str(store.directory))
+            stop_at = _next_boundary(step, tcfg.steps, cfg)
             t0 = time.perf_counter()
-            state, losses = train_chunk(state, train_data, train_key, stop_at - step, max_steps=tcfg.steps_per_call,
-                                        **sizes)
+            state, losses = train_chunk(state, train_data, keys["batch"], keys["dropout"], stop_at - step,
+                                        max_steps=tcfg.steps_per_call, **sizes)
             losses = np.asarray(losses[: stop_at - step])
-            train_seconds += time.perf_counter() - t0
-            reporter.chunk(stop_at, losses, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
             trained_steps += stop_at - step
+            reporter.chunk(stop_at, losses, seconds)
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
                 raise UsageError("non_finite", value=float(losses[bad[0]]), step=step + int(bad[0]))
             step = stop_at
-            if step % cfg.eval.interval == 0 or step == target:
-                last = evaluate(step)
-            if step % cfg.checkpoint.interval == 0 and step < target:
-                save(step, last if last and last["step"] == step else evaluate(step))
-            if stop.signum is not None and step < target:
-                if not (last and last["step"] == step):
-                    last = evaluate(step)
-                save(step, last)
-                raise Interrupted(stop.signum, step, str(store.directory))
-        if last is None or last["step"] != step:
-            last = evaluate(step)
-        report = exact_report(state.params, data_lib.bigram_counts(train_np, vocab_size),
-                              data_lib.bigram_counts(val_np, vocab_size))
-        report["step"] = step
-        save(step, last, report)
     rate = trained_steps / train_seconds if train_seconds else 0.0
     return FitResult(state=state, history=history, report=report, steps_per_second=rate)
+
+
+def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), data: str | None = None,
+                       fresh: bool = False, out=None, err=None) -> FitResult:
+    """``run.py train``: hold the workdir, settle the run's config and data (a resume keeps the checkpoint's), fit.
+
+    ``config_path`` None means: the checkpoint's config when resuming, else the default preset.
+    """
+    err = err or sys.stderr
+    log = partial(print, file=err, flush=True)
+    workdir_lib.ensure_writable(Path(workdir))
+    workdir = Path(workdir).expanduser().absolute()
+    with workdir_lib.exclusive(workdir, parallel.is_primary()):
+        probe = Store(workdir)
+        try:
+            saved = None if fresh else workdir_lib.newest_meta(probe, log)
+        finally:
+            probe.close()
+        cfg = workdir_lib.run_config(saved, config_path, overrides, workdir)
+        recorded = (saved or {}).get("data", {}).get("path")
+        path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=cfg.data.path)
+        corpus = data_lib.load_corpus(path)
+        log(f"data: {corpus.path} (from {source}; {len(corpus.ids):,} characters, vocab {corpus.tokenizer.vocab_size}, "
+            f"sha256 {corpus.sha256[:12]}…)")
+        store = Store(workdir, keep=cfg.checkpoint.keep)
+        try:
+            return fit(cfg, corpus, store, fresh=fresh, out=out, err=err)
+        finally:
+            store.close()

@@ -1,0 +1,169 @@
+"""From a checkpoint to what a user wants to know about it: its exact losses on the whole splits (with the
+closed-form bigram optimum), and a summary of the run. The one path checkpoint → data → split → report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import config as config_lib
+from . import data as data_lib
+from . import models, progress
+from .checkpoint import Store
+from .errors import CheckpointError, UsageError
+from .optimum import bigram_counts, optimum_report
+
+LN2 = math.log(2.0)
+
+
+def exact_report(model, params, train_ids: np.ndarray, val_ids: np.ndarray) -> dict:
+    """Exact losses over every position of both splits, in nats and bits per character, next to the closed-form
+    bigram optimum: for a bigram the gap to it is what training left on the table; for any other model the optimum
+    is the baseline it must beat."""
+    report = {"model": model.kind, "train_loss": model.split_loss(params, train_ids),
+              "val_loss": model.split_loss(params, val_ids)}
+    report["train_bpc"] = report["train_loss"] / LN2
+    report["val_bpc"] = report["val_loss"] / LN2
+    report.update(optimum_report(bigram_counts(train_ids, model.vocab_size), bigram_counts(val_ids, model.vocab_size)))
+    report["gap_train"] = report["train_loss"] - report["optimum_train_loss"]
+    report["gap_val"] = report["val_loss"] - report["optimum_val_loss"]
+    return report
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One saved step, ready to use: its params, metadata, tokenizer and model."""
+
+    step: int
+    params: dict
+    meta: dict
+    tokenizer: data_lib.Tokenizer
+    model: object
+    workdir: Path
+
+
+def model_of(meta: dict):
+    """The model a checkpoint's metadata describes."""
+    cfg = config_lib.from_dict(meta["config"])
+    return models.build(cfg.model, meta["vocab_size"], cfg.train.block_size)
+
+
+def load_checkpoint(workdir: str | Path, step: int | None = None, attempts: int = 3) -> Checkpoint:
+    """The params of ``step`` (default: the newest) of a run, read-only.
+
+    A run that is still training may drop the newest step while it is being read (its keep policy): then the newest
+    step that exists is read instead; an explicit ``step`` that went away is said to have moved.
+    """
+    store = Store(workdir, read_only=True)
+    try:
+        for attempt in range(attempts):
+            steps = store.steps()
+            if not steps:
+                raise CheckpointError("no_checkpoint", workdir=store.workdir)
+            chosen = steps[-1] if step is None else step
+            try:
+                params, meta = store.restore_params(chosen)
+            except CheckpointError:
+                store.reload()
+                if chosen in store.steps() or attempt == attempts - 1:
+                    raise  # still there: really damaged (or no such step)
+                if step is not None:
+                    raise CheckpointError("step_moved", step=step, workdir=store.workdir,
+                                          steps=", ".join(map(str, store.steps())) or "none") from None
+                continue  # the running train replaced it: read the newest again
+            return Checkpoint(step=chosen, params=params, meta=meta, tokenizer=data_lib.Tokenizer(meta["vocab"]),
+                              model=model_of(meta), workdir=store.workdir)
+    finally:
+        store.close()
+    raise AssertionError("unreachable")
+
+
+def evaluate_checkpoint(workdir: str | Path, step: int | None = None, data: str | None = None,
+                        log=None) -> dict:
+    """Exact report of a checkpoint on the text it was trained on (or ``data``), split as in training.
+
+    Another text is encoded with the checkpoint's vocabulary; a text that is not the one trained on is said (sha256).
+    """
+    ckpt = load_checkpoint(workdir, step)
+    recorded = ckpt.meta["data"]
+    path, source = data_lib.resolve_data_path(data, recorded=recorded["path"])
+    corpus = data_lib.load_corpus(path)
+    same = corpus.sha256 == recorded["sha256"]
+    if not same and log is not None:
+        log(f"note: {path} (from {source}) is not the text step {ckpt.step} was trained on "
+            f"(sha256 {corpus.sha256[:12]}…, trained on {recorded['sha256'][:12]}… at {recorded['path']})")
+    if corpus.tokenizer.chars == ckpt.tokenizer.chars:
+        ids = corpus.ids
+    else:  # another text: encode it with the checkpoint's vocabulary
+        try:
+            ids = ckpt.tokenizer.encode(data_lib.decode_utf8(data_lib.read_bytes(path), path))
+        except data_lib.UnknownCharacters as e:
+            raise UsageError("eval_unknown_chars", path=path, n=len(e.chars),
+                             chars=", ".join(repr(c) for c in e.chars[:20])) from None
+    train_ids, val_ids = data_lib.split(ids, ckpt.meta["config"]["data"]["val_fraction"])
+    report = exact_report(ckpt.model, ckpt.params, train_ids, val_ids)
+    report.update(step=ckpt.step, data=str(path), sha256=corpus.sha256, same_data_as_training=same)
+    return report
+
+
+def run_info(workdir: str | Path) -> dict:
+    """Everything a user wants to know about a run, from its checkpoints (and its metrics log) alone."""
+    store = Store(workdir, read_only=True)
+    try:
+        steps = store.steps()
+        if not steps:
+            raise CheckpointError("no_checkpoint", workdir=store.workdir)
+        latest = store.read_meta(steps[-1])
+        metas = {steps[-1]: latest}
+        for s in steps[:-1]:
+            try:
+                metas[s] = store.read_meta(s)
+            except CheckpointError:
+                pass  # an older damaged step does not hide the run
+    finally:
+        store.close()
+    scored = [(m["last_eval"]["val_loss"], s) for s, m in metas.items() if m.get("last_eval")]
+    best_loss, best_step = min(scored) if scored else (None, None)
+    ckpt_model = model_of(latest)
+    return {"workdir": str(store.workdir), "steps": steps, "latest_step": steps[-1], "best_val_loss": best_loss,
+            "best_step": best_step, "model": ckpt_model.kind, "num_params": latest.get("num_params"),
+            "vocab_size": latest["vocab_size"], "vocab": latest["vocab"],
+            "data": latest["data"], "config": latest["config"], "exact": latest.get("exact"),
+            "metrics": metrics_summary(store.workdir)}
+
+
+def metrics_summary(workdir: str | Path) -> dict | None:
+    """Evals logged in ``metrics.jsonl`` and the best val estimate among them (any step, checkpointed or not)."""
+    path = Path(workdir) / progress.METRICS_FILE
+    rows = progress.read_metrics(path)
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r["val_loss"])
+    return {"path": str(path), "evals": len(rows), "last_step": rows[-1]["step"],
+            "best_val_loss": best["val_loss"], "best_step": best["step"]}
+
+
+def loss_rows(workdir: str | Path, meta: dict, up_to: int) -> list[dict]:
+    """The eval rows of a run up to step ``up_to``: the metrics log, else the checkpoint's own history."""
+    rows = progress.read_metrics(Path(workdir) / progress.METRICS_FILE) or meta.get("history", [])
+    return [r for r in rows if r["step"] <= up_to]
+
+
+def val_optimum(meta: dict) -> float | None:
+    """The closed-form val optimum from the checkpoint's exact report, else from its data file (if unchanged)."""
+    exact = meta.get("exact") or {}
+    if exact.get("optimum_val_loss") is not None:
+        return float(exact["optimum_val_loss"])
+    path = Path(meta.get("data", {}).get("path", ""))
+    if not path.is_file():
+        return None
+    corpus = data_lib.load_corpus(path)
+    if corpus.sha256 != meta["data"].get("sha256"):
+        return None
+    train_ids, val_ids = data_lib.split(corpus.ids, meta["config"]["data"]["val_fraction"])
+    v = corpus.tokenizer.vocab_size
+    return float(optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))["optimum_val_loss"])

@@ -1,0 +1,46 @@
+"""The model seam: everything above it (config, data, the fused train step, checkpoints, the CLI) trains "a model".
+
+A model is a frozen, hashable dataclass (so jitted functions take it as a static argument) with:
+
+- ``kind`` (the ``model.kind`` config value) and ``has_optimum`` (whether the closed-form bigram optimum is the best
+  this model can reach: true for the bigram, for any other model it is only a baseline to beat);
+- ``init(key) -> params``;
+- ``loss(params, x, y, dropout_key=None) -> scalar``: mean cross-entropy of int ``(B, T)`` batches; pure; dropout only
+  when a key is given;
+- ``logits(params, x) -> (B, T, V)``: deterministic;
+- ``decay_mask(params)``: which leaves AdamW decays (None: all);
+- ``split_loss(params, ids) -> float``: the exact mean loss over every position of a split;
+- ``sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p, num_samples)``: chunks of new
+  ids ``(num_samples, n)``; together they are one sample; same key, same text.
+
+``build(cfg.model, vocab_size, block_size)`` picks the model from the registry below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from ..config import ModelConfig
+from ..errors import UsageError
+from .bigram import Bigram
+
+
+def _bigram(cfg: ModelConfig, vocab_size: int, block_size: int) -> Bigram:
+    return Bigram(vocab_size=vocab_size)
+
+
+REGISTRY = {"bigram": _bigram}
+
+
+def build(cfg: ModelConfig, vocab_size: int, block_size: int):
+    """The model named by ``cfg.kind``, sized for this vocabulary and context length."""
+    if cfg.kind not in REGISTRY:
+        raise UsageError("model_unknown", got=cfg.kind, choices=", ".join(REGISTRY))
+    return REGISTRY[cfg.kind](cfg, vocab_size, block_size)
+
+
+def num_params(params) -> int:
+    """The number of scalars in ``params`` (arrays or ``jax.ShapeDtypeStruct`` shapes)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))

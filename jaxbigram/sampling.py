@@ -1,0 +1,74 @@
+"""Sampling primitives every model shares: temperature / top-k / top-p filters, pre-drawn uniforms, and the exact
+inverse-CDF draw. Pure and jit-friendly; the models' own samplers (``models/*.py``) are built from these.
+
+A draw is ``next = #{j : cdf[j] <= u}`` with ``u`` uniform in [0, 1): an exact draw from the categorical distribution
+whose CDF is ``cdf``. Uniforms come in blocks of ``SAMPLE_BLOCK`` per stream, block ``b`` from ``fold_in(key, b)``, so
+a generation streamed chunk by chunk draws exactly the same numbers as one call.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+SAMPLE_BLOCK = 8192
+
+
+def filtered_cdf(logits, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
+    """CDF over the last axis of softmax(logits / temperature), restricted to the top-k / nucleus top-p set.
+
+    ``top_k = 0`` and ``top_p = 1`` disable the filters (they sort each row, so they only run when asked). Ties at the
+    k-th logit are kept (as in nanoGPT). The last entry of each row is exactly 1.
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    logits = jax.lax.cond(top_k > 0, top_k_filter, lambda l, _: l, logits, top_k)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jax.lax.cond(top_p < 1, top_p_filter, lambda p, _: p, probs, top_p)
+    cdf = jnp.cumsum(probs, axis=-1)
+    return cdf / cdf[..., -1:]
+
+
+def top_k_filter(logits, top_k):
+    """Logits below the k-th largest of their row become -inf."""
+    vocab = logits.shape[-1]
+    desc = -jnp.sort(-logits, axis=-1)
+    kth = jnp.take_along_axis(desc, jnp.full(logits.shape[:-1] + (1,), jnp.minimum(top_k, vocab) - 1), axis=-1)
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_filter(probs, top_p):
+    """Nucleus: keep the smallest set of most likely characters whose probability reaches top_p."""
+    sorted_probs = -jnp.sort(-probs, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = mass_before < top_p
+    cutoff = jnp.min(jnp.where(keep_sorted, sorted_probs, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(probs >= cutoff, probs, 0.0)
+
+
+def draw(cdf_rows, u) -> jax.Array:
+    """Inverse-CDF draw per row: ``cdf_rows`` ``(S, V)``, ``u`` ``(S,)`` → ids ``(S,)`` int32."""
+    vocab = cdf_rows.shape[-1]
+    if vocab <= 512:  # count the CDF entries <= u: searchsorted(side="right") as one compare-and-sum kernel
+        nxt = jnp.sum(cdf_rows <= u[:, None], axis=-1)
+    else:  # binary search
+        nxt = jax.vmap(lambda row, x: jnp.searchsorted(row, x, side="right", method="scan"))(cdf_rows, u)
+    return jnp.minimum(nxt, vocab - 1).astype(jnp.int32)
+
+
+def uniforms(key, num_streams: int, first_block, num_new: int) -> jax.Array:
+    """``(num_new, num_streams)`` uniforms: rows ``b * SAMPLE_BLOCK + i`` come from block ``b``'s draw
+    ``uniform(fold_in(key, first_block + b), (SAMPLE_BLOCK, num_streams))[i]``.
+
+    A final partial block is drawn only as far as needed (``uniform(k, (n, S))`` is the first ``n`` rows of
+    ``uniform(k, (SAMPLE_BLOCK, S))`` with JAX's counter-based threefry), so a short sample of many streams costs
+    O(num_new · S), not O(SAMPLE_BLOCK · S); a streamed generation draws the very same numbers as one call.
+    """
+    full, rest = divmod(num_new, SAMPLE_BLOCK)
+    parts = []
+    if full:
+        blocks = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(key, first_block + b),
+                                                       (SAMPLE_BLOCK, num_streams)))(jnp.arange(full))
+        parts.append(blocks.reshape(full * SAMPLE_BLOCK, num_streams))
+    if rest:
+        parts.append(jax.random.uniform(jax.random.fold_in(key, first_block + full), (rest, num_streams)))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)

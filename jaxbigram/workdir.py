@@ -1,0 +1,118 @@
+"""A training run's folder: one writer at a time, and resuming from the newest intact checkpoint of the same run.
+
+The policy lives here (``checkpoint.Store`` only reads and writes): a damaged step is moved to
+``<workdir>/damaged-checkpoints/`` (kept for inspection, never deleted) and the next older one is tried; a checkpoint
+of other data, another vocabulary or other settings is refused with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from . import config as config_lib
+from .errors import CheckpointError, UsageError
+
+LOCK_FILE = ".train.lock"  # held by a running `train` (see ``exclusive``)
+DAMAGED = "damaged-checkpoints"
+# what may change when a run is resumed: how long it runs and how often it is looked at; nothing that changes the math
+RESUMABLE_KEYS = {"train.steps", "train.steps_per_call", "eval.interval", "eval.iters", "checkpoint.interval",
+                  "checkpoint.keep", "data.path"}
+
+
+def ensure_writable(workdir: Path) -> None:
+    """Create ``workdir`` if needed; one clear line if it cannot hold a run."""
+    if str(workdir) in ("", "."):
+        raise UsageError("workdir_empty")
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError("workdir_is_file", workdir=workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError("workdir_not_writable", workdir=workdir, reason=e.strerror or str(e)) from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(workdir).f_flag & os.ST_RDONLY)
+        raise UsageError("workdir_not_writable", workdir=workdir,
+                         reason="read-only file system" if read_only else "permission denied")
+
+
+@contextlib.contextmanager
+def exclusive(workdir: Path, primary: bool = True):
+    """Hold ``<workdir>/.train.lock`` (an OS lock, released even on kill -9) so two ``train`` runs never share a
+    workdir: they would clean up each other's half-written saves. Only the primary process takes it."""
+    if not primary:
+        yield
+        return
+    with open(workdir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError("workdir_busy", workdir=workdir) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def newest_meta(store, log) -> dict | None:
+    """The metadata of the newest step whose metadata reads (None for a new run); damaged ones are set aside."""
+    for step in reversed(store.steps()):
+        try:
+            return store.read_meta(step)
+        except CheckpointError as e:
+            set_aside(store, step, e, log)
+    return None
+
+
+def run_config(saved: dict | None, config_path, overrides, workdir: Path) -> config_lib.Config:
+    """The config of this run: the given one for a new run; the checkpoint's own for a resume, where a --config or
+    --set may change only ``RESUMABLE_KEYS`` (anything else would mix two runs)."""
+    if saved is None:
+        return config_lib.load(config_path or config_lib.DEFAULT_PRESET, overrides)
+    given = config_lib.load(config_path, overrides, base=None if config_path else saved["config"])
+    changed = [k for k in config_lib.differences(saved["config"], given.to_dict()) if k not in RESUMABLE_KEYS]
+    if changed:
+        raise UsageError("config_changed", workdir=workdir, keys=", ".join(changed))
+    return given
+
+
+def check_compatible(saved: dict, expected: dict, workdir: Path) -> None:
+    """Refuse to resume a run trained on other data or another vocabulary."""
+    if saved.get("vocab") != expected["vocab"]:
+        what = f"another vocabulary ({saved.get('vocab_size')} characters, this data has {expected['vocab_size']})"
+        raise CheckpointError("incompatible", workdir=workdir, what=what)
+    data = saved.get("data") or {}
+    if data.get("sha256") != expected["data"]["sha256"]:
+        what = f"other data ({data.get('path')}, sha256 {str(data.get('sha256', '?'))[:12]}…)"
+        raise CheckpointError("incompatible", workdir=workdir, what=what)
+
+
+def resume(store, template, expected: dict, log):
+    """(saved metadata, TrainState) of the newest step that restores intact, or None if none does.
+
+    Damaged steps are set aside with a note on ``log``; an incompatible one is refused (CheckpointError).
+    """
+    for step in reversed(store.steps()):
+        try:
+            saved = store.read_meta(step)
+            check_compatible(saved, expected, store.workdir)  # before the arrays: another vocabulary is not damage
+            return store.restore(step, template)
+        except CheckpointError as e:
+            if e.code != "corrupt_checkpoint":
+                raise
+            set_aside(store, step, e, log)
+    return None
+
+
+def set_aside(store, step: int, error: CheckpointError, log) -> Path:
+    """Move a damaged step out of the checkpoint directory (kept for inspection, never deleted)."""
+    store.close()
+    target = store.workdir / DAMAGED / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(store.directory / str(step), target)
+    log(f"warning: checkpoint step {step} is damaged ({error.fields['reason']}); moved it to {target}; "
+        f"trying the previous one")
+    return target
