@@ -2,26 +2,28 @@
 
 Every figure is measured after a warm-up and is the median of several repeats (wall clock, ``time.perf_counter``).
 Timed work always ends with ``block_until_ready`` so asynchronous dispatch cannot flatter a number. Whole runs
-(the notes config, data prep) run in fresh subprocesses so start-up, imports and first-touch memory are counted.
+(preset trainings, data prep) run as fresh ``python -m jaxbigram …`` processes so start-up, imports and first-touch
+memory are counted; their peak memory is the kernel's ``ru_maxrss`` of that process (``os.wait4``).
+
+This module is a harness at the edge: only ``cli bench`` imports it, and nothing in training imports it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform as platform_lib
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTES_CONFIG = REPO_ROOT / "configs" / "notes.toml"
+from . import synthetic
 
 
 @dataclass(frozen=True)
@@ -39,21 +41,15 @@ class Plan:
     sample_long: tuple[int, int] = (1, 100_000)  # (streams, characters)
     sample_wide: tuple[int, int] = (64, 10_000)
     naive_sample_chars: int = 20_000
-    notes_config: str = str(NOTES_CONFIG)
+    notes_config: str = "notes"
     notes_repeats: int = 3
     corpus_mb: float = 100.0
     data_repeats: int = 3
-    extra_args: tuple[str, ...] = field(default=())  # passed to the notes-run subprocess (e.g. --data)
 
 
 FULL = Plan()
 QUICK = Plan(repeats=3, small_calls=5, large_calls=1, naive_steps=1000, notes_repeats=1, corpus_mb=20.0,
              data_repeats=1)
-
-
-def replace_plan(plan: Plan, **changes) -> Plan:
-    """A copy of ``plan`` with some fields changed."""
-    return dataclasses.replace(plan, **changes)
 
 
 def _median_rate(work: float, seconds: list[float]) -> float:
@@ -73,19 +69,15 @@ def peak_rss_mb() -> float:
     return round(maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0), 1)
 
 
-def _cli_with_peak(argv: list[str], peak_file: str) -> int:
-    """``cli.main(argv)`` in this (child) process, then its peak memory written to ``peak_file``."""
-    from .cli import main
-
-    try:
-        return main(argv)
-    finally:
-        Path(peak_file).write_text(str(peak_rss_mb()))
+def _jaxbigram(*args: str) -> list[str]:
+    """The command line of a fresh ``jaxbigram`` process (this interpreter, this package)."""
+    return [sys.executable, "-m", "jaxbigram", *args]
 
 
-def _pythonpath() -> str:
-    """PYTHONPATH for child processes: the folder holding this jaxbigram first, so they import the same code."""
-    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+def _child_env(**extra) -> dict:
+    """The environment of a child: this one, with this package importable first (a checkout or an install)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **extra)
 
 
 def _log(message: str) -> None:
@@ -98,9 +90,10 @@ def _train_state(vocab_size: int, seed: int = 0):
     import jax
 
     from .config import TrainConfig
+    from .models.bigram import Bigram
     from .train import create_train_state
 
-    return create_train_state(jax.random.key(seed), vocab_size, TrainConfig(learning_rate=1e-3))
+    return create_train_state(jax.random.key(seed), Bigram(vocab_size), TrainConfig(learning_rate=1e-3))
 
 
 def bench_train(train_ids, vocab_size: int, shape, steps_per_call: int, calls: int, repeats: int) -> dict:
@@ -115,16 +108,16 @@ def bench_train(train_ids, vocab_size: int, shape, steps_per_call: int, calls: i
     key = jax.random.key(1)
     state = _train_state(vocab_size)
     t0 = time.perf_counter()
-    compiled = train_chunk.lower(state, data, key, steps_per_call, batch_size=batch, block_size=block,
+    compiled = train_chunk.lower(state, data, key, key, steps_per_call, batch_size=batch, block_size=block,
                                  max_steps=steps_per_call).compile()
     compile_s = time.perf_counter() - t0
-    state, losses = compiled(state, data, key, steps_per_call)  # warm-up
+    state, losses = compiled(state, data, key, key, steps_per_call)  # warm-up
     losses.block_until_ready()
     seconds = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(calls):
-            state, losses = compiled(state, data, key, steps_per_call)
+            state, losses = compiled(state, data, key, key, steps_per_call)
         losses.block_until_ready()
         seconds.append(time.perf_counter() - t0)
     steps = steps_per_call * calls
@@ -138,13 +131,13 @@ def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: in
     import jax.numpy as jnp
 
     from .data import get_batch
-    from .train import batch_key, train_step
+    from .train import step_key, train_step
 
     batch, block = shape
     data = jnp.asarray(train_ids)
     base_key = jax.random.key(1)
     step_fn = jax.jit(train_step)
-    batch_fn = jax.jit(lambda s: get_batch(batch_key(base_key, s), data, batch, block))
+    batch_fn = jax.jit(lambda s: get_batch(step_key(base_key, s), data, batch, block))
     state = _train_state(vocab_size)
 
     def run(state, first, n):
@@ -167,42 +160,43 @@ def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: in
 
 # ----------------------------------------------------------------------------- the whole notes run
 
-def _run_child(argv: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Run ``argv``; returns (wall seconds from spawn to exit, the child's CPU seconds (user + system), the result)."""
+def run_measured(argv: list[str], env: dict) -> dict:
+    """Run ``argv`` to its end: wall seconds from spawn to exit, its CPU seconds (user + system), its own peak
+    resident memory in MiB (the kernel's ``ru_maxrss``), exit code, stdout and stderr."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=err)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         out.seek(0)
         err.seek(0)
-        return (seconds, usage.ru_utime + usage.ru_stime,
-                subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read()))
+        return {"wall_s": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+                "rc": proc.returncode, "stdout": out.read(), "stderr": err.read()}
 
 
-def bench_notes_run(plan: Plan, platform: str | None) -> dict:
-    """Wall time of ``run.py train --config notes.toml --fresh`` from process start to exit (final checkpoint
+def bench_preset_run(preset: str, data: str, repeats: int, platform: str | None, log) -> dict:
+    """Wall time of ``jaxbigram train --config PRESET --fresh`` from process start to exit (final checkpoint
     written), with an empty compilation cache (cold) and then with the cache the cold run filled (warm)."""
-    cold, warm, cold_cpu, warm_cpu, rss = [], [], [], [], 0.0
+    cold, warm, cold_cpu, warm_cpu, rss, final = [], [], [], [], 0.0, ""
     with tempfile.TemporaryDirectory(prefix="jaxbigram-bench-") as tmp:
-        peak_file = str(Path(tmp) / "peak")
-        for i in range(plan.notes_repeats):
-            args = ["train", "--config", plan.notes_config, "--fresh", "--workdir", str(Path(tmp) / f"run-{i}"),
-                    *plan.extra_args, *(["--platform", platform] if platform else [])]
-            code = f"import sys; from jaxbigram.bench import _cli_with_peak; sys.exit(_cli_with_peak({args!r}, {peak_file!r}))"
-            env = dict(os.environ, JAXBIGRAM_COMPILE_CACHE=str(Path(tmp) / f"xla-{i}"), PYTHONPATH=_pythonpath())
+        for i in range(repeats):
+            argv = _jaxbigram("train", "--config", preset, "--fresh", "--workdir", str(Path(tmp) / f"run-{i}"),
+                              "--data", data, *(["--platform", platform] if platform else []))
+            env = _child_env(JAXBIGRAM_COMPILE_CACHE=str(Path(tmp) / f"xla-{i}"))
             for bucket, cpu_bucket in ((cold, cold_cpu), (warm, warm_cpu)):
-                seconds, cpu, proc = _run_child([sys.executable, "-c", code], env)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"notes run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-                bucket.append(seconds)
-                cpu_bucket.append(cpu)
-                rss = max(rss, float(Path(peak_file).read_text()))
-            _log(f"notes run {i + 1}/{plan.notes_repeats}: cold cache {cold[-1]:.2f} s, warm cache {warm[-1]:.2f} s")
+                run = run_measured(argv, env)
+                if run["rc"] != 0:
+                    raise RuntimeError(f"{preset} run failed (exit {run['rc']}):\n{run['stderr'][-2000:]}")
+                bucket.append(run["wall_s"])
+                cpu_bucket.append(run["cpu_s"])
+                rss = max(rss, run["peak_rss_mb"])
+                final = run["stdout"]
+            log(f"{preset} run {i + 1}/{repeats}: cold cache {cold[-1]:.2f} s, warm cache {warm[-1]:.2f} s")
+    exact = re.search(r"val ([\d.]+) nats", final)
     return {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm), "peak_rss_mb": rss,
             "cold_cpu_s": statistics.median(cold_cpu), "warm_cpu_s": statistics.median(warm_cpu),
-            "raw_cold_s": cold, "raw_warm_s": warm}
+            "exact_val_loss": float(exact.group(1)) if exact else None, "raw_cold_s": cold, "raw_warm_s": warm}
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -211,7 +205,7 @@ def bench_sampling(params, streams: int, chars: int, repeats: int) -> dict:
     """``generate`` from a trained table: characters per second over all streams (CDF built inside each call)."""
     import jax
 
-    from .generate import generate
+    from .models.bigram import generate
 
     key = jax.random.key(7)
     generate(params, key, [0], chars, num_samples=streams).block_until_ready()  # compile
@@ -230,7 +224,7 @@ def bench_naive_sampling(params, chars: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from .model import logits_table
+    from .models.bigram import logits_table
 
     @partial(jax.jit, static_argnums=2)
     def naive(params, key, n):
@@ -254,29 +248,9 @@ def bench_naive_sampling(params, chars: int, repeats: int) -> dict:
 
 # ----------------------------------------------------------------------------- data prep
 
-_ALPHABET = ("abcdefghijklmnopqrstuvwxyz" * 3 + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "     ,.;:!?'-\n\n"
-             + "éèàçüößñ" + "αβγδλ" + "中文字" + "😀🎉" + "\r\n")
-
-
-def write_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
-    """A generated UTF-8 text of about ``megabytes`` MB (mostly ASCII, with accents, Greek, CJK, emoji, CRLF)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    codepoints = np.frombuffer(_ALPHABET.encode("utf-32-le"), dtype="<u4")
-    chars = int(min(1 << 20, max(1000, megabytes * 1e6 / 1.1)))  # ~1.1 UTF-8 bytes per character
-    text = codepoints[rng.integers(0, len(codepoints), chars)].tobytes().decode("utf-32-le")
-    copies = max(1, round(megabytes * 1e6 / len(text.encode("utf-8"))))
-    size = 0
-    with open(path, "wb") as f:
-        for i in range(copies):
-            chunk = (text[i * 7919 % len(text):] + text[: i * 7919 % len(text)]).encode("utf-8")  # no two alike
-            size += f.write(chunk)
-    return size
-
-
-def _data_prep_child(path: str) -> None:
-    """In a fresh process: time ``load_corpus`` twice (first run encodes and writes the cache; second reads it)."""
+def data_prep_child(path: str) -> None:
+    """In a fresh process (``python -m jaxbigram.bench data-prep PATH``): time ``load_corpus`` twice (the first
+    encodes and writes the cache; the second reads it) and print the figures as one JSON line."""
     from .data import load_corpus
 
     t0 = time.perf_counter()
@@ -299,16 +273,15 @@ def bench_data_prep(megabytes: float, repeats: int) -> dict:
     results = []
     with tempfile.TemporaryDirectory(prefix="jaxbigram-bench-data-") as tmp:
         path = Path(tmp) / "corpus.txt"
-        size = write_corpus(path, megabytes)
+        size = synthetic.make_corpus(str(path), int(megabytes * 1e6), vocab=100)["bytes"]
         for _ in range(repeats):
             for stale in Path(tmp).glob("corpus.txt.jaxbigram-*"):
                 stale.unlink()
-            code = f"from jaxbigram.bench import _data_prep_child; _data_prep_child({str(path)!r})"
-            env = dict(os.environ, PYTHONPATH=_pythonpath(), XDG_CACHE_HOME=str(Path(tmp) / "cache"))
-            proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"data prep failed:\n{proc.stderr[-2000:]}")
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            run = run_measured([sys.executable, "-m", "jaxbigram.bench", "data-prep", str(path)],
+                               _child_env(XDG_CACHE_HOME=str(Path(tmp) / "cache")))
+            if run["rc"] != 0:
+                raise RuntimeError(f"data prep failed:\n{run['stderr'][-2000:]}")
+            results.append(json.loads(run["stdout"].strip().splitlines()[-1]))
             if not results[-1]["ok"]:
                 raise RuntimeError("data prep: the cached corpus differs from the freshly encoded one")
     first = [r["first_s"] for r in results]
@@ -320,6 +293,16 @@ def bench_data_prep(megabytes: float, repeats: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- everything
+
+def _flatten(report: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
 
 def _cpu_model() -> str:
     try:
@@ -339,8 +322,20 @@ def _load_average() -> float | None:
         return None
 
 
-def run(plan: Plan, corpus, platform: str | None = None) -> dict:
-    """Every measurement of ``plan``; returns the flat JSON-ready report documented in the README."""
+def run(*, quick: bool = False, scaling: bool = False, data: str | None = None, platform: str | None = None,
+        log=_log) -> dict:
+    """``bench`` (or ``bench --scaling``): every measurement; returns the flat JSON-ready report documented in
+    docs/performance.md."""
+    from .data import load_corpus, resolve_data_path
+
+    path, _ = resolve_data_path(data)
+    if scaling:
+        return run_scaling(str(path), quick=quick, log=log)
+    return run_speed(QUICK if quick else FULL, load_corpus(path), platform, log)
+
+
+def run_speed(plan: Plan, corpus, platform: str | None, log) -> dict:
+    """Training, sampling, data prep and whole preset runs at the sizes of ``plan``."""
     import jax
 
     from .data import split
@@ -356,11 +351,11 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     raw: dict = {}
     (b, t), (lb, lt) = plan.small_shape, plan.large_shape
 
-    _log(f"training at {b}x{t} (fused train_chunk)")
+    log(f"training at {b}x{t} (fused train_chunk)")
     small = bench_train(train_ids, vocab, plan.small_shape, plan.small_steps_per_call, plan.small_calls, plan.repeats)
-    _log(f"training at {b}x{t}: {small['steps_per_s']:,.0f} steps/s; naive jit-per-step loop next")
+    log(f"training at {b}x{t}: {small['steps_per_s']:,.0f} steps/s; naive jit-per-step loop next")
     naive = bench_naive_train(train_ids, vocab, plan.small_shape, plan.naive_steps, plan.repeats)
-    _log(f"naive loop: {naive['steps_per_s']:,.0f} steps/s; training at {lb}x{lt} next")
+    log(f"naive loop: {naive['steps_per_s']:,.0f} steps/s; training at {lb}x{lt} next")
     large = bench_train(train_ids, vocab, plan.large_shape, plan.large_steps_per_call, plan.large_calls, plan.repeats)
     report.update({
         "train_shape": f"{b}x{t}", "train_steps_per_s": small["steps_per_s"], "train_tokens_per_s": small["tokens_per_s"],
@@ -372,7 +367,7 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     })
     raw.update(train_s=small["raw_s"], train_large_s=large["raw_s"], naive_train_s=naive["raw_s"])
 
-    _log("sampling")
+    log("sampling")
     params = small["params"]  # the table trained above: a realistic next-character distribution
     (s1, n1), (s2, n2) = plan.sample_long, plan.sample_wide
     long = bench_sampling(params, s1, n1, plan.repeats)
@@ -384,7 +379,7 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
     raw.update(sample_1_stream_s=long["raw_s"], sample_many_streams_s=wide["raw_s"],
                naive_sample_s=naive_sample["raw_s"])
 
-    _log(f"data prep on a generated {plan.corpus_mb:g} MB UTF-8 corpus")
+    log(f"data prep on a generated {plan.corpus_mb:g} MB UTF-8 corpus")
     prep = bench_data_prep(plan.corpus_mb, plan.data_repeats)
     report.update({"data_prep_mb": prep["mb"], "data_prep_vocab_size": prep["vocab_size"],
                    "data_prep_first_mb_per_s": prep["first_mb_per_s"],
@@ -392,9 +387,9 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
                    "data_prep_cache_memory_mapped": prep["memory_mapped"]})
     raw.update(data_prep_first_s=prep["raw_first_s"], data_prep_cached_s=prep["raw_cached_s"])
 
-    _log(f"whole notes run ({Path(plan.notes_config).name}) in subprocesses")
-    notes = bench_notes_run(plan, platform)
-    report.update({"notes_config": Path(plan.notes_config).name, "notes_run_s": notes["cold_s"],
+    log(f"whole {plan.notes_config} run in subprocesses")
+    notes = bench_preset_run(plan.notes_config, corpus.path, plan.notes_repeats, platform, log)
+    report.update({"notes_config": plan.notes_config, "notes_run_s": notes["cold_s"],
                    "notes_run_cpu_s": notes["cold_cpu_s"], "notes_run_warm_cache_s": notes["warm_s"],
                    "notes_run_warm_cache_cpu_s": notes["warm_cpu_s"], "notes_run_peak_rss_mb": notes["peak_rss_mb"]})
     raw.update(notes_run_s=notes["raw_cold_s"], notes_run_warm_cache_s=notes["raw_warm_s"])
@@ -407,7 +402,7 @@ def run(plan: Plan, corpus, platform: str | None = None) -> dict:
 
 def format_table(report: dict) -> str:
     """The report as an aligned two-column text table (what ``bench`` prints without ``--json``)."""
-    rows = [(k, v) for k, v in report.items() if k not in ("raw_seconds", "devices")]
+    rows = [(k, v) for k, v in _flatten(report).items() if not k.startswith("raw_seconds") and k != "devices"]
     width = max(len(k) for k, _ in rows)
     lines = []
     for key, value in rows:
@@ -415,3 +410,82 @@ def format_table(report: dict) -> str:
             value = f"{value:,.0f}" if value >= 1000 else f"{value:.3g}" if value < 10 else f"{value:,.1f}"
         lines.append(f"{key.ljust(width)}  {value}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- --scaling: a big corpus, a big vocabulary
+
+SCALING_CONFIG = """
+[train]
+steps = {steps}
+batch_size = 32
+block_size = 8
+learning_rate = 0.05
+steps_per_call = 100
+[eval]
+interval = 100
+iters = 10
+[checkpoint]
+interval = 100
+keep = 2
+"""
+
+
+def run_scaling(data: str, *, quick: bool = False, size_mb: float = 100.0, vocab: int = 10_000, steps: int = 200,
+                log=_log) -> dict:
+    """Train, resume, eval and sample through the CLI on a generated corpus with ``vocab`` distinct characters (a
+    ``vocab²``-parameter table): wall time and peak memory of each command, the checkpoint size, the speed of the
+    compiled step at that vocabulary, and a tokenizer round trip of the whole corpus."""
+    import numpy as np
+
+    from .data import load_corpus
+
+    if quick:
+        size_mb, vocab = 10.0, 2000
+    report: dict = {"size_mb": size_mb, "vocab": vocab}
+    with tempfile.TemporaryDirectory(prefix="jaxbigram-scaling-") as tmp:
+        base = Path(tmp)
+        corpus = base / "corpus.txt"
+        t0 = time.perf_counter()
+        report["corpus"] = synthetic.make_corpus(str(corpus), int(size_mb * 1e6), vocab)
+        report["corpus"]["seconds"] = round(time.perf_counter() - t0, 2)
+        log(f"corpus: {report['corpus']['bytes'] / 1e6:.1f} MB, {report['corpus']['distinct_characters']:,} "
+            f"distinct characters")
+        cfg, workdir = base / "scaling.toml", base / "run"
+        cfg.write_text(SCALING_CONFIG.format(steps=steps))
+        env = _child_env(XDG_CACHE_HOME=str(base / "cache"))
+        train = ["train", "--config", str(cfg), "--data", str(corpus), "--workdir", str(workdir)]
+        commands = {
+            "train (first run: encode + cache)": train + ["--fresh"],
+            "train (resume +100 steps, cached ids)": train + ["--steps", str(steps + 100)],
+            "eval": ["eval", "--workdir", str(workdir), "--json"],
+            "sample 10,000 chars": ["sample", "--workdir", str(workdir), "--max-new-tokens", "10000"],
+            "sample 10,000 chars, top-k 50": ["sample", "--workdir", str(workdir), "--max-new-tokens", "10000",
+                                              "--top-k", "50"],
+        }
+        report["commands"] = {}
+        for name, args in commands.items():
+            run = run_measured(_jaxbigram(*args), env)
+            if run["rc"] != 0:
+                raise RuntimeError(f"{name} failed (exit {run['rc']}):\n{run['stderr'][-2000:]}")
+            row = {"wall_s": round(run["wall_s"], 2), "peak_rss_mb": round(run["peak_rss_mb"])}
+            if name == "eval":
+                ev = json.loads(run["stdout"])
+                row.update(val_loss=round(ev["val_loss"], 4), optimum_val_loss=round(ev["optimum_val_loss"], 4))
+            report["commands"][name] = row
+            log(f"{name}: {row}")
+        step_dirs = [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+        newest = max(step_dirs, key=lambda p: int(p.name))
+        report["checkpoint_mb"] = round(sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) / 2**20)
+        loaded = load_corpus(str(corpus))
+        report["round_trip"] = loaded.tokenizer.decode(loaded.ids) == corpus.read_bytes().decode("utf-8")
+        train_ids = np.asarray(loaded.ids[: len(loaded.ids) * 9 // 10])
+        speed = bench_train(train_ids, loaded.tokenizer.vocab_size, (32, 8), 20, 3, 1)
+        report["train_steps_per_s"] = speed["steps_per_s"]
+    return report
+
+
+if __name__ == "__main__":  # the data-prep child of bench_data_prep
+    if sys.argv[1:2] == ["data-prep"] and len(sys.argv) == 3:
+        data_prep_child(sys.argv[2])
+    else:
+        sys.exit("usage: python -m jaxbigram.bench data-prep PATH (a child of `run.py bench`)")
