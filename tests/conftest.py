@@ -1,18 +1,21 @@
-"""Shared fixtures for the whole suite.
+"""Shared fixtures, paths and helpers for the whole suite (the only place they live).
 
-JAX is forced to the CPU here, before any test module imports it. Fixtures other modules can reuse:
+JAX is forced to the CPU here, once, before any test module imports it. Fixtures:
 
 - ``repo_root``: the project's root folder (``Path``).
-- ``make_corpus``: the generator of ``scripts/make_corpus.py`` (multilingual synthetic corpora).
+- ``make_corpus``: ``jaxbigram.synthetic.make_corpus(path, size_bytes, vocab, seed=...)`` (multilingual synthetic text).
 - ``data_path``: tinyshakespeare (``$JAXBIGRAM_DATA``, else ``<repo>/../shared/data/tinyshakespeare/input.txt``, else the
-  copy ``run.py train`` downloaded into the user cache).
-- ``corpus``: that file loaded with ``data.load_corpus`` (session-scoped).
+  copy ``run.py train`` downloaded into the user cache); ``corpus``: that file loaded (session-scoped).
+- ``big_corpus_path``: a generated 400 kB text with 1,500 characters from many scripts (session-scoped).
 - ``run_cli``: ``run_cli("train", "--workdir", d, ...)`` runs ``python run.py ...`` in a subprocess (cwd = repo root,
   JAX on the CPU, the session's cache and data) and returns the ``subprocess.CompletedProcess`` (text mode).
-- ``tiny_train``: one ``run.py train --config configs/tiny.toml`` run of the session (``.workdir``, ``.proc``).
-- ``tiny_workdir``: its workdir (``Path``); read-only by convention — use ``tiny_workdir_copy`` to modify one.
+- ``tiny_train``: one ``run.py train --config tiny`` run of the session (``.workdir``, ``.proc``), checkpoints at
+  steps 100 and 200; ``tiny_workdir``: its workdir, read-only by convention (``untouched`` asserts it stayed so);
+  ``tiny_workdir_copy``: a private copy, free to damage.
 
-Independent numpy references (softmax, cross-entropy, bigram counts) live in ``tests/reference.py``.
+Helpers (import with ``from conftest import ...``): ``snapshot``, ``error_line``, ``assert_usage_error``,
+``run_main``, ``same_tree``, ``table_params``, ``store_params``, ``write``. Independent numpy references (softmax,
+cross-entropy, bigram counts) live in ``tests/reference.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY = str(REPO_ROOT / "configs" / "tiny.toml")
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 # what `python run.py train` downloaded on this machine (the user's cache, read before the session cache replaces it)
 USER_CACHED_DATA = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -55,6 +59,81 @@ def _resolve_data() -> Path:
     return (REPO_ROOT / path).resolve()
 
 
+DATA = str(_resolve_data())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def snapshot(root: Path) -> dict:
+    """Every path under ``root`` with its kind, size and mtime: equal snapshots mean nothing was touched."""
+    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+            for p in sorted(Path(root).rglob("*"))}
+
+
+def error_line(stderr: str) -> str:
+    """The single ``error: …`` line; fails on a traceback or on several error lines."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *fragments) -> str:
+    """Exit code 2, nothing on stdout, exactly one ``error: …`` line on stderr (containing ``fragments``)."""
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    line = error_line(proc.stderr)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def run_main(capsys, argv) -> str:
+    """``cli.main(argv)`` in this process; asserts exit code 2 and returns its one error line."""
+    from jaxbigram.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return error_line(err)
+
+
+def same_tree(a, b) -> bool:
+    """Same structure, dtypes and values (bit for bit)."""
+    import jax
+    import numpy as np
+
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and len(la) == len(lb)
+            and all(np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y) for x, y in zip(la, lb)))
+
+
+def table_params(table) -> dict:
+    """Bigram params holding ``table`` as the (V, V) logits table."""
+    import jax.numpy as jnp
+
+    return {"token_embedding_table": {"embedding": jnp.asarray(table, dtype=jnp.float32)}}
+
+
+def store_params(workdir, step: int | None = None):
+    """(params, meta) of ``step`` (default: the newest) of a run, read through a read-only Store."""
+    from jaxbigram.checkpoint import Store
+
+    store = Store(workdir, read_only=True)
+    try:
+        return store.restore_params(store.steps()[-1] if step is None else step)
+    finally:
+        store.close()
+
+
+def write(path: Path, content) -> Path:
+    """Write bytes or UTF-8 text to ``path``; returns it."""
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+# ----------------------------------------------------------------------------- fixtures
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
@@ -62,13 +141,10 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def make_corpus():
-    """``scripts/make_corpus.py``'s ``make_corpus(path, size_bytes, vocab=..., seed=...)`` (a script, not a module)."""
-    import importlib.util
+    """``jaxbigram.synthetic.make_corpus(path, size_bytes, vocab, seed=0, ...)``."""
+    from jaxbigram.synthetic import make_corpus
 
-    spec = importlib.util.spec_from_file_location("make_corpus", REPO_ROOT / "scripts" / "make_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_corpus
+    return make_corpus
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,7 +158,7 @@ def _session_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_path() -> Path:
-    path = _resolve_data()
+    path = Path(DATA)
     if not path.is_file():
         pytest.fail(f"tinyshakespeare not found at {path}: set JAXBIGRAM_DATA to its input.txt, or run "
                     f"`python run.py train` once to download it (also looked in ../shared/data/tinyshakespeare/ "
@@ -98,13 +174,22 @@ def corpus(data_path):
 
 
 @pytest.fixture(scope="session")
+def big_corpus_path(tmp_path_factory, make_corpus) -> Path:
+    """400 kB of generated text over 1,500 characters (accents, CJK, emoji, '\\r\\n' and '\\n'): uint16 ids, V > 512."""
+    path = tmp_path_factory.mktemp("bigcorpus") / "multi.txt"
+    stats = make_corpus(str(path), 400_000, vocab=1500, seed=11)
+    assert stats["bytes"] == path.stat().st_size and 390_000 <= stats["bytes"] <= 400_000
+    return path
+
+
+@pytest.fixture(scope="session")
 def run_cli(data_path, _session_cache):
-    """``run_cli(*args, env=None, timeout=300)`` → CompletedProcess of ``python run.py *args``.
+    """``run_cli(*args, env=None, timeout=300, cwd=None)`` → CompletedProcess of ``python run.py *args``.
 
     ``env`` entries are added to the environment (a value of None removes that variable).
     """
 
-    def run(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
         full_env = dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(_session_cache),
                         JAXBIGRAM_DATA=str(data_path))
         for key, value in (env or {}).items():
@@ -112,7 +197,7 @@ def run_cli(data_path, _session_cache):
                 full_env.pop(key, None)
             else:
                 full_env[key] = value
-        return subprocess.run([sys.executable, str(REPO_ROOT / "run.py"), *map(str, args)], cwd=REPO_ROOT,
+        return subprocess.run([sys.executable, str(REPO_ROOT / "run.py"), *map(str, args)], cwd=cwd or REPO_ROOT,
                               env=full_env, capture_output=True, text=True, timeout=timeout)
 
     return run
@@ -125,11 +210,11 @@ class TinyRun:
 
 
 @pytest.fixture(scope="session")
-def tiny_train(tmp_path_factory, run_cli, data_path, repo_root) -> TinyRun:
-    """Train configs/tiny.toml once per session (200 steps, checkpoints at 100 and 200)."""
+def tiny_train(tmp_path_factory, run_cli, data_path) -> TinyRun:
+    """Train the tiny preset once per session (200 steps, evals and checkpoints at 100 and 200), in a subprocess
+    whose stderr is a pipe (plain progress lines)."""
     workdir = tmp_path_factory.mktemp("tiny_run") / "run"
-    proc = run_cli("train", "--config", repo_root / "configs" / "tiny.toml", "--data", data_path,
-                   "--workdir", workdir)
+    proc = run_cli("train", "--config", TINY, "--data", data_path, "--workdir", workdir)
     assert proc.returncode == 0, f"tiny training failed:\n{proc.stderr}"
     return TinyRun(workdir=workdir, proc=proc)
 
@@ -138,6 +223,14 @@ def tiny_train(tmp_path_factory, run_cli, data_path, repo_root) -> TinyRun:
 def tiny_workdir(tiny_train) -> Path:
     """The workdir of the session's tiny run. Do not modify it; use ``tiny_workdir_copy`` for that."""
     return tiny_train.workdir
+
+
+@pytest.fixture
+def untouched(tiny_workdir):
+    """The tiny run's workdir; asserts after the test that it is byte-for-byte and mtime-for-mtime the same."""
+    before = snapshot(tiny_workdir)
+    yield tiny_workdir
+    assert snapshot(tiny_workdir) == before
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Independent numpy references the tests compare jaxbigram against (float64, no JAX, no jaxbigram code).
+"""Independent numpy references the tests compare jaxbigram against (float64, no JAX, no jaxbigram code): softmax,
+cross-entropy, dense bigram counts, the lecture's tokenizer.
 
 Import from a test module with ``from reference import ...`` (pytest puts tests/ on sys.path).
 """
@@ -29,3 +30,17 @@ def np_bigram_counts(ids, vocab_size: int) -> np.ndarray:
     table = np.zeros((vocab_size, vocab_size), dtype=np.int64)
     np.add.at(table, (ids[:-1], ids[1:]), 1)
     return table
+
+
+def np_dense_counts(counts) -> np.ndarray:
+    """The dense (V, V) table of a sparse ``optimum.BigramCounts``."""
+    table = np.zeros((counts.vocab_size, counts.vocab_size), dtype=np.int64)
+    table[np.asarray(counts.rows, np.int64), np.asarray(counts.cols, np.int64)] = counts.counts
+    return table
+
+
+def naive_encode(text: str) -> tuple[str, list[int]]:
+    """The lecture's tokenizer: sorted unique characters, a dict lookup per character → (vocabulary, ids)."""
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    return "".join(chars), [stoi[c] for c in text]

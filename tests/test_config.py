@@ -1,6 +1,7 @@
-"""config.py: presets, validation with one clear message naming the key, and --set overrides."""
+"""config.py: presets (by path or by name), validation with one clear message naming the key, --set overrides, and
+the differences between two configs."""
 
-import dataclasses
+import os
 
 import pytest
 
@@ -45,11 +46,6 @@ def test_no_file_gives_the_defaults():
     assert config.load(None) == config.Config()
 
 
-def test_config_is_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        config.Config().train.steps = 5
-
-
 def test_unknown_key_names_it_and_suggests_the_closest(tmp_path):
     err = error_of(load_text, tmp_path, "[train]\nlearnig_rate = 0.1\n")
     assert err.code == "config_unknown_key"
@@ -68,6 +64,7 @@ def test_unknown_section_suggests_the_closest(tmp_path):
     ("[train]\nsteps = true\n", "train.steps"),  # a bool is not an integer
     ('[train]\nlearning_rate = "fast"\n', "train.learning_rate"),
     ("[data]\npath = 3\n", "data.path"),
+    ('[model]\nbias = "yes"\n', "model.bias"),
 ])
 def test_wrong_type_names_the_key(tmp_path, text, key):
     err = error_of(load_text, tmp_path, text)
@@ -87,19 +84,32 @@ def test_integer_for_a_float_is_widened(tmp_path):
     ("[eval]\niters = 0\n", "eval.iters"),
     ("[data]\nval_fraction = 1.0\n", "data.val_fraction"),
     ("[train]\nbeta2 = 1.0\n", "train.beta2"),
+    ("[model]\nn_layer = 0\n", "model.n_layer"),
+    ("[model]\ndropout = 1.0\n", "model.dropout"),
+    ("[model]\nn_embd = 100\nn_head = 3\n", "model.n_embd"),  # must be divisible by n_head
 ])
 def test_out_of_range_names_the_key_and_the_rule(tmp_path, text, key):
     err = error_of(load_text, tmp_path, text)
     assert err.code == "config_range" and key in str(err) and "must be" in str(err)
 
 
-def test_bad_choice(tmp_path):
-    err = error_of(load_text, tmp_path, '[train]\nlr_schedule = "linear"\n')
-    assert err.code == "config_choice" and "constant, cosine" in str(err)
+@pytest.mark.parametrize("text, choices", [('[train]\nlr_schedule = "linear"\n', "constant, cosine"),
+                                           ('[model]\nkind = "rnn"\n', "bigram"),
+                                           ('[model]\ndtype = "float16"\n', "float32, bfloat16")])
+def test_bad_choice(tmp_path, text, choices):
+    err = error_of(load_text, tmp_path, text)
+    assert err.code == "config_choice" and choices in str(err)
+
+
+def test_model_section_defaults_to_the_bigram():
+    cfg = config.load(None)
+    assert cfg.model == config.ModelConfig() and cfg.model.kind == "bigram"
+    assert set(cfg.to_dict()) == {"model", "data", "train", "eval", "checkpoint"}
 
 
 def test_missing_file_and_syntax_error(tmp_path):
-    assert error_of(config.load, tmp_path / "none.toml").code == "config_missing"
+    err = error_of(config.load, tmp_path / "none.toml")
+    assert err.code == "config_missing" and "presets: " in str(err) and "tiny" in str(err)
     err = error_of(load_text, tmp_path, "[train]\nsteps = = 3\n")
     assert err.code == "config_syntax" and "line 2" in str(err)
 
@@ -140,3 +150,49 @@ def test_replace_validates():
     cfg = config.replace(config.Config(), "train", steps=7)
     assert cfg.train.steps == 7
     assert error_of(config.replace, cfg, "train", steps=-1).code == "config_range"
+
+
+# ----------------------------------------------------------------------------- presets by name
+
+def test_presets_are_the_shipped_configs(repo_root):
+    names = config.presets()
+    assert {"default", "lecture", "notes", "tiny"} <= set(names)
+    assert names["tiny"].resolve() == (repo_root / "configs" / "tiny.toml").resolve()
+    assert config.DEFAULT_PRESET in names
+
+
+@pytest.mark.parametrize("name", ["tiny", "configs/tiny.toml", "tiny.toml"])
+def test_a_preset_name_resolves_from_any_folder(repo_root, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert config.resolve(name).resolve() == (repo_root / "configs" / "tiny.toml").resolve()
+    assert config.load(name) == config.load(repo_root / "configs" / "tiny.toml")
+
+
+def test_an_existing_file_wins_over_a_preset_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_text("[train]\nsteps = 7\n")
+    assert config.load("tiny").train.steps == 7
+
+
+@pytest.mark.parametrize("name", ["nonexistent", "other/tiny.toml"])
+def test_unknown_preset_name_is_config_missing(name):
+    assert error_of(config.resolve, name).code == "config_missing"
+
+
+# ----------------------------------------------------------------------------- a base config and differences
+
+def test_load_on_a_base_keeps_its_values_and_applies_overrides(repo_root):
+    base = config.load(repo_root / "configs" / "lecture.toml").to_dict()
+    cfg = config.load(None, ["train.steps=5"], base=base)
+    assert cfg.train.steps == 5 and cfg.train.batch_size == 32 and cfg.eval.iters == 200
+    assert base["train"]["steps"] == 3000  # the base is not modified
+    # a file replaces the base entirely
+    assert config.load(repo_root / "configs" / "tiny.toml", base=base) == config.load(repo_root / "configs" / "tiny.toml")
+
+
+def test_differences_names_every_changed_key():
+    a = config.Config().to_dict()
+    b = config.load(None, ["train.steps=5", "model.n_layer=2", "eval.iters=3"]).to_dict()
+    assert config.differences(a, b) == ["model.n_layer", "train.steps", "eval.iters"]
+    assert config.differences(a, a) == []
+    assert config.differences({}, a) == []  # missing sections are the defaults
