@@ -16,6 +16,8 @@ MESSAGES = {
     "train_too_short": "the train split has {n} characters, fewer than block_size + 2 = {need}: lower data.val_fraction or train.block_size, or use a longer text",
     "download_failed": "could not download tinyshakespeare from {url} ({reason}): pass a local text file with --data PATH or set JAXBIGRAM_DATA=PATH",
     "download_checksum": "downloaded tinyshakespeare has sha256 {got}, expected {want}: retry, or pass a local copy with --data PATH or JAXBIGRAM_DATA=PATH",
+    # memory
+    "too_big": "this run needs about {need} of memory but only {available} is available; the biggest part is {term} ({size}): {advice}",
     # config
     "config_missing": "config file {path} does not exist: pass an existing TOML file with --config (presets are in configs/)",
     "config_syntax": "config file {path} is not valid TOML ({reason}): fix the syntax at the line shown",
