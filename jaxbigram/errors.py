@@ -14,8 +14,22 @@ MESSAGES = {
     "data_too_short": "data file {path} has {n} characters, fewer than block_size + 2 = {need}: use a longer text or a smaller train.block_size",
     "val_too_short": "the validation split has {n} characters, fewer than block_size + 2 = {need}: raise data.val_fraction, lower train.block_size, or use a longer text",
     "train_too_short": "the train split has {n} characters, fewer than block_size + 2 = {need}: lower data.val_fraction or train.block_size, or use a longer text",
+    "data_not_regular": "data path {path} is {kind}, not a regular file (reading it could block or never end): pass a regular text file with --data PATH",
+    "data_too_big": "data file {path} ({size}) needs about {need} of memory to load but only {available} is available: use a smaller text or free memory",
+    "data_too_long": "data file {path} has {n} characters, more than JAX's int32 indices reach ({limit}): use a shorter text",
     "download_failed": "could not download tinyshakespeare from {url} ({reason}): pass a local text file with --data PATH or set JAXBIGRAM_DATA=PATH",
     "download_checksum": "downloaded tinyshakespeare has sha256 {got}, expected {want}: retry, or pass a local copy with --data PATH or JAXBIGRAM_DATA=PATH",
+    # any other file read (prompt file, ...): {what} names it, {flag} the option that passes it
+    "file_missing": "{what} {path} does not exist: pass an existing file with {flag}",
+    "file_is_dir": "{what} {path} is a directory: pass a text file with {flag}",
+    "file_not_regular": "{what} {path} is {kind}, not a regular file (reading it could block or never end): pass a regular text file with {flag}",
+    "file_unreadable": "cannot read {what} {path} ({reason}): check its permissions or pass another file with {flag}",
+    "file_empty": "{what} {path} is empty: pass a non-empty UTF-8 text file with {flag}",
+    "file_not_utf8": "{what} {path} is not UTF-8 text (invalid byte at offset {offset}): convert it to UTF-8 or pass another file with {flag}",
+    "file_too_big": "{what} {path} is {size} bytes, more than the {limit} bytes allowed: pass a smaller file with {flag}",
+    # paths
+    "path_not_utf8": "{what} path {path} is not valid UTF-8 (checkpoints store paths as UTF-8 text and orbax/TensorStore cannot open it): rename it, or pass a symlink with a UTF-8 name, with {flag}",
+    "path_nul": "{what} path {path} contains a NUL byte: pass a valid path with {flag}",
     # memory
     "too_big": "this run needs about {need} of memory but only {available} is available; the biggest part is {term} ({size}): {advice}",
     # config

@@ -32,6 +32,286 @@ def naive_ids(text):
     return "".join(chars), np.asarray([chars.index(c) for c in text])
 
 
+# ----------------------------------------------------------------------------- 1. not a regular file
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "pipe.txt"
+    os.mkfifo(path)
+    return path
+
+
+def test_load_corpus_refuses_a_fifo_without_opening_it(fifo):
+    # opening a FIFO for reading blocks until a writer comes: this test would hang if it were opened
+    err = error_of(data.load_corpus, fifo)
+    assert err.code == "data_not_regular"
+    assert str(err) == (f"data path {fifo} is a named pipe (FIFO), not a regular file (reading it could block or "
+                        f"never end): pass a regular text file with --data PATH")
+
+
+@pytest.mark.parametrize("device, kind", [("/dev/zero", "a character device"), ("/dev/null", "a character device")])
+def test_load_corpus_refuses_a_character_device(device, kind):
+    if not os.path.exists(device):
+        pytest.skip(f"no {device}")
+    err = error_of(data.load_corpus, device)
+    assert err.code == "data_not_regular" and kind in str(err) and device in str(err)
+
+
+def test_load_corpus_refuses_a_socket(tmp_path):
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        err = error_of(data.load_corpus, path)
+    assert err.code == "data_not_regular" and "a socket" in str(err)
+
+
+def test_a_symlink_to_a_fifo_is_refused_and_a_symlink_to_a_file_is_followed(tmp_path, fifo):
+    link = tmp_path / "link.txt"
+    link.symlink_to(fifo)
+    assert error_of(data.load_corpus, link).code == "data_not_regular"
+    real = tmp_path / "real.txt"
+    real.write_text("hello world\n" * 3, encoding="utf-8")
+    link.unlink()
+    link.symlink_to(real)
+    assert data.load_corpus(link, use_cache=False).tokenizer.chars == "".join(sorted(set("hello world\n")))
+
+
+def test_read_text_file_refuses_what_load_corpus_refuses(tmp_path, fifo):
+    err = error_of(data.read_text_file, fifo)
+    assert err.code == "file_not_regular"
+    assert str(err) == (f"prompt file {fifo} is a named pipe (FIFO), not a regular file (reading it could block or "
+                        f"never end): pass a regular text file with --prompt-file")
+    if os.path.exists("/dev/zero"):
+        assert error_of(data.read_text_file, "/dev/zero").code == "file_not_regular"
+    assert error_of(data.read_text_file, tmp_path / "none.txt").code == "file_missing"
+    assert error_of(data.read_text_file, tmp_path).code == "file_is_dir"
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert error_of(data.read_text_file, empty).code == "file_empty"
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café".encode("latin-1"))
+    err = error_of(data.read_text_file, latin1)
+    assert err.code == "file_not_utf8" and "offset 3" in str(err)
+
+
+def test_read_text_file_states_its_size_cap(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * 101)
+    err = error_of(data.read_text_file, big, "prompt file", "--prompt-file", max_bytes=100)
+    assert err.code == "file_too_big"
+    assert str(err) == (f"prompt file {big} is 101 bytes, more than the 100 bytes allowed: pass a smaller file "
+                        f"with --prompt-file")
+    big.write_bytes(b"a" * 100)
+    assert data.read_text_file(big, max_bytes=100) == "a" * 100
+    assert data.PROMPT_FILE_MAX_BYTES == 1 << 20
+
+
+def test_read_text_file_reads_utf8_and_drops_a_bom(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes(data.UTF8_BOM + "ROMEO: ✓\n".encode("utf-8"))
+    assert data.read_text_file(path) == "ROMEO: ✓\n"
+
+
+def test_check_regular_file_opens_nothing(fifo, tmp_path):
+    err = error_of(data.check_regular_file, fifo, "--prompt-file", "prompt file")
+    assert err.code == "file_not_regular"
+    ok = tmp_path / "ok.txt"
+    ok.write_text("x", encoding="utf-8")
+    assert data.check_regular_file(ok, "--prompt-file").st_size == 1
+
+
+def test_stat_errors_other_than_missing_are_one_line(tmp_path):
+    long_name = tmp_path / ("x" * 300)  # ENAMETOOLONG: Path.exists() raised it before
+    err = error_of(data.load_corpus, long_name)
+    assert err.code == "data_unreadable" and "File name too long" in str(err)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert error_of(data.load_corpus, loop).code == "data_unreadable"
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    assert error_of(data.load_corpus, afile / "below").code == "data_missing"  # ENOTDIR
+
+
+def test_a_path_with_a_nul_byte_is_refused():
+    assert error_of(data.load_corpus, "a\0b.txt").code == "path_nul"
+    assert error_of(data.check_path_encodable, "a\0b", "--out", "output").code == "path_nul"
+
+
+def test_a_data_file_bigger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text("abc" * 100, encoding="utf-8")
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda *a, **k: 500)
+    err = error_of(data.load_corpus, path)
+    assert err.code == "data_too_big"
+    assert str(err) == (f"data file {path} (300 B) needs about 600 B of memory to load but only 500 B is available: "
+                        f"use a smaller text or free memory")
+
+
+def test_a_corpus_longer_than_int32_indices_is_refused():
+    ids = np.broadcast_to(np.uint8(0), (2**31,))  # no memory: one element, stride 0
+    corpus = data.Corpus(ids=ids, tokenizer=data.Tokenizer("a"), path="huge.txt", sha256="0" * 64)
+    err = error_of(data.check_sizes, corpus, ids[:10], ids[:10], 8)
+    assert str(err) == ("data file huge.txt has 2147483648 characters, more than JAX's int32 indices reach "
+                        "(2147483647): use a shorter text")
+
+
+# ----------------------------------------------------------------------------- 2. paths that are not UTF-8
+
+def test_printable_path_renders_any_path_on_one_encodable_line():
+    assert data.printable_path("/tmp/plain ✓.txt") == "/tmp/plain ✓.txt"
+    assert data.printable_path(BAD_NAME) == "corpus-\\xff\\xfe.txt"
+    assert data.printable_path(b"/tmp/x\xff") == "/tmp/x\\xff"
+    assert data.printable_path("a\nb\tc\x1b") == "a\\nb\\tc\\x1b"
+    from pathlib import Path
+
+    assert data.printable_path(Path(BAD_NAME)) == "corpus-\\xff\\xfe.txt"
+
+
+def test_load_corpus_refuses_a_path_that_is_not_utf8_with_one_printable_line(tmp_path):
+    path = tmp_path / BAD_NAME
+    path.write_text("some text\n" * 5, encoding="utf-8")
+    err = error_of(data.load_corpus, path)
+    assert err.code == "path_not_utf8"
+    assert "corpus-\\xff\\xfe.txt" in str(err) and "--data PATH" in str(err)
+
+
+def test_check_path_encodable_names_the_flag(tmp_path):
+    data.check_path_encodable(tmp_path / "fine ✓", "--workdir")
+    err = error_of(data.check_path_encodable, tmp_path / BAD_NAME / "run", "--workdir", "workdir")
+    assert err.code == "path_not_utf8"
+    assert str(err) == (f"workdir path {tmp_path}/corpus-\\xff\\xfe.txt/run is not valid UTF-8 (checkpoints store "
+                        f"paths as UTF-8 text and orbax/TensorStore cannot open it): rename it, or pass a symlink "
+                        f"with a UTF-8 name, with --workdir")
+    assert error_of(data.read_text_file, tmp_path / BAD_NAME).code == "path_not_utf8"
+
+
+def test_errors_name_a_path_with_a_newline_on_one_line(tmp_path):
+    err = error_of(data.load_corpus, tmp_path / "two\nlines.txt")
+    assert err.code == "data_missing" and "two\\nlines.txt" in str(err)
+
+
+# ----------------------------------------------------------------------------- 3. byte-order mark
+
+def test_a_bom_is_stripped_not_a_character_and_the_sha_is_of_the_file(tmp_path):
+    import hashlib
+
+    text = "héllo wörld\n" * 20
+    path = tmp_path / "bom.txt"
+    path.write_bytes(data.UTF8_BOM + text.encode("utf-8"))
+    for _ in range(2):  # encoded, then from the cache
+        corpus = data.load_corpus(path)
+        chars, ids = naive_ids(text)
+        assert corpus.bom_stripped is True
+        assert "\ufeff" not in corpus.tokenizer.chars and corpus.tokenizer.chars == chars
+        np.testing.assert_array_equal(corpus.ids, ids)
+        assert corpus.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    plain = tmp_path / "plain.txt"
+    plain.write_text(text, encoding="utf-8")
+    assert data.load_corpus(plain).bom_stripped is False
+
+
+def test_an_ascii_text_with_a_bom_takes_the_ascii_path(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(data.UTF8_BOM + b"ab\n" * 10)
+    corpus = data.load_corpus(path, use_cache=False)
+    assert corpus.tokenizer.chars == "\nab" and corpus.ids.dtype == np.uint8 and len(corpus.ids) == 30
+
+
+def test_a_bom_alone_is_an_empty_file(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(data.UTF8_BOM)
+    assert error_of(data.load_corpus, path).code == "data_empty"
+
+
+def test_utf8_error_offsets_count_the_bom(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(data.UTF8_BOM + "aé".encode("utf-8") + b"\xff")  # the bad byte is byte 6 of the file
+    err = error_of(data.load_corpus, path, use_cache=False)
+    assert err.code == "data_not_utf8" and err.fields["offset"] == 6
+    assert error_of(data.decode_utf8, path.read_bytes(), path).fields["offset"] == 6
+
+
+def test_decode_utf8_drops_the_bom_for_eval():
+    assert data.decode_utf8(data.UTF8_BOM + b"abc", "x") == "abc"
+
+
+# ----------------------------------------------------------------------------- 4. the ids cache is verified
+
+def cache_files(folder):
+    return next(folder.glob("*.ids.npy")), next(folder.glob("*.vocab.json"))
+
+
+def test_a_tampered_ids_cache_of_the_right_shape_is_rebuilt_and_rewritten(tmp_path):
+    text = "to be or not to be\n" * 50
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    chars, expected = naive_ids(text)
+    data.load_corpus(path)
+    ids_path, _ = cache_files(tmp_path)
+    tampered = np.load(ids_path)
+    tampered[::3] = 0  # right dtype, right length, wrong ids
+    np.save(ids_path, tampered)
+    again = data.load_corpus(path)
+    np.testing.assert_array_equal(again.ids, expected)
+    np.testing.assert_array_equal(np.load(ids_path), expected)  # the cache was rewritten
+    assert isinstance(data.load_corpus(path).ids, np.memmap)  # and serves again
+
+
+@pytest.mark.parametrize("damage", ["chars", "sha256", "checksum", "format", "not json", "truncated npy",
+                                    "npy is a fifo", "json list"])
+def test_any_mismatch_in_the_cache_rebuilds(tmp_path, damage):
+    text = "abcdefg hij\n" * 40
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    chars, expected = naive_ids(text)
+    data.load_corpus(path)
+    ids_path, vocab_path = cache_files(tmp_path)
+    meta = json.loads(vocab_path.read_text(encoding="utf-8"))
+    if damage == "chars":
+        meta["chars"] = meta["chars"][::-1]  # same length, same dtype: the ids would decode to other characters
+    elif damage in ("sha256", "checksum"):
+        meta[damage] = "0" * 64
+    elif damage == "format":
+        meta["format"] = 1
+    if damage == "not json":
+        vocab_path.write_text("{", encoding="utf-8")
+    elif damage == "json list":
+        vocab_path.write_text("[1, 2]", encoding="utf-8")
+    elif damage == "truncated npy":
+        ids_path.write_bytes(ids_path.read_bytes()[:-7])
+    elif damage == "npy is a fifo":
+        ids_path.unlink()
+        os.mkfifo(ids_path)
+    else:
+        vocab_path.write_text(json.dumps(meta), encoding="utf-8")
+    again = data.load_corpus(path)
+    assert again.tokenizer.chars == chars
+    np.testing.assert_array_equal(again.ids, expected)
+
+
+def test_the_cache_stores_the_source_sha_and_a_checksum(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("xyz\n" * 10, encoding="utf-8")
+    corpus = data.load_corpus(path)
+    meta = json.loads(cache_files(tmp_path)[1].read_text(encoding="utf-8"))
+    assert meta["format"] == data._CACHE_FORMAT == 2
+    assert meta["sha256"] == corpus.sha256
+    assert meta["checksum"].startswith("sha256:") and len(meta["checksum"]) == 7 + 64
+
+
+def test_a_stale_cache_of_the_old_format_is_not_trusted(tmp_path):
+    """Format 1 (no sha, no checksum) with wrong ids of the right dtype and length was trusted before."""
+    text = "hello there\n" * 30
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = data.load_corpus(path, use_cache=False)
+    ids_path, vocab_path = data._cache_paths(path, corpus.sha256)[0]
+    np.save(ids_path, np.zeros(len(text), dtype=np.uint8))
+    vocab_path.write_text(json.dumps({"format": 1, "chars": corpus.tokenizer.chars, "length": len(text)}),
+                          encoding="utf-8")
+    np.testing.assert_array_equal(data.load_corpus(path).ids, naive_ids(text)[1])
+
+
 # ----------------------------------------------------------------------------- 6. memory estimate
 
 GIB = 1 << 30
