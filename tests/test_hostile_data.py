@@ -312,6 +312,88 @@ def test_a_stale_cache_of_the_old_format_is_not_trusted(tmp_path):
     np.testing.assert_array_equal(data.load_corpus(path).ids, naive_ids(text)[1])
 
 
+# ----------------------------------------------------------------------------- 5. integers and floats
+
+@pytest.mark.parametrize("key", ["train.steps", "train.steps_per_call", "train.warmup_steps", "eval.interval",
+                                 "checkpoint.interval", "eval.iters", "train.batch_size", "train.block_size",
+                                 "checkpoint.keep"])
+def test_integer_keys_must_fit_int32(key):
+    err = error_of(config.load, None, [f"{key}={2**31}"])
+    assert err.code == "config_range" and key in str(err)
+    assert "2147483647" in str(err) and "int32" in str(err)
+    other = {"train.batch_size": ["train.block_size=1"], "train.block_size": ["train.batch_size=1"]}.get(key, [])
+    section, name = key.split(".")
+    assert getattr(getattr(config.load(None, [f"{key}={2**31 - 1}", *other]), section), name) == 2**31 - 1
+
+
+def test_batch_times_block_must_fit_int32():
+    err = error_of(config.load, None, ["train.batch_size=65536", "train.block_size=65536"])
+    assert err.code == "config_product"
+    assert str(err) == ("config keys train.batch_size × train.block_size multiply to 4294967296, more than "
+                        "2147483647 (a batch's ids are indexed with int32): lower one of them")
+    assert config.load(None, ["train.batch_size=65536", "train.block_size=32767"]).train.block_size == 32767
+
+
+@pytest.mark.parametrize("seed", [0, 1337, 2**32 - 1, 2**32, 2**32 + 5, 2**63 - 1, 2**63, 2**64, 10**30])
+def test_any_non_negative_seed_reduces_to_a_key_jax_accepts(seed):
+    import jax
+
+    reduced = config.reduce_seed(seed)
+    assert reduced == seed % 2**32
+    key_data = jax.random.key_data(jax.random.key(reduced))  # never OverflowError
+    if seed < 2**63:  # where JAX accepted the seed itself, the key is unchanged
+        np.testing.assert_array_equal(key_data, jax.random.key_data(jax.random.key(seed)))
+    cfg = config.load(None, [f"train.seed={seed}"])
+    assert cfg.train.seed == reduced
+    jax.random.key(cfg.train.seed)
+
+
+def test_reduce_seed_refuses_what_is_not_a_seed():
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError):
+            config.reduce_seed(bad)
+    assert error_of(config.load, None, ["train.seed=-1"]).code == "config_range"
+
+
+@pytest.mark.parametrize("key", ["train.learning_rate", "train.weight_decay", "train.grad_clip", "train.min_lr_ratio",
+                                 "train.beta1", "train.beta2", "data.val_fraction"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1" + "0" * 400])
+def test_non_finite_floats_are_refused(key, value):
+    err = error_of(config.load, None, [f"{key}={value}"])
+    assert err.code == "config_not_finite" and key in str(err) and "finite" in str(err)
+
+
+def test_non_finite_learning_rate_in_a_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlearning_rate = inf\n", encoding="utf-8")
+    err = error_of(config.load, path)
+    assert str(err) == "config key train.learning_rate must be a finite number, got inf"
+
+
+def test_config_file_that_is_a_fifo_or_device_is_refused(tmp_path, fifo):
+    err = error_of(config.load, fifo)
+    assert err.code == "file_not_regular" and "--config" in str(err) and "config file" in str(err)
+    if os.path.exists("/dev/zero"):
+        assert error_of(config.load, "/dev/zero").code == "file_not_regular"
+    assert error_of(config.load, tmp_path).code == "file_is_dir"
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (config.CONFIG_MAX_BYTES + 1))
+    assert error_of(config.load, big).code == "file_too_big"
+
+
+def test_config_with_a_bom_and_an_empty_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(data.UTF8_BOM + b"[train]\nsteps = 7\n")
+    assert config.load(path).train.steps == 7
+    path.write_bytes(b"")
+    assert config.load(path) == config.Config()
+
+
+def test_config_data_path_with_a_nul_is_refused():
+    err = error_of(config.load, None, ['data.path="a\\u0000b"'])
+    assert err.code == "config_range" and "data.path" in str(err)
+
+
 # ----------------------------------------------------------------------------- 6. memory estimate
 
 GIB = 1 << 30
