@@ -162,11 +162,22 @@ def _log(message: str) -> None:
 
 # ----------------------------------------------------------------------------- subcommands
 
+def _check_paths(args, *flags: str) -> None:
+    """Refuse, with one line, a path flag that orbax/TensorStore or a JSON checkpoint could not hold (not UTF-8)."""
+    from .data import check_path_encodable
+
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            check_path_encodable(value, flag, what=flag.lstrip("-").replace("-", " "))
+
+
 def cmd_train(args) -> int:
     from . import parallel
     from .runtime import select_platform
     from .train import train_and_evaluate
 
+    _check_paths(args, "--workdir", "--data", "--config")
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
@@ -190,15 +201,17 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     import jax
 
-    from .data import read_prompt_file
+    from .config import reduce_seed
+    from .data import read_text_file
     from .evaluate import load_checkpoint
     from .runtime import select_platform
 
-    if not args.temperature > 0:
+    _check_paths(args, "--workdir", "--prompt-file")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
         raise UsageError("temperature", got=args.temperature)
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UsageError("top_p", got=args.top_p)
-    text = read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
+    text = read_text_file(args.prompt_file) if args.prompt_file is not None else args.prompt
     backend = select_platform(args.platform)
     ckpt = load_checkpoint(args.workdir, args.step)
     vocab = ckpt.tokenizer.vocab_size
@@ -206,7 +219,7 @@ def cmd_sample(args) -> int:
         raise UsageError("top_k", vocab=vocab, got=args.top_k)
     prompt_ids = [0] if text is None else ckpt.tokenizer.encode_prompt(text)
     _log(f"sampling from step {ckpt.step} of {ckpt.workdir} ({ckpt.model.kind}; {backend})")
-    base_key = jax.random.key(args.seed)
+    base_key = jax.random.key(reduce_seed(args.seed))
     out = sys.stdout
     for i in range(args.num_samples):
         if args.num_samples > 1:
@@ -226,6 +239,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_checkpoint
     from .runtime import select_platform
 
+    _check_paths(args, "--workdir", "--data")
     select_platform(args.platform)
     report = evaluate_checkpoint(args.workdir, args.step, args.data, log=_log)
     unscored = [k for k, v in report.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -242,6 +256,7 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from .evaluate import run_info
 
+    _check_paths(args, "--workdir")
     info = run_info(args.workdir)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
@@ -270,6 +285,7 @@ def cmd_info(args) -> int:
 def cmd_plot(args) -> int:
     from .plot import make_plots
 
+    _check_paths(args, "--workdir", "--out")
     for path in make_plots(args.workdir, args.out, args.step):
         print(path)
     return 0
@@ -328,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # XLA running out of device or host memory despite the estimate: one line, not a trace
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Out of memory" not in str(e):
+            raise
+        print(f"error: {MESSAGES['xla_oom'].format(reason=str(e).splitlines()[0][:200])}", file=sys.stderr)
+        return 2
 
 
 def console_main() -> None:

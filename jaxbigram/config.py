@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,30 +78,59 @@ class Config:
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
                     "checkpoint": CheckpointConfig}
 
-# (rule text, predicate) per key; keys not listed accept any value of the right type.
+# JAX (jax_enable_x64 off) counts steps and indexes arrays with int32: a step counter, a fold_in step, a loop bound
+# or a buffer length at or above 2**31 - 1 overflows (or is silently truncated) inside compiled code.
+INT32_MAX = 2**31 - 1
+SEED_MODULUS = 2**32
+CONFIG_MAX_BYTES = 1 << 20  # a config is a few hundred bytes; a bigger "config" is the wrong file
+_INT32 = "(JAX counts steps and indices in int32)"
+
+
+def _int_rule(low: int) -> tuple[str, object]:
+    return f"between {low} and {INT32_MAX} {_INT32}", lambda v: low <= v <= INT32_MAX
+
+
+def reduce_seed(seed: int) -> int:
+    """Any non-negative integer seed → the seed JAX uses: ``seed % 2**32``.
+
+    ``jax.random.key`` (x64 off) keeps only the low 32 bits of a seed below 2**63 and raises OverflowError from 2**63
+    on; reducing modulo 2**32 gives the very same key for every seed JAX accepted (so old runs reproduce) and a key
+    for any larger one (2**64, 10**30, ...). Pass every seed a user types (``train.seed`` is reduced on load; the
+    CLI's ``--seed`` for sample) through it before ``jax.random.key``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"a seed is a non-negative integer, got {seed!r}")
+    return seed % SEED_MODULUS
+
+
+# (rule text, predicate) per key; keys not listed accept any value of the right type. Every integer key not listed
+# must also be <= INT32_MAX (see _check_value); every float key must be finite.
 _RULES = {
     "model.n_layer": (">= 1", lambda v: v >= 1),
     "model.n_head": (">= 1", lambda v: v >= 1),
     "model.n_embd": (">= 1", lambda v: v >= 1),
     "model.dropout": (">= 0 and < 1", lambda v: 0 <= v < 1),
     "data.val_fraction": ("> 0 and < 1", lambda v: 0 < v < 1),
-    "train.seed": (">= 0", lambda v: v >= 0),
-    "train.steps": (">= 1", lambda v: v >= 1),
-    "train.batch_size": (">= 1", lambda v: v >= 1),
-    "train.block_size": (">= 1", lambda v: v >= 1),
+    "data.path": ("a path without NUL characters", lambda v: "\0" not in v),
+    "train.seed": (">= 0 (seeds >= 2**32 are reduced modulo 2**32)", lambda v: v >= 0),
+    "train.steps": _int_rule(1),
+    "train.batch_size": _int_rule(1),
+    "train.block_size": _int_rule(1),
     "train.learning_rate": ("> 0", lambda v: v > 0),
-    "train.warmup_steps": (">= 0", lambda v: v >= 0),
+    "train.warmup_steps": _int_rule(0),
     "train.min_lr_ratio": ("between 0 and 1", lambda v: 0 <= v <= 1),
     "train.beta1": (">= 0 and < 1", lambda v: 0 <= v < 1),
     "train.beta2": (">= 0 and < 1", lambda v: 0 <= v < 1),
     "train.weight_decay": (">= 0", lambda v: v >= 0),
     "train.grad_clip": (">= 0 (0 disables clipping)", lambda v: v >= 0),
-    "train.steps_per_call": (">= 1", lambda v: v >= 1),
-    "eval.interval": (">= 1", lambda v: v >= 1),
-    "eval.iters": (">= 1", lambda v: v >= 1),
-    "checkpoint.interval": (">= 1", lambda v: v >= 1),
-    "checkpoint.keep": (">= 1", lambda v: v >= 1),
+    "train.steps_per_call": _int_rule(1),
+    "eval.interval": _int_rule(1),
+    "eval.iters": _int_rule(1),
+    "checkpoint.interval": _int_rule(1),
+    "checkpoint.keep": _int_rule(1),
 }
+# products of keys that index one array: batch × block ids per batch (get_batch's offsets are int32)
+_PRODUCTS = {("train.batch_size", "train.block_size"): (INT32_MAX, "a batch's ids are indexed with int32")}
 _CHOICES = {"train.lr_schedule": ("constant", "cosine"), "model.kind": ("bigram",),
             "model.dtype": ("float32", "bfloat16")}
 
@@ -118,10 +148,17 @@ def _check_value(key: str, value, annotation: str):
     elif annotation == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise UsageError("config_type", key=key, expected="an integer", got=value)
+        if key not in _RULES and not -INT32_MAX <= value <= INT32_MAX:
+            raise UsageError("config_range", key=key, rule=f"at most {INT32_MAX} in size {_INT32}", got=value)
     elif annotation == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError("config_type", key=key, expected="a number", got=value)
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too big for a float (TOML integers have no bound in tomllib)
+            raise UsageError("config_not_finite", key=key, got=value) from None
+        if not math.isfinite(value):  # nan, inf, and 1e400 (which TOML reads as inf)
+            raise UsageError("config_not_finite", key=key, got=value)
     elif annotation == "str":
         if not isinstance(value, str):
             raise UsageError("config_type", key=key, expected="a string", got=value)
@@ -129,7 +166,17 @@ def _check_value(key: str, value, annotation: str):
         raise UsageError("config_choice", key=key, choices=", ".join(_CHOICES[key]), got=value)
     if key in _RULES and not _RULES[key][1](value):
         raise UsageError("config_range", key=key, rule=_RULES[key][0], got=value)
+    if key == "train.seed":
+        value = reduce_seed(value)
     return value
+
+
+def _check_products(cfg: "Config") -> None:
+    values = {f"{section}.{k}": v for section, table in cfg.to_dict().items() for k, v in table.items()}
+    for keys, (limit, why) in _PRODUCTS.items():
+        product = math.prod(values[k] for k in keys)
+        if product > limit:
+            raise UsageError("config_product", keys=" × ".join(keys), got=product, limit=limit, why=why)
 
 
 def from_dict(raw: dict) -> Config:
@@ -154,6 +201,7 @@ def from_dict(raw: dict) -> Config:
     if cfg.model.n_embd % cfg.model.n_head:
         raise UsageError("config_range", key="model.n_embd", rule=f"divisible by model.n_head = {cfg.model.n_head}",
                          got=cfg.model.n_embd)
+    _check_products(cfg)
     return cfg
 
 
@@ -183,7 +231,7 @@ def presets() -> dict[str, Path]:
 def resolve(name_or_path: str | Path) -> Path:
     """A config file: an existing path as given, else a preset by name (``gpt-cpu`` or ``configs/gpt-cpu.toml``)."""
     path = Path(name_or_path)
-    if path.is_file():
+    if path.exists():  # whatever it is: reading it then says what is wrong with it
         return path
     known = presets()
     stem = path.stem if path.suffix == ".toml" else path.name
@@ -192,16 +240,36 @@ def resolve(name_or_path: str | Path) -> Path:
     raise UsageError("config_missing", path=path, presets=", ".join(known))
 
 
+_CONFIG_CODES = {"missing": "file_missing", "is_dir": "file_is_dir", "not_regular": "file_not_regular",
+                 "unreadable": "file_unreadable", "empty": "config_empty", "too_big": "file_too_big"}
+
+
+def _read_config(path: Path) -> dict:
+    """The parsed TOML of a config file, refusing (one line each) a missing path, a directory, anything that is not a
+    regular file (checked before opening: a FIFO would block, /dev/zero never ends), a file over CONFIG_MAX_BYTES,
+    non-UTF-8 or invalid TOML. A leading UTF-8 byte-order mark is ignored (TOML has none; Windows editors write one)."""
+    from .data import _read_regular, printable_path, strip_bom  # lazily: data imports JAX
+
+    shown = printable_path(path)
+    try:
+        payload = _read_regular(path, _CONFIG_CODES, {"path": shown, "what": "config file", "flag": "--config"},
+                                CONFIG_MAX_BYTES)
+    except UsageError as e:
+        if e.code != "config_empty":
+            raise
+        return {}  # an empty TOML file is a valid, empty config
+    try:
+        return tomllib.loads(strip_bom(payload)[0].decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError("config_syntax", path=shown, reason=str(e)) from None
+
+
 def load(path: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
     """Read a TOML file or preset (or start from ``base``, else the defaults), apply ``section.key=value``
     overrides, validate."""
     raw: dict = {s: dict(v) for s, v in (base or {}).items()}
     if path is not None:
-        path = resolve(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UsageError("config_syntax", path=path, reason=str(e)) from None
+        raw = _read_config(resolve(path))
     for item in overrides:
         section, key, value = parse_override(item)
         section_values = raw.setdefault(section, {})

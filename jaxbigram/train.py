@@ -21,7 +21,7 @@ import optax
 from flax.training import train_state
 
 from . import data as data_lib
-from . import models, parallel, progress
+from . import memory, models, parallel, progress
 from . import workdir as workdir_lib
 from .checkpoint import Store
 from .config import Config, TrainConfig
@@ -83,7 +83,7 @@ def run_keys(seed: int) -> dict:
 # many elements; the step loop then only trains. On a CPU this halves the cost of a small step (the per-step
 # threefry and gather kernels are gone from the loop) without changing a single value: ``vmap(get_batch)`` over the
 # steps' keys returns exactly the batches that ``get_batch`` returns step by step.
-DEFAULT_BATCH_BUFFER = 1 << 21
+DEFAULT_BATCH_BUFFER = memory.BATCH_BUFFER_ELEMENTS
 
 
 def _steps_per_draw(max_steps: int, per_step: int, budget: int) -> int:
@@ -230,7 +230,12 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     dp = parallel.DataParallel.create(tcfg.batch_size)  # all devices of all processes; batch split along 'data'
     keys = dp.replicate(run_keys(tcfg.seed))
     state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
-    meta = run_metadata(cfg, corpus, model, models.num_params(state.params))
+    num_params = models.num_params(state.params)
+    memory.check_fits(memory.estimate_for_config(  # before anything big is allocated: one line, not an XLA OOM
+        cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,
+        activation_bytes=model.activation_bytes(tcfg.batch_size // dp.num_devices)),
+        memory.available_memory_bytes(jax.local_devices()[0]))
+    meta = run_metadata(cfg, corpus, model, num_params)
     history: list = []
     resumed = None if fresh or not store.steps() else workdir_lib.resume(store, state, meta, log)
     if resumed is not None:
@@ -314,8 +319,10 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
         recorded = (saved or {}).get("data", {}).get("path")
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=cfg.data.path)
         corpus = data_lib.load_corpus(path)
-        log(f"data: {corpus.path} (from {source}; {len(corpus.ids):,} characters, vocab {corpus.tokenizer.vocab_size}, "
-            f"sha256 {corpus.sha256[:12]}…)")
+        log(f"data: {data_lib.printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters, "
+            f"vocab {corpus.tokenizer.vocab_size}, sha256 {corpus.sha256[:12]}…)")
+        if corpus.bom_stripped:
+            log("note: removed the UTF-8 byte-order mark at the start of the text (it is not a character)")
         store = Store(workdir, keep=cfg.checkpoint.keep)
         try:
             return fit(cfg, corpus, store, fresh=fresh, out=out, err=err)

@@ -9,6 +9,7 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
   when a key is given;
 - ``logits(params, x) -> (B, T, V)``: deterministic;
 - ``decay_mask(params)``: which leaves AdamW decays (None: all);
+- ``activation_bytes(batch_size)``: the memory one training step's activations need (None: the bigram's default);
 - ``split_loss(params, ids) -> float``: the exact mean loss over every position of a split;
 - ``sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p, num_samples)``: chunks of new
   ids ``(num_samples, n)``; together they are one sample; same key, same text.

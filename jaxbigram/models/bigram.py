@@ -68,6 +68,9 @@ class Bigram:
     def decay_mask(self, params):
         return None  # torch.optim.AdamW in the lecture decays the whole table
 
+    def activation_bytes(self, batch_size: int) -> int | None:
+        return None  # memory.estimate_bytes knows the bigram's: its logits, their softmax and gradient
+
     def split_loss(self, params: dict, ids: np.ndarray) -> float:
         """Mean cross-entropy over every position of ``ids``, exact: Σ count(i,j)·(−log softmax(W)[i,j]) / N.
 
