@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from jaxbigram import config, data, memory
-from jaxbigram.errors import UsageError
+from jaxbigram.errors import JaxbigramError
 
 BAD_NAME = os.fsdecode(b"corpus-\xff\xfe.txt")  # not UTF-8: Python holds it as lone surrogates
 
 
-def error_of(fn, *args, **kwargs) -> UsageError:
-    with pytest.raises(UsageError) as info:
+def error_of(fn, *args, **kwargs) -> JaxbigramError:
+    with pytest.raises(JaxbigramError) as info:
         fn(*args, **kwargs)
     text = str(info.value)
     assert "\n" not in text and "\r" not in text  # one line
