@@ -1,4 +1,7 @@
-"""data.py: tokenizer, corpus encoding and caching, split, get_batch, bigram counts — against naive references."""
+"""data.py: the tokenizer, streamed UTF-8 encoding, the ids cache, where the text comes from, split and get_batch —
+against naive references."""
+
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -7,28 +10,21 @@ import pytest
 
 from jaxbigram import data
 from jaxbigram.data import Tokenizer, UnknownCharacters
-from reference import np_bigram_counts
+from jaxbigram.errors import UsageError
+from reference import naive_encode
 
 MIXED = "Hello, wörld!\nÇa va? 日本語 ✓ 😀 — naïve café\r\n\tend"
 
 
-def naive_encode(text):
-    """The lecture's tokenizer: sorted unique characters, a dict lookup per character."""
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    return "".join(chars), [stoi[c] for c in text]
+def tokenizer_of(text: str) -> Tokenizer:
+    return Tokenizer(naive_encode(text)[0])
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
-def test_tokenizer_vocab_is_sorted_unique_characters():
-    tok = Tokenizer.from_text(MIXED)
-    assert tok.chars == "".join(sorted(set(MIXED)))
-    assert tok.vocab_size == len(set(MIXED))
-
-
 def test_tokenizer_round_trip_non_ascii():
-    tok = Tokenizer.from_text(MIXED)
+    tok = tokenizer_of(MIXED)
+    assert tok.vocab_size == len(set(MIXED))
     ids = tok.encode(MIXED)
     assert tok.decode(ids) == MIXED
     assert tok.decode(ids[3:10]) == MIXED[3:10]
@@ -36,13 +32,12 @@ def test_tokenizer_round_trip_non_ascii():
 
 
 def test_encode_equals_naive_python_encode():
-    tok = Tokenizer.from_text(MIXED)
-    _, expected = naive_encode(MIXED)
-    np.testing.assert_array_equal(tok.encode(MIXED), expected)
+    tok = tokenizer_of(MIXED)
+    np.testing.assert_array_equal(tok.encode(MIXED), naive_encode(MIXED)[1])
 
 
 def test_unknown_characters_are_listed():
-    tok = Tokenizer.from_text("abc \n")
+    tok = tokenizer_of("abc \n")
     with pytest.raises(UnknownCharacters) as info:
         tok.encode("a b€zzc é\n")
     assert info.value.chars == sorted(set("€zé"))
@@ -52,31 +47,232 @@ def test_unknown_characters_are_listed():
 
 def test_unknown_character_beyond_the_last_vocab_entry():
     # a code point larger than every vocab entry (the searchsorted clip at the end)
-    tok = Tokenizer.from_text("ab")
     with pytest.raises(UnknownCharacters) as info:
-        tok.encode("ab😀")
+        tokenizer_of("ab").encode("ab😀")
     assert info.value.chars == ["😀"]
 
 
-def test_tokenizer_json_round_trip():
-    tok = Tokenizer.from_text(MIXED)
-    again = Tokenizer.from_json(tok.to_json())
-    assert again == tok
-    assert again.decode(again.encode(MIXED)) == MIXED
+def test_encode_prompt_errors_are_usage_errors():
+    tok = tokenizer_of("abc \n")
+    np.testing.assert_array_equal(tok.encode_prompt("ab c"), [2, 3, 1, 4])
+    with pytest.raises(UsageError) as info:
+        tok.encode_prompt("")
+    assert info.value.code == "prompt_empty"
+    with pytest.raises(UsageError) as info:
+        tok.encode_prompt("a€é")
+    assert info.value.code == "prompt_unknown" and "'é', '€'" in str(info.value)
 
+
+# ----------------------------------------------------------------------------- streamed UTF-8 encoding
 
 @pytest.mark.parametrize("alphabet_size", [7, 300])  # uint8 ids, then uint16 ids
-def test_encode_corpus_equals_naive_encode(alphabet_size):
+def test_encode_utf8_equals_naive_encode(alphabet_size):
     rng = np.random.default_rng(0)
     alphabet = [chr(c) for c in rng.choice(np.arange(0x20, 0x3000), alphabet_size, replace=False)]
     text = "".join(rng.choice(alphabet, 5000))
     chars, expected = naive_encode(text)
-    tok, ids = data.encode_corpus(text)
+    tok, ids = data.encode_utf8(text.encode("utf-8"))
     assert tok.chars == chars
     np.testing.assert_array_equal(ids, expected)
     assert ids.dtype == (np.uint8 if len(chars) <= 256 else np.uint16)
     np.testing.assert_array_equal(tok.encode(text), expected)
     assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("text", [MIXED, "plain ascii\nonly, 123!", "x"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, data.ENCODE_CHUNK_BYTES])
+def test_streamed_utf8_encoding_equals_encoding_the_decoded_text(text, chunk):
+    tok, got = data.encode_utf8(text.encode("utf-8"), chunk=chunk)
+    chars, want = naive_encode(text)
+    assert tok.chars == chars and got.dtype == data.ids_dtype(len(chars))
+    np.testing.assert_array_equal(got, want)
+    assert tok.decode(got) == text
+
+
+@pytest.mark.parametrize("payload", [b"abc\xffdef", "héllo".encode() * 3 + b"\xe2\x82", b"x" * 9 + b"\xc3y",
+                                     "é".encode() * 5 + b"\x80z"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1024])
+def test_invalid_utf8_reports_the_same_offset_as_decoding_it_whole(payload, chunk):
+    with pytest.raises(UnicodeDecodeError) as whole:
+        payload.decode("utf-8")
+    with pytest.raises(UsageError) as streamed:
+        data.encode_utf8(payload, "f.txt", chunk=chunk)
+    assert streamed.value.code == "data_not_utf8" and streamed.value.fields["offset"] == whole.value.start
+
+
+def test_big_vocabulary_gets_uint16_ids():
+    text = "".join(chr(0x4E00 + i) for i in range(300)) * 2
+    tok, ids = data.encode_utf8(text.encode("utf-8"), chunk=101)
+    assert tok.vocab_size == 300 and ids.dtype == np.uint16 and tok.decode(ids) == text
+
+
+# ----------------------------------------------------------------------------- a generated multilingual corpus
+
+@pytest.fixture(scope="module")
+def big_text(big_corpus_path):
+    return big_corpus_path.read_bytes().decode("utf-8")  # bytes → str: no newline translation
+
+
+def test_generated_corpus_mixes_scripts_and_newlines(big_text):
+    chars = set(big_text)
+    assert len(chars) > 1000
+    assert "\r\n" in big_text and "\n" in big_text.replace("\r\n", "")  # both line ends
+    assert any(0x1F300 <= ord(c) <= 0x1F64F for c in chars)  # emoji (4-byte UTF-8)
+    assert any(0x4E00 <= ord(c) <= 0x9FFF for c in chars)  # CJK
+    assert any(0xC0 <= ord(c) <= 0x17F for c in chars)  # accented Latin
+    assert {len(c.encode("utf-8")) for c in chars} == {1, 2, 3, 4}
+
+
+def test_big_corpus_round_trips_every_character(big_corpus_path, big_text):
+    first = data.load_corpus(big_corpus_path)
+    assert first.tokenizer.chars == "".join(sorted(set(big_text)))
+    assert first.ids.dtype == np.uint16 and len(first.ids) == len(big_text)
+    assert first.tokenizer.decode(first.ids) == big_text
+    every = first.tokenizer.chars
+    np.testing.assert_array_equal(first.tokenizer.encode(every), np.arange(len(every)))
+    cached = data.load_corpus(big_corpus_path)  # second load: the memory-mapped cache
+    assert isinstance(cached.ids, np.memmap)
+    assert cached.tokenizer.decode(cached.ids) == big_text
+
+
+def test_get_batch_on_uint16_memmap(big_corpus_path):
+    corpus = data.load_corpus(big_corpus_path)
+    ids = np.asarray(corpus.ids)
+    x, y = data.get_batch(jax.random.key(5), jnp.asarray(corpus.ids), 16, 16)
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == np.int32 and x.max() > 255  # ids above uint8 survive
+    windows = np.lib.stride_tricks.sliding_window_view(ids, 17)
+    for row_x, row_y in zip(x, y):
+        match = np.flatnonzero((windows[:, :16] == row_x).all(axis=1) & (windows[:, 1:] == row_y).all(axis=1))
+        assert match.size > 0
+
+
+# ----------------------------------------------------------------------------- corpus loading and the cache
+
+def test_load_corpus_caches_ids_and_the_second_load_is_memory_mapped(tmp_path):
+    text = MIXED * 50
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    first = data.load_corpus(path)
+    np.testing.assert_array_equal(first.ids, naive_encode(text)[1])
+    assert not isinstance(first.ids, np.memmap)
+    assert list(tmp_path.glob("corpus.txt.jaxbigram-*.ids.npy"))  # cached beside the source
+
+    second = data.load_corpus(path)
+    assert isinstance(second.ids, np.memmap)
+    np.testing.assert_array_equal(second.ids, first.ids)
+    assert second.tokenizer == first.tokenizer
+    assert second.sha256 == first.sha256
+
+
+def test_read_only_data_folder_is_never_written_and_the_user_cache_serves(tmp_path, monkeypatch):
+    """A shared, read-only dataset folder stays untouched (even for root); the ids go to $XDG_CACHE_HOME."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "corpus.txt"
+    path.write_text("read only\n" * 30, encoding="utf-8")
+    folder.chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    try:
+        first = data.load_corpus(path)
+        second = data.load_corpus(path)
+        assert sorted(p.name for p in folder.iterdir()) == ["corpus.txt"]
+    finally:
+        folder.chmod(0o755)
+    cached = list((tmp_path / "cache" / "jaxbigram" / "ids").glob(f"{first.sha256}.ids.npy"))
+    assert cached and cached[0].stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
+    assert isinstance(second.ids, np.memmap)
+    np.testing.assert_array_equal(second.ids, naive_encode("read only\n" * 30)[1])
+
+
+@pytest.mark.parametrize("before, after", [("abcabc\n" * 20, "xyz zyx\n" * 20),  # another vocabulary
+                                           (MIXED, MIXED.replace("end", "END!"))])  # same name, new content
+def test_changed_file_invalidates_the_cache(tmp_path, before, after):
+    path = tmp_path / "corpus.txt"
+    path.write_text(before, encoding="utf-8")
+    first = data.load_corpus(path)
+    data.load_corpus(path)  # now cached
+    path.write_text(after, encoding="utf-8")
+    changed = data.load_corpus(path)
+    assert changed.sha256 != first.sha256
+    chars, expected = naive_encode(after)
+    assert changed.tokenizer.chars == chars
+    np.testing.assert_array_equal(changed.ids, expected)
+    assert changed.tokenizer.decode(changed.ids) == after
+
+
+def test_load_corpus_sha256_matches_hashlib(data_path, corpus):
+    assert corpus.sha256 == hashlib.sha256(data_path.read_bytes()).hexdigest() == data.TINYSHAKESPEARE_SHA256
+    assert corpus.tokenizer.vocab_size == 65
+    assert corpus.tokenizer.chars[0] == "\n"  # the lecture's default context, id 0
+
+
+@pytest.mark.parametrize("make, code", [
+    (lambda d: d / "nope.txt", "data_missing"),
+    (lambda d: d, "data_is_dir"),
+    (lambda d: (d / "empty.txt").write_bytes(b"") or d / "empty.txt", "data_empty"),
+])
+def test_unreadable_data_is_a_usage_error(tmp_path, make, code):
+    with pytest.raises(UsageError) as info:
+        data.load_corpus(make(tmp_path))
+    assert info.value.code == code
+
+
+def test_check_sizes_names_the_split_that_is_too_short(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij" * 6)
+    corpus = data.load_corpus(path)
+    train, val = data.split(corpus.ids, 0.1)
+    data.check_sizes(corpus, train, val, 4)
+    for block, code in [(60, "data_too_short"), (5, "val_too_short")]:
+        with pytest.raises(UsageError) as info:
+            data.check_sizes(corpus, train, val, block)
+        assert info.value.code == code
+    with pytest.raises(UsageError) as info:
+        data.check_sizes(corpus, *data.split(corpus.ids, 0.95), 5)
+    assert info.value.code == "train_too_short"
+
+
+# ----------------------------------------------------------------------------- where the text comes from
+
+def test_resolve_data_path_order(tmp_path, monkeypatch):
+    """--data, then the checkpoint's recorded file (if it still exists), then $JAXBIGRAM_DATA, then data.path, then
+    the cached tinyshakespeare."""
+    recorded, env, cfg = (write_text(tmp_path / n) for n in ("recorded.txt", "env.txt", "cfg.txt"))
+    monkeypatch.setenv(data.DATA_ENV, str(env))
+    assert data.resolve_data_path("flag.txt", recorded=str(recorded), config_path=str(cfg)) == \
+        (data.Path("flag.txt"), "--data")
+    assert data.resolve_data_path(None, recorded=str(recorded), config_path=str(cfg)) == (recorded, "checkpoint")
+    assert data.resolve_data_path(None, recorded=str(tmp_path / "gone.txt"), config_path=str(cfg)) == \
+        (env, f"${data.DATA_ENV}")
+    monkeypatch.delenv(data.DATA_ENV)
+    assert data.resolve_data_path(None, config_path=str(cfg)) == (cfg, "config")
+
+
+def test_resolve_data_path_uses_the_verified_cache(tmp_path, monkeypatch, data_path):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "jaxbigram" / "tinyshakespeare" / "input.txt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(data_path.read_bytes())
+    assert data.resolve_data_path(None) == (cached, "cache")
+
+
+def write_text(path):
+    path.write_text("some text\n")
+    return path
+
+
+def test_read_text_file_reads_a_prompt_as_is(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("ROMEO:\r\n é".encode())
+    assert data.read_text_file(path) == "ROMEO:\r\n é"  # as is: no newline translation
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café".encode("latin-1"))
+    for path in (tmp_path / "missing.txt", bad):
+        with pytest.raises(UsageError) as info:
+            data.read_text_file(path)
+        assert str(path) in str(info.value) and "--prompt-file" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- split
@@ -134,101 +330,3 @@ def test_get_batch_no_window_past_the_end_and_every_start_reachable():
     assert xs.min() >= 0 and ys.max() <= n - 1  # y's last id is at most the data's last element
     starts = set(xs[..., 0].ravel().tolist())
     assert starts == set(range(n - block))  # every valid window, including the one ending at the last id
-
-
-# ----------------------------------------------------------------------------- bigram counts
-
-@pytest.mark.parametrize("vocab, n, chunk", [
-    (7, 1000, 1 << 22),  # one chunk, dense bincount
-    (7, 1000, 1),  # one pair per chunk (np.unique path, 49 > 4)
-    (7, 1000, 2),
-    (7, 1000, 998),  # the last chunk holds one pair
-    (7, 1000, 999),  # exactly the number of pairs
-    (7, 1000, 1000),
-    (7, 1000, 333),  # chunks end mid-stream; the boundary pair must be counted once
-    (300, 5000, 64),  # big vocab: np.unique path across chunks
-    (300, 5000, 1 << 22),
-])
-def test_bigram_counts_equal_naive_numpy_count(vocab, n, chunk):
-    ids = np.random.default_rng(vocab + n + chunk).integers(0, vocab, n).astype(data.ids_dtype(vocab))
-    counts = data.bigram_counts(ids, vocab, chunk=chunk)
-    expected = np_bigram_counts(ids, vocab)
-    np.testing.assert_array_equal(counts.dense(), expected)
-    assert counts.total == n - 1
-    assert (counts.counts > 0).all()
-    codes = counts.rows.astype(np.int64) * vocab + counts.cols
-    assert (np.diff(codes) > 0).all()  # sorted by row * V + col, each pair once
-
-
-@pytest.mark.parametrize("ids", [[], [3]])
-def test_bigram_counts_of_no_pairs(ids):
-    counts = data.bigram_counts(np.asarray(ids, dtype=np.uint8), 5)
-    assert counts.total == 0
-    np.testing.assert_array_equal(counts.dense(), np.zeros((5, 5)))
-
-
-def test_bigram_counts_on_tinyshakespeare(corpus):
-    vocab = corpus.tokenizer.vocab_size
-    np.testing.assert_array_equal(data.bigram_counts(corpus.ids, vocab, chunk=100_003).dense(),
-                                  np_bigram_counts(corpus.ids, vocab))
-
-
-# ----------------------------------------------------------------------------- corpus loading and the cache
-
-def test_load_corpus_caches_ids_and_the_second_load_is_memory_mapped(tmp_path):
-    text = MIXED * 50
-    path = tmp_path / "corpus.txt"
-    path.write_text(text, encoding="utf-8")
-    first = data.load_corpus(path)
-    _, expected = naive_encode(text)
-    np.testing.assert_array_equal(first.ids, expected)
-    assert not isinstance(first.ids, np.memmap)
-    assert list(tmp_path.glob("corpus.txt.jaxbigram-*.ids.npy"))  # cached beside the source
-
-    second = data.load_corpus(path)
-    assert isinstance(second.ids, np.memmap)
-    np.testing.assert_array_equal(second.ids, first.ids)
-    assert second.tokenizer == first.tokenizer
-    assert second.sha256 == first.sha256
-
-
-def test_read_only_data_folder_is_never_written_and_the_user_cache_serves(tmp_path, monkeypatch):
-    """A shared, read-only dataset folder stays untouched (even for root); the ids go to $XDG_CACHE_HOME."""
-    folder = tmp_path / "shared"
-    folder.mkdir()
-    path = folder / "corpus.txt"
-    path.write_text("read only\n" * 30, encoding="utf-8")
-    folder.chmod(0o555)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    try:
-        first = data.load_corpus(path)
-        second = data.load_corpus(path)
-        assert sorted(p.name for p in folder.iterdir()) == ["corpus.txt"]
-    finally:
-        folder.chmod(0o755)
-    cached = list((tmp_path / "cache" / "jaxbigram" / "ids").glob(f"{first.sha256}.ids.npy"))
-    assert cached and cached[0].stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
-    assert isinstance(second.ids, np.memmap)
-    np.testing.assert_array_equal(second.ids, naive_encode("read only\n" * 30)[1])
-
-
-def test_changed_file_invalidates_the_cache(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("abcabc\n" * 20, encoding="utf-8")
-    before = data.load_corpus(path)
-    data.load_corpus(path)  # now cached
-    changed = "xyz zyx\n" * 20
-    path.write_text(changed, encoding="utf-8")
-    after = data.load_corpus(path)
-    assert after.sha256 != before.sha256
-    chars, expected = naive_encode(changed)
-    assert after.tokenizer.chars == chars
-    np.testing.assert_array_equal(after.ids, expected)
-
-
-def test_load_corpus_sha256_matches_hashlib(data_path, corpus):
-    import hashlib
-
-    assert corpus.sha256 == hashlib.sha256(data_path.read_bytes()).hexdigest() == data.TINYSHAKESPEARE_SHA256
-    assert corpus.tokenizer.vocab_size == 65
-    assert corpus.tokenizer.chars[0] == "\n"  # the lecture's default context, id 0
