@@ -76,7 +76,7 @@ def run_keys(seed: int) -> dict:
     """The run's keys, all from ``seed``: init, batches (``step_key(batch, s)``), evals, dropout."""
     init_key, batch_key, eval_key = jax.random.split(jax.random.key(seed), 3)
     return {"init": init_key, "batch": batch_key, "eval": eval_key,
-            "dropout": jax.random.fold_in(jax.random.key(seed), 1)}
+            "dropout": jax.random.fold_in(jax.random.key(seed), 3)}  # not 1: split(k, 3)[1] is fold_in(k, 1)
 
 
 # Batches of a fused chunk are drawn up front, in one vectorised call per sub-chunk, as long as their ids fit in this
