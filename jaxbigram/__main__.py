@@ -1,3 +1,5 @@
+"""``python -m jaxbigram …``: the same as ``jaxbigram …`` and ``python run.py …``."""
+
 from .cli import console_main
 
 console_main()

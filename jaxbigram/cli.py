@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import MESSAGES, JaxbigramError, UsageError
+from .errors import MESSAGES, Interrupted, JaxbigramError, Stopped, UsageError
 
 DEFAULT_WORKDIR = "runs/default"
 
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of processes; implies --distributed (unset: detected)")
     p.add_argument("--process-id", type=_int_at_least("--process-id"), default=None, metavar="I",
                    help="this process's index, 0 to N-1; implies --distributed (unset: detected)")
+    p.add_argument("--distributed-timeout", type=_int_at_least("--distributed-timeout", 1), default=300,
+                   metavar="SECONDS", help="how long every process has to join a multi-process run")
 
     p = command("sample", "generate text from a checkpoint", "Generate text from a trained checkpoint; prints only the "
                 "text on stdout.", ["python run.py sample --seed 1337 --prompt 'ROMEO:' --max-new-tokens 200"],
@@ -184,7 +186,8 @@ def cmd_train(args) -> int:
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
     if args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
-        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)  # before any JAX work
+        parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,  # before any JAX work
+                                        args.distributed_timeout)
         parallel.silence_non_primary()  # only process 0 prints from here on
     _log(select_platform(args.platform))
     started = time.perf_counter()
@@ -312,25 +315,45 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def resume_command(argv: list[str] | None) -> str:
+def resume_command(argv: list[str]) -> str:
     """The command that continues an interrupted ``train``: the same one, without ``--fresh``."""
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--fresh"]
+    args = [a for a in argv if a != "--fresh"]
     program = "python run.py" if Path(sys.argv[0]).name in ("run.py", "__main__.py", "-c", "") else "jaxbigram"
     return f"{program} {shlex.join(args)}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: returns the process exit code (0 ok, 2 bad input, 128+N on signal N)."""
-    from .train import Interrupted
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
 
+
+def _stopped_detail(command: str | None, argv) -> str:
+    """What a stop outside the training loop left behind, said truthfully for each command."""
+    if command == "train":
+        workdir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--workdir"), DEFAULT_WORKDIR)
+        return (f": every checkpoint in {workdir} is complete (a step is written whole or not at all); "
+                f"to continue: {resume_command(argv)}")
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the process exit code (0 ok, 2 bad input, 128+N on signal N).
+
+    SIGINT and SIGTERM raise ``Stopped`` everywhere but inside the training loop, which finishes its chunk, saves and
+    raises ``Interrupted``; either way the command ends with one line and exit code 128 + N.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = None
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _raise_stopped)
         args = build_parser().parse_args(argv)
-        if args.command != "info":
+        command = args.command
+        if command != "info":
             from .runtime import configure
 
             # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
-            configure(getattr(args, "platform", None), compile_cache=args.command != "bench")
-        return COMMANDS[args.command](args)
+            configure(getattr(args, "platform", None), compile_cache=command != "bench")
+        return COMMANDS[command](args)
     except JaxbigramError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -338,10 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         print(MESSAGES["interrupted"].format(signal=_signal_name(e.signum), step=e.step, path=e.path,
                                              command=resume_command(argv)), file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted" + (" (no training step was lost: nothing had started)"
-                               if argv and argv[:1] == ["train"] else ""), file=sys.stderr)
-        return 130
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(MESSAGES["stopped"].format(signal=_signal_name(signum), detail=_stopped_detail(command, argv)),
+              file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         return 0
     except Exception as e:  # XLA running out of device or host memory despite the estimate: one line, not a trace
@@ -352,4 +376,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    sys.exit(main())
+    """``jaxbigram`` and ``python run.py``: run, then exit with signals ignored, so that a Ctrl-C while the
+    interpreter shuts down (JAX's and orbax's exit hooks) cannot print a traceback after the command's last line."""
+    code = main()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.exit(code)

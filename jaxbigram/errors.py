@@ -73,7 +73,11 @@ MESSAGES = {
     "disk_full": "no space left on device while saving step {step} in {directory}: free space and run the same command to resume from {resume} (the earlier checkpoints are intact)",
     "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",
     "distributed_init": "could not start the multi-process run ({reason}): pass --coordinator HOST:PORT, --num-processes N and --process-id I, or launch under a cluster manager JAX detects (SLURM, Open MPI, TPU pod slice, Kubernetes)",
+    "coordinator_address": "--coordinator must be HOST:PORT with a port from 1 to 65535 (IPv6: [::1]:PORT), got {got!r}",
+    "process_id_range": "--process-id must be from 0 to --num-processes - 1 = {n} - 1, got {got}",
+    "distributed_timeout": "not every process joined the multi-process run within {timeout} s (this is process {me} of {n}; {reason}): start the missing processes with the same --coordinator and --num-processes, or raise --distributed-timeout",
     "interrupted": "stopped by {signal} at step {step}; checkpoint saved in {path}. To resume: {command}",
+    "stopped": "stopped by {signal}{detail}",
     "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",
@@ -107,3 +111,21 @@ class DownloadError(JaxbigramError):
 
 class ResourceError(JaxbigramError):
     """A run that cannot fit in memory or in JAX's integer ranges."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; ``exit_code`` is 128 + signal number."""
+
+    def __init__(self, signum: int, step: int, path: str):
+        self.signum, self.step, self.path = signum, step, path
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted at step {step}")
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM outside a training loop (which saves first, see ``Interrupted``): the command stops."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"signal {signum}")

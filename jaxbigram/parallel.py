@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 
@@ -26,26 +27,50 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .errors import UsageError
+from .errors import MESSAGES, UsageError
 
 DATA_AXIS = "data"
 
 
 # ----------------------------------------------------------------------------- processes
 
+def check_coordinator(address: str) -> None:
+    """``HOST:PORT`` with a port in 1..65535 (IPv6 hosts in brackets: ``[::1]:1234``); one line otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or host in ("[", "[]"):
+        raise UsageError("coordinator_address", got=address)
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, timeout_s: int = 300) -> None:
     """``jax.distributed.initialize``: explicit values, else JAX's detection of the cluster (SLURM, Open MPI, TPU pod
-    slices, Kubernetes; ``JAX_COORDINATOR_ADDRESS`` is read by JAX itself). Call before any JAX computation."""
+    slices, Kubernetes; ``JAX_COORDINATOR_ADDRESS`` is read by JAX itself). Call before any JAX computation.
+
+    Every process must join within ``timeout_s`` seconds, else one line says how many were expected."""
+    if coordinator is not None:
+        check_coordinator(coordinator)
+    if process_id is not None and num_processes is not None and process_id >= num_processes:
+        raise UsageError("process_id_range", got=process_id, n=num_processes)
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
     except (AttributeError, ValueError):  # older or newer JAX without the option: its default applies
         pass
+    # When a process never joins, JAX's C++ client aborts the whole process with a stack trace at its deadline. So
+    # ours comes first: a watchdog prints the one-line error and exits 2; JAX's deadline is set later than ours.
+    message = "error: " + MESSAGES["distributed_timeout"].format(
+        timeout=timeout_s, n=num_processes or "all", me=process_id if process_id is not None else "?",
+        reason=f"coordinator {coordinator or 'detected from the cluster'}") + "\n"
+    watchdog = threading.Timer(timeout_s, lambda: (os.write(2, message.encode("utf-8", "replace")), os._exit(2)))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise UsageError("distributed_init", reason=str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+                                   process_id=process_id, initialization_timeout=timeout_s + 60)
+    except Exception as e:  # jaxlib raises its own runtime error types
+        raise UsageError("distributed_init", reason=str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                         ) from None
+    finally:
+        watchdog.cancel()
 
 
 def is_primary() -> bool:

@@ -18,9 +18,14 @@ def filtered_cdf(logits, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
     """CDF over the last axis of softmax(logits / temperature), restricted to the top-k / nucleus top-p set.
 
     ``top_k = 0`` and ``top_p = 1`` disable the filters (they sort each row, so they only run when asked). Ties at the
-    k-th logit are kept (as in nanoGPT). The last entry of each row is exactly 1.
+    k-th logit are kept (as in nanoGPT). The last entry of each row is exactly 1. A temperature so small that
+    ``logits / temperature`` overflows means greedy: the logits are shifted so their maximum is 0 before dividing,
+    which leaves the most likely characters at 0 and sends every other one to -inf, never to NaN (the temperature is
+    at least the smallest normal float32: below it a CPU would read it as 0).
     """
-    logits = logits.astype(jnp.float32) / temperature
+    logits = logits.astype(jnp.float32)
+    temperature = jnp.maximum(temperature, jnp.finfo(jnp.float32).tiny)  # CPUs flush float32 subnormals to zero
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
     logits = jax.lax.cond(top_k > 0, top_k_filter, lambda l, _: l, logits, top_k)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = jax.lax.cond(top_p < 1, top_p_filter, lambda p, _: p, probs, top_p)

@@ -25,7 +25,7 @@ from . import memory, models, parallel, progress
 from . import workdir as workdir_lib
 from .checkpoint import Store
 from .config import Config, TrainConfig
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .evaluate import exact_report
 
 
@@ -144,15 +144,6 @@ def estimate_loss(model, params, key, train_data, val_data, *, iters: int, batch
 
 
 # ----------------------------------------------------------------------------- the loop driver (side effects)
-
-class Interrupted(Exception):
-    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; ``exit_code`` is 128 + signal number."""
-
-    def __init__(self, signum: int, step: int, path: str):
-        self.signum, self.step, self.path = signum, step, path
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted at step {step}")
-
 
 def _note(text: str) -> None:
     """Write to stderr without Python's buffered streams (safe inside a signal handler)."""
