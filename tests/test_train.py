@@ -1,4 +1,5 @@
-"""train.py: exact loss, fused chunks vs single steps, determinism, exact resume, and convergence to the optimum."""
+"""train.py: the optimizer, fused chunks vs single jitted steps, the loss estimate, determinism, exact resume,
+convergence to the closed-form optimum, and a big vocabulary end to end."""
 
 import io
 
@@ -7,74 +8,100 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbigram import config, data
+from jaxbigram import config, data, train
 from jaxbigram.checkpoint import Store
-from jaxbigram.model import init_params, logits_table, loss_fn
-from jaxbigram.train import batch_key, create_train_state, exact_loss, fit, train_chunk, train_step
+from jaxbigram.config import TrainConfig
+from jaxbigram.models.bigram import Bigram, logits_table
+from conftest import same_tree
 from reference import np_mean_cross_entropy
-
-
-def leaves_equal(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
 def run_fit(workdir, cfg, corpus, **kwargs):
     store = Store(workdir, keep=cfg.checkpoint.keep)
     try:
-        return fit(cfg, corpus, store, out=io.StringIO(), err=io.StringIO(), **kwargs)
+        return train.fit(cfg, corpus, store, out=io.StringIO(), err=io.StringIO(), **kwargs)
     finally:
         store.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_cfg(repo_root):
-    return config.load(repo_root / "configs" / "tiny.toml")
-
-
-# ----------------------------------------------------------------------------- exact loss
-
-def test_exact_loss_equals_mean_cross_entropy_over_every_position(corpus):
-    vocab = corpus.tokenizer.vocab_size
-    _, val = data.split(corpus.ids, 0.1)
-    params = init_params(jax.random.key(3), vocab)
-    params = jax.tree_util.tree_map(lambda w: w * 5.0, params)  # a sharper, non-trivial table
-    expected = np_mean_cross_entropy(logits_table(params), val)
-    got = exact_loss(params, data.bigram_counts(val, vocab))
-    assert got == pytest.approx(expected, rel=1e-6)
-    # and it is loss_fn over the whole split as one window
-    whole = jnp.asarray(np.asarray(val, dtype=np.int32))
-    assert float(loss_fn(params, whole[None, :-1], whole[None, 1:])) == pytest.approx(expected, rel=1e-5)
+def steps(workdir):
+    store = Store(workdir, read_only=True)
+    try:
+        return store.steps()
+    finally:
+        store.close()
 
 
 # ----------------------------------------------------------------------------- the fused chunk
 
-def test_train_chunk_equals_separate_jitted_steps(corpus):
-    cfg = config.TrainConfig(batch_size=8, block_size=4, learning_rate=0.05, lr_schedule="cosine", warmup_steps=3,
-                             steps=20, min_lr_ratio=0.1, grad_clip=1.0)
-    vocab = corpus.tokenizer.vocab_size
-    train_data = jnp.asarray(data.split(corpus.ids, 0.1)[0])
-    base_key = jax.random.key(11)
-    sizes = dict(batch_size=cfg.batch_size, block_size=cfg.block_size)
+@pytest.fixture(scope="module")
+def ids() -> jnp.ndarray:
+    return jnp.asarray(np.random.default_rng(0).integers(0, 17, 5000).astype(np.uint8))
 
-    step = jax.jit(train_step)
-    stepwise = create_train_state(jax.random.key(0), vocab, cfg)
+
+@pytest.mark.parametrize("buffer", [train.DEFAULT_BATCH_BUFFER, 2 * 4 * 3 * 2])  # one draw / a draw every 2 steps
+def test_train_chunk_equals_separate_jitted_steps(ids, buffer):
+    """Two fused calls (7 then 4 steps of at most 8; batches drawn up front, all at once or a few steps at a time)
+    give bit-identical losses, params and AdamW state to 11 jitted single steps (cosine warmup, clipping)."""
+    cfg = TrainConfig(batch_size=4, block_size=3, learning_rate=0.05, lr_schedule="cosine", warmup_steps=2,
+                      steps=20, min_lr_ratio=0.1, grad_clip=1.0)
+    model, base_key, dropout_key = Bigram(17), jax.random.key(5), jax.random.key(6)
+    step = jax.jit(train.train_step)
+    ref = train.create_train_state(jax.random.key(0), model, cfg)
     ref_losses = []
-    for s in range(12):
-        x, y = data.get_batch(batch_key(base_key, s), train_data, **sizes)
-        stepwise, loss = step(stepwise, x, y)
+    for s in range(11):
+        x, y = data.get_batch(train.step_key(base_key, s), ids, 4, 3)
+        ref, loss = step(ref, x, y, train.step_key(dropout_key, s))
         ref_losses.append(float(loss))
 
-    fused = create_train_state(jax.random.key(0), vocab, cfg)
-    fused, losses_a = train_chunk(fused, train_data, base_key, 7, max_steps=10, **sizes)  # 7 of at most 10
-    fused, losses_b = train_chunk(fused, train_data, base_key, 5, max_steps=10, **sizes)  # continues at step 7
-    losses_a, losses_b = np.asarray(losses_a), np.asarray(losses_b)
-    assert np.isnan(losses_a[7:]).all() and np.isnan(losses_b[5:]).all()
-    np.testing.assert_allclose(np.concatenate([losses_a[:7], losses_b[:5]]), ref_losses, rtol=1e-5)
-    assert int(fused.step) == int(stepwise.step) == 12
-    for got, want in zip(jax.tree_util.tree_leaves((fused.params, fused.opt_state)),
-                         jax.tree_util.tree_leaves((stepwise.params, stepwise.opt_state))):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    state = train.create_train_state(jax.random.key(0), model, cfg)
+    sizes = dict(batch_size=4, block_size=3, max_steps=8, batch_buffer=buffer)
+    state, a = train.train_chunk(state, ids, base_key, dropout_key, 7, **sizes)
+    state, b = train.train_chunk(state, ids, base_key, dropout_key, 4, **sizes)  # continues at step 7
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.isnan(a[7:]).all() and np.isnan(b[4:]).all()
+    np.testing.assert_array_equal(np.concatenate([a[:7], b[:4]]), np.float32(ref_losses))
+    assert int(state.step) == int(ref.step) == 11
+    assert same_tree((state.params, state.opt_state), (ref.params, ref.opt_state))
+
+
+def test_create_train_state_starts_at_an_int32_step_zero_with_the_model_loss():
+    state = train.create_train_state(jax.random.key(0), Bigram(9), TrainConfig())
+    assert state.step.dtype == jnp.int32 and int(state.step) == 0
+    assert same_tree(state.params, Bigram(9).init(jax.random.key(0)))
+    x = jnp.zeros((2, 3), jnp.int32)
+    assert float(state.apply_fn(state.params, x, x)) == float(Bigram(9).loss(state.params, x, x))
+
+
+def test_learning_rate_schedules():
+    constant = train.learning_rate_schedule(TrainConfig(learning_rate=0.1))
+    assert float(constant(0)) == float(constant(1000)) == pytest.approx(0.1)
+    warm = train.learning_rate_schedule(TrainConfig(learning_rate=0.1, warmup_steps=10))
+    assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.05) and float(warm(50)) == pytest.approx(0.1)
+    cosine = train.learning_rate_schedule(TrainConfig(learning_rate=0.1, lr_schedule="cosine", warmup_steps=10,
+                                                      steps=110, min_lr_ratio=0.1))
+    assert float(cosine(10)) == pytest.approx(0.1) and float(cosine(110)) == pytest.approx(0.01)
+    assert float(cosine(60)) == pytest.approx(0.055)
+
+
+def test_run_keys_are_a_function_of_the_seed():
+    a, b, c = train.run_keys(3), train.run_keys(3), train.run_keys(4)
+    data_of = {k: np.asarray(jax.random.key_data(v)) for k, v in a.items()}
+    assert set(a) == {"init", "batch", "eval", "dropout"}
+    assert all(np.array_equal(data_of[k], jax.random.key_data(b[k])) for k in a)
+    assert not any(np.array_equal(data_of[k], jax.random.key_data(c[k])) for k in a)
+    assert len({data_of[k].tobytes() for k in a}) == 4  # four different keys
+
+
+def test_estimate_loss_is_the_mean_over_random_batches(ids):
+    model = Bigram(17)
+    params = model.init(jax.random.key(1))
+    key = jax.random.key(2)
+    got = train.estimate_loss(model, params, key, ids, ids[:1000], iters=3, batch_size=4, block_size=5)
+    train_key, val_key = jax.random.split(key)
+    for split_key, split_data, name in ((train_key, ids, "train"), (val_key, ids[:1000], "val")):
+        losses = [model.loss(params, *data.get_batch(k, split_data, 4, 5)) for k in jax.random.split(split_key, 3)]
+        assert float(got[name]) == pytest.approx(float(np.mean(losses)), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -94,20 +121,24 @@ def test_full_run_trains_and_checkpoints(full_run):
     assert int(a.state.step) == 220
     assert [h["step"] for h in a.history] == [0, 100, 200, 220]
     assert a.history[-1]["val_loss"] < a.history[0]["val_loss"] - 1.0
-    assert a.report["step"] == 220
+    assert a.report["step"] == 220 and a.report["model"] == "bigram"
+    assert a.steps_per_second > 0
 
 
 def test_same_seed_identical_params_other_seed_differs_and_fresh_starts_over(tmp_path, full_run, corpus):
     cfg, a = full_run
     other = run_fit(tmp_path, config.replace(cfg, "train", seed=7), corpus)
-    assert not leaves_equal(other.state.params, a.state.params)
-    # --fresh discards the seed-7 run (otherwise its step-220 checkpoint would be "resumed") and, with the same
+    assert not same_tree(other.state.params, a.state.params)
+    # fresh discards the seed-7 run (otherwise its step-220 checkpoint would be "resumed") and, with the same
     # config and seed, reproduces the first run bit for bit
     again = run_fit(tmp_path, cfg, corpus, fresh=True)
-    assert leaves_equal(again.state.params, a.state.params)
-    assert leaves_equal(again.state.opt_state, a.state.opt_state)
+    assert same_tree(again.state.params, a.state.params)
+    assert same_tree(again.state.opt_state, a.state.opt_state)
     assert again.history == a.history
     assert again.report == a.report
+    store = Store(tmp_path, read_only=True)  # every seed-7 step is gone
+    assert [store.read_meta(s)["config"]["train"]["seed"] for s in store.steps()] == [cfg.train.seed] * 2
+    store.close()
 
 
 def test_exact_resume_half_then_half_equals_one_go(tmp_path, full_run, corpus):
@@ -115,17 +146,17 @@ def test_exact_resume_half_then_half_equals_one_go(tmp_path, full_run, corpus):
     cfg, a = full_run
     half = run_fit(tmp_path, config.replace(cfg, "train", steps=110), corpus)
     assert int(half.state.step) == 110
-    assert Store(tmp_path, create=False).steps() == [100, 110]
+    assert steps(tmp_path) == [100, 110]
     resumed = run_fit(tmp_path, cfg, corpus)
     assert int(resumed.state.step) == 220
-    assert leaves_equal(resumed.state.params, a.state.params)
-    assert leaves_equal(resumed.state.opt_state, a.state.opt_state)
+    assert same_tree(resumed.state.params, a.state.params)
+    assert same_tree(resumed.state.opt_state, a.state.opt_state)
     assert [h for h in resumed.history if h["step"] in (0, 100, 200, 220)] == a.history
     assert resumed.report == a.report
 
 
-def test_default_config_reaches_the_closed_form_optimum(tmp_path, repo_root, corpus):
-    cfg = config.load(repo_root / "configs" / "default.toml")
+def test_default_config_reaches_the_closed_form_optimum(tmp_path, corpus):
+    cfg = config.load("default")
     result = run_fit(tmp_path, cfg, corpus)
     report = result.report
     assert report["step"] == cfg.train.steps
@@ -135,3 +166,38 @@ def test_default_config_reaches_the_closed_form_optimum(tmp_path, repo_root, cor
                                                rel=1e-6)
     assert report["val_loss"] - report["optimum_val_loss"] < 0.01
     assert report["val_bpc"] == pytest.approx(report["val_loss"] / np.log(2))
+
+
+def test_big_vocabulary_trains_and_evaluates_exactly(big_corpus_path, tmp_path):
+    """1,500 characters (uint16 memory-mapped ids): the loss falls, the exact val loss equals numpy's, and the
+    checkpoint's params (read alone, without the AdamW state) are the trained ones."""
+    cfg = config.from_dict({"train": {"steps": 30, "batch_size": 32, "block_size": 16, "learning_rate": 0.1,
+                                      "steps_per_call": 15},
+                            "eval": {"interval": 15, "iters": 2}, "checkpoint": {"interval": 15, "keep": 1}})
+    corpus = data.load_corpus(big_corpus_path)
+    result = run_fit(tmp_path, cfg, corpus, fresh=True)
+    assert corpus.tokenizer.vocab_size > 1000
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    _, val = data.split(np.asarray(corpus.ids, dtype=np.int64), cfg.data.val_fraction)
+    assert abs(result.report["val_loss"] - np_mean_cross_entropy(logits_table(result.state.params), val)) < 1e-4
+    store = Store(tmp_path, read_only=True)
+    params, meta = store.restore_params(store.steps()[-1])
+    store.close()
+    np.testing.assert_array_equal(np.asarray(logits_table(params)), np.asarray(logits_table(result.state.params)))
+    assert meta["vocab"] == corpus.tokenizer.chars and meta["model"] == "bigram"
+    assert meta["num_params"] == corpus.tokenizer.vocab_size ** 2
+
+
+def test_train_and_evaluate_resumes_with_the_checkpoint_config_and_data(tmp_path, data_path, monkeypatch):
+    """No config and no data on a resume: the run's own config (only train.steps changed) and recorded text."""
+    workdir = tmp_path / "run"
+    out, err = io.StringIO(), io.StringIO()
+    first = train.train_and_evaluate(workdir, config_path="tiny", overrides=["train.steps=100"], data=str(data_path),
+                                     out=out, err=err)
+    assert first.report["step"] == 100
+    monkeypatch.setenv("JAXBIGRAM_DATA", str(tmp_path / "elsewhere.txt"))  # would fail if it were read
+    err = io.StringIO()
+    second = train.train_and_evaluate(workdir, overrides=["train.steps=200"], out=io.StringIO(), err=err)
+    assert second.report["step"] == 200
+    assert "from checkpoint" in err.getvalue() and "resuming from step 100" in err.getvalue()
+    assert Store(workdir, read_only=True).read_meta(200)["config"] == config.load("tiny").to_dict()
