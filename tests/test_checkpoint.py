@@ -1,4 +1,8 @@
-"""checkpoint.py: exact TrainState round trip, metadata, step lookup errors, compatibility, retention."""
+"""checkpoint.py: the Store — exact TrainState round trip, metadata, params alone, step lookup errors, checksums,
+retention (latest N plus the best), clear, and read-only stores that never write."""
+
+import json
+import os
 
 import jax
 import numpy as np
@@ -6,8 +10,10 @@ import pytest
 
 from jaxbigram import config
 from jaxbigram.checkpoint import Store
-from jaxbigram.errors import UsageError
+from jaxbigram.errors import CheckpointError
+from jaxbigram.models.bigram import Bigram
 from jaxbigram.train import create_train_state, train_step
+from conftest import same_tree, snapshot
 
 V = 9
 VOCAB = "\n !aéxz日😀"  # V characters, some non-ASCII
@@ -17,7 +23,7 @@ CFG = config.TrainConfig(learning_rate=0.1, lr_schedule="cosine", warmup_steps=1
 @pytest.fixture(scope="module")
 def state():
     """A TrainState three AdamW steps in, so params, moments and the step counter are all non-trivial."""
-    state = create_train_state(jax.random.key(0), V, CFG)
+    state = create_train_state(jax.random.key(0), Bigram(V), CFG)
     rng = np.random.default_rng(0)
     step = jax.jit(train_step)
     for _ in range(3):
@@ -26,9 +32,9 @@ def state():
     return state
 
 
-def fresh_state(seed=1):
-    """Another TrainState of the same structure, at step 0."""
-    return create_train_state(jax.random.key(seed), V, CFG)
+def template():
+    """The shapes of a TrainState of the same structure (what fit restores into)."""
+    return jax.eval_shape(lambda: create_train_state(jax.random.key(1), Bigram(V), CFG))
 
 
 def meta(step=0, vocab=VOCAB, sha="ab" * 32):
@@ -36,10 +42,8 @@ def meta(step=0, vocab=VOCAB, sha="ab" * 32):
             "step": step, "config": config.Config().to_dict()}
 
 
-def same_tree(a, b):
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-            and all(np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y) for x, y in zip(la, lb)))
+def without_checksums(m):  # the store adds a CRC32 per array of the state
+    return {k: v for k, v in m.items() if k != "checksums"}
 
 
 @pytest.fixture
@@ -51,70 +55,54 @@ def store(tmp_path):
 
 def test_train_state_round_trip_is_exact(store, state):
     store.save(3, state, meta(3), val_loss=2.5)
-    restored = store.restore_state(3, fresh_state())
+    saved, restored = store.restore(3, template())
     assert int(restored.step) == 3
     assert same_tree(restored.params, state.params)
     assert same_tree(restored.opt_state, state.opt_state)
+    assert without_checksums(saved) == meta(3)
 
 
 def test_read_meta_and_restore_params(store, state):
     saved = meta(3)
     store.save(3, state, saved, val_loss=2.5)
-
-    def without_checksums(m):  # the store adds a CRC32 per array of the state
-        return {k: v for k, v in m.items() if k != "checksums"}
-
-    assert without_checksums(store.read_meta()) == saved == without_checksums(store.read_meta(3))
-    assert set(store.read_meta()["checksums"]) >= {"params/token_embedding_table/embedding", "step"}
-    assert store.read_meta()["vocab"] == VOCAB  # non-ASCII survives the JSON
-    params, got_meta = store.restore_params()
+    assert without_checksums(store.read_meta(3)) == saved
+    assert set(store.read_meta(3)["checksums"]) >= {"params/token_embedding_table/embedding", "step"}
+    assert store.read_meta(3)["vocab"] == VOCAB  # non-ASCII survives the JSON
+    params, got_meta = store.restore_params(3)
     assert same_tree(params, state.params)
     assert without_checksums(got_meta) == saved
-    # a reader that does not create anything sees the same
-    reader = Store(store.workdir, create=False)
-    assert reader.steps() == [3] and without_checksums(reader.read_meta()) == saved
+    # a read-only reader sees the same
+    reader = Store(store.workdir, read_only=True)
+    assert reader.steps() == [3] and without_checksums(reader.read_meta(3)) == saved
+    reader.close()
 
 
-def test_steps_and_resolve_step(store, state):
-    assert store.steps() == [] and store.latest_step() is None
-    with pytest.raises(UsageError) as info:
-        store.resolve_step(None)
-    assert info.value.code == "no_checkpoint"
+def test_steps_and_a_missing_step(store, state):
+    assert store.steps() == []
     for step in (10, 20):
         store.save(step, state, meta(step), val_loss=3.0 - step / 100)
-    assert store.steps() == [10, 20] and store.latest_step() == 20
-    assert store.resolve_step(None) == 20 and store.resolve_step(10) == 10
-    with pytest.raises(UsageError) as info:
-        store.resolve_step(15)
-    assert info.value.code == "no_step"
-    assert "10, 20" in str(info.value)
+    assert store.steps() == [10, 20]
+    for read in (store.read_meta, store.restore_params, lambda s: store.restore(s, template())):
+        with pytest.raises(CheckpointError) as info:
+            read(15)
+        assert info.value.code == "no_step" and "10, 20" in str(info.value)
 
 
 def test_saving_an_existing_step_again_is_a_no_op(store, state):
     store.save(5, state, meta(5), val_loss=2.0)
-    other = fresh_state()
+    other = create_train_state(jax.random.key(1), Bigram(V), CFG)
     store.save(5, other, meta(5, vocab="abcdefghi"), val_loss=1.0)
     assert store.steps() == [5]
     assert same_tree(store.restore_params(5)[0], state.params)
 
 
-def test_missing_workdir_without_create_is_no_checkpoint(tmp_path):
-    with pytest.raises(UsageError) as info:
-        Store(tmp_path / "nothing", create=False)
-    assert info.value.code == "no_checkpoint"
-    assert "run.py train" in str(info.value)
-
-
-def test_incompatible_vocab_or_data_is_refused(store, state):
-    store.save(1, state, meta(1), val_loss=2.0)
-    saved = store.check_compatible(meta(1))
-    assert {k: v for k, v in saved.items() if k != "checksums"} == meta(1)
-    with pytest.raises(UsageError) as info:
-        store.check_compatible(meta(1, vocab="abcdefghij"))
-    assert info.value.code == "incompatible" and "--fresh" in str(info.value)
-    with pytest.raises(UsageError) as info:
-        store.check_compatible(meta(1, sha="cd" * 32))
-    assert info.value.code == "incompatible" and "--fresh" in str(info.value)
+def test_read_only_store_of_a_missing_workdir_lists_nothing_and_creates_nothing(tmp_path):
+    store = Store(tmp_path / "nothing", read_only=True)
+    assert store.steps() == []
+    store.close()
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(RuntimeError):
+        Store(tmp_path / "nothing", read_only=True).save(1, None, {}, 0.0)
 
 
 def test_keeps_the_latest_n_and_the_best(store, state):
@@ -129,13 +117,42 @@ def test_clear_removes_every_checkpoint(store, state):
     store.save(1, state, meta(1), val_loss=2.0)
     store.clear()
     assert store.steps() == []
+    assert not any(p.name.startswith(".checkpoints-deleting-") for p in store.workdir.iterdir())
     store.save(2, state, meta(2), val_loss=2.0)  # usable again afterwards
     assert store.steps() == [2]
 
 
-def test_workdir_that_is_a_file_is_refused(tmp_path):
-    path = tmp_path / "file"
-    path.write_text("x")
-    with pytest.raises(UsageError) as info:
-        Store(path)
-    assert info.value.code == "workdir_is_file"
+def test_a_changed_array_fails_its_checksum(store, state):
+    """A changed array that still parses is caught by the CRC32 stored in the metadata, not silently loaded."""
+    store.save(1, state, meta(1), val_loss=2.0)
+    store.save(2, state, meta(2), val_loss=2.0)
+    store.close()
+    meta_file = store.directory / "2" / "meta" / "metadata"
+    saved = json.loads(meta_file.read_text())
+    key = next(k for k in saved["checksums"] if k.startswith("params/"))
+    saved["checksums"][key] ^= 1  # equivalent to the array having changed on disk
+    meta_file.write_text(json.dumps(saved))
+    reader = Store(store.workdir, read_only=True)
+    for read in (reader.restore_params, lambda s: reader.restore(s, template())):
+        with pytest.raises(CheckpointError) as info:
+            read(2)
+        assert info.value.code == "corrupt_checkpoint" and f"checksum mismatch in {key}" in str(info.value)
+        assert "available: 1" in str(info.value)
+    reader.close()
+
+
+def test_truncated_arrays_are_a_corrupt_checkpoint_and_readers_touch_nothing(store, state):
+    store.save(1, state, meta(1), val_loss=2.0)
+    store.close()
+    files = [p for p in (store.directory / "1" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        os.truncate(path, path.stat().st_size // 2)
+    before = snapshot(store.workdir)
+    reader = Store(store.workdir, read_only=True)
+    with pytest.raises(CheckpointError) as info:
+        reader.restore_params(1)
+    reader.close()
+    assert info.value.code == "corrupt_checkpoint" and "truncated or corrupted" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert snapshot(store.workdir) == before

@@ -1,0 +1,150 @@
+"""workdir.py: a run's folder — writable or one clear line, one writer at a time (an OS lock), the run's config on
+resume (only RESUMABLE_KEYS may change), compatibility, and damaged steps set aside, never deleted."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxbigram import config, workdir
+from jaxbigram.checkpoint import Store
+from jaxbigram.errors import CheckpointError, UsageError
+from jaxbigram.models.bigram import Bigram
+from jaxbigram.train import create_train_state
+from conftest import same_tree, write
+
+V = 5
+CFG = config.TrainConfig()
+
+
+def meta(step, vocab="abcde", sha="ab" * 32, cfg=None):
+    return {"vocab": vocab, "vocab_size": len(vocab), "data": {"path": "x.txt", "sha256": sha, "length": 100},
+            "step": step, "config": (cfg or config.Config()).to_dict()}
+
+
+def state(seed=0):
+    return create_train_state(jax.random.key(seed), Bigram(V), CFG)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "run", keep=5)
+    for step in (1, 2):
+        s.save(step, state(step), meta(step), val_loss=2.0)
+    yield s
+    s.close()
+
+
+def damage(store, step):
+    store.close()
+    for path in (store.directory / str(step) / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            os.truncate(path, path.stat().st_size // 2)
+
+
+# ----------------------------------------------------------------------------- the folder and its lock
+
+@pytest.mark.parametrize("kind, code", [("under a regular file", "workdir_not_writable"), ("is a file", "workdir_is_file"),
+                                        ("empty", "workdir_empty")])
+def test_ensure_writable_refuses_with_one_line(tmp_path, kind, code):
+    """Tests may run as root, where chmod does not stop writes: a path below a regular file cannot be created by
+    anyone (ENOTDIR)."""
+    blocker = write(tmp_path / "file", "x")
+    path = {"under a regular file": blocker / "run", "is a file": blocker, "empty": workdir.Path("")}[kind]
+    with pytest.raises(UsageError) as info:
+        workdir.ensure_writable(path)
+    assert info.value.code == code and "\n" not in str(info.value)
+    assert blocker.read_text() == "x"
+
+
+def test_ensure_writable_creates_the_folder(tmp_path):
+    workdir.ensure_writable(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_one_writer_at_a_time(tmp_path):
+    with workdir.exclusive(tmp_path):
+        with pytest.raises(UsageError) as info:
+            with workdir.exclusive(tmp_path):
+                pass
+        assert info.value.code == "workdir_busy"
+        with workdir.exclusive(tmp_path, primary=False):  # other processes of a multi-process run do not lock
+            pass
+    with workdir.exclusive(tmp_path):  # released: the lock never outlives its holder
+        pass
+
+
+# ----------------------------------------------------------------------------- the run's config
+
+def test_a_new_run_uses_the_given_config_or_the_default_preset(tmp_path):
+    assert workdir.run_config(None, None, [], tmp_path) == config.load(config.DEFAULT_PRESET)
+    assert workdir.run_config(None, "tiny", ["train.steps=7"], tmp_path) == config.load("tiny", ["train.steps=7"])
+
+
+def test_a_resume_keeps_the_checkpoint_config_and_lets_only_resumable_keys_change(tmp_path):
+    saved = meta(1, cfg=config.load("tiny"))
+    assert workdir.run_config(saved, None, [], tmp_path) == config.load("tiny")
+    resumable = ["train.steps=900", "eval.interval=7", "checkpoint.keep=9", "train.steps_per_call=3"]
+    assert workdir.run_config(saved, None, resumable, tmp_path) == config.load("tiny", resumable)
+    assert workdir.run_config(saved, "tiny", ["train.steps=900"], tmp_path).train.steps == 900
+    with pytest.raises(UsageError) as info:
+        workdir.run_config(saved, None, ["train.learning_rate=0.5", "train.steps=900", "model.n_layer=2"], tmp_path)
+    assert info.value.code == "config_changed"
+    assert "model.n_layer, train.learning_rate" in str(info.value) and "train.steps" not in info.value.fields["keys"]
+    with pytest.raises(UsageError) as info:  # another file: every key it changes is named
+        workdir.run_config(saved, "lecture", [], tmp_path)
+    assert "train.batch_size" in str(info.value) and "--fresh" in str(info.value)
+
+
+def test_check_compatible_refuses_other_vocabulary_or_data(tmp_path):
+    workdir.check_compatible(meta(1), meta(1), tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        workdir.check_compatible(meta(1), meta(1, vocab="abcdef"), tmp_path)
+    assert info.value.code == "incompatible" and "another vocabulary" in str(info.value) and "--fresh" in str(info.value)
+    with pytest.raises(CheckpointError) as info:
+        workdir.check_compatible(meta(1), meta(1, sha="cd" * 32), tmp_path)
+    assert "other data" in str(info.value) and "--fresh" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- resume and damaged steps
+
+def test_resume_restores_the_newest_step(store):
+    saved, restored = workdir.resume(store, jax.eval_shape(state), meta(0), print)
+    assert saved["step"] == 2 and same_tree(restored.params, state(2).params)
+
+
+def test_resume_sets_a_damaged_step_aside_and_uses_the_previous_one(store):
+    damage(store, 2)
+    notes = []
+    saved, restored = workdir.resume(store, jax.eval_shape(state), meta(0), notes.append)
+    assert saved["step"] == 1 and same_tree(restored.params, state(1).params)
+    assert store.steps() == [1]
+    aside = list((store.workdir / workdir.DAMAGED).iterdir())
+    assert [p.name.split("-")[0] for p in aside] == ["2"] and (aside[0] / "state").is_dir()  # kept, never deleted
+    assert len(notes) == 1 and "checkpoint step 2 is damaged" in notes[0] and str(aside[0]) in notes[0]
+
+
+def test_resume_refuses_another_run_before_reading_its_arrays(store):
+    damage(store, 2)  # an incompatible checkpoint is not damage: nothing is set aside
+    with pytest.raises(CheckpointError) as info:
+        workdir.resume(store, jax.eval_shape(state), meta(0, sha="cd" * 32), print)
+    assert info.value.code == "incompatible"
+    assert store.steps() == [1, 2] and not (store.workdir / workdir.DAMAGED).exists()
+
+
+def test_resume_of_only_damaged_steps_is_none(store):
+    damage(store, 1)
+    damage(store, 2)
+    assert workdir.resume(store, jax.eval_shape(state), meta(0), lambda _: None) is None
+    assert store.steps() == []
+
+
+def test_newest_meta_skips_unreadable_metadata(store):
+    store.close()
+    (store.directory / "2" / "meta" / "metadata").write_text("{not json")
+    notes = []
+    assert workdir.newest_meta(store, notes.append)["step"] == 1
+    assert "step 2 is damaged" in notes[0]
+    assert workdir.newest_meta(Store(store.workdir / "new"), print) is None
+    np.testing.assert_array_equal(store.steps(), [1])
