@@ -69,8 +69,8 @@ def load_checkpoint(workdir: str | Path, step: int | None = None, attempts: int 
                 params, meta = store.restore_params(chosen)
             except CheckpointError:
                 store.reload()
-                if chosen in store.steps() or attempt == attempts - 1:
-                    raise  # still there: really damaged (or no such step)
+                if chosen in store.steps() or chosen not in steps or attempt == attempts - 1:
+                    raise  # still there: really damaged; or never there: no such step
                 if step is not None:
                     raise CheckpointError("step_moved", step=step, workdir=store.workdir,
                                           steps=", ".join(map(str, store.steps())) or "none") from None
