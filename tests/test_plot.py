@@ -1,0 +1,61 @@
+"""plot.py: loss.png and bigram.png are valid PNGs of a sane size, the heatmap is the softmax of the table, labels
+are visible, loss curves are one point per step, and a missing matplotlib is a one-line error."""
+
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxbigram import cli, plot
+from conftest import store_params
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", raw[8:16])
+    assert (length, kind) == (13, b"IHDR")
+    return struct.unpack(">II", raw[16:24])
+
+
+def test_plot_writes_valid_pngs(tiny_workdir, tmp_path, capsys):
+    assert cli.main(["plot", "--workdir", str(tiny_workdir), "--out", str(tmp_path)]) == 0
+    written = capsys.readouterr().out.split()
+    assert written == [str(tmp_path / plot.LOSS_PNG), str(tmp_path / plot.BIGRAM_PNG)]
+    for name in (plot.LOSS_PNG, plot.BIGRAM_PNG):
+        width, height = _png_size(tmp_path / name)
+        assert 400 <= width <= 2000 and 300 <= height <= 2000, (name, width, height)
+        assert (tmp_path / name).stat().st_size < 500_000
+
+
+def test_heatmap_data_is_softmax_of_the_embedding_table(tiny_workdir):
+    params, meta = store_params(tiny_workdir)
+    table = np.asarray(params["token_embedding_table"]["embedding"], dtype=np.float64)
+    expected = np.exp(table - table.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    probs = plot.bigram_probabilities(params)
+    assert probs.shape == (len(meta["vocab"]),) * 2
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_char_labels_are_visible_and_distinct():
+    chars = ["\n", " ", "\t", "\x0b", "a", "é", "!"]
+    labels = [plot.char_label(c) for c in chars]
+    assert labels[:2] == ["\\n", "␣"] and labels[4:] == ["a", "é", "!"]
+    assert len(set(labels)) == len(labels) and all(label.strip() for label in labels)
+
+
+def test_loss_curves_sorted_one_point_per_step():
+    rows = [{"step": 100, "train_loss": 2.0, "val_loss": 2.1}, {"step": 0, "train_loss": 4.0, "val_loss": 4.1},
+            {"step": 100, "train_loss": 1.9, "val_loss": 2.0}]  # a re-logged step: the last value counts
+    curves = plot.loss_curves(rows)
+    assert curves["step"].tolist() == [0, 100] and curves["train"].tolist() == [4.0, 1.9]
+    assert curves["val"].tolist() == [4.1, 2.0]
+
+
+def test_plot_without_matplotlib_is_one_line_error(tiny_workdir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    assert cli.main(["plot", "--workdir", str(tiny_workdir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: `run.py plot` needs the optional package matplotlib: pip install 'jaxbigram[plot]'"]
