@@ -8,13 +8,14 @@ layout of one batch; then the ``fit`` driver on all 8 devices (eval history, che
 import os
 import sys
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a subprocess: conftest.py does not run here
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxbigram import config, data, parallel, train  # noqa: E402
+from jaxbigram import config, data, models, parallel, train  # noqa: E402
 from jaxbigram.checkpoint import Store  # noqa: E402
+from jaxbigram.models.bigram import logits_table  # noqa: E402
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 
@@ -23,8 +24,10 @@ def chunked_run(cfg, train_np, vocab, devices):
     """What fit does, on a mesh over ``devices``: returns (per-step losses, final table, one batch, rows per shard)."""
     tcfg = cfg.train
     dp = parallel.DataParallel.create(tcfg.batch_size, devices=devices)
-    init_key, train_key, _ = dp.replicate(jax.random.split(jax.random.key(tcfg.seed), 3))
-    state = dp.replicate(train.create_train_state(init_key, vocab, tcfg))
+    keys = dp.replicate(train.run_keys(tcfg.seed))
+    train_key = keys["batch"]
+    model = models.build(cfg.model, vocab, tcfg.block_size)
+    state = dp.replicate(train.create_train_state(keys["init"], model, tcfg))
     train_data = dp.replicate(train_np)
     sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size)
     batch_fn = jax.jit(lambda key, d: parallel.constrain_batch(*data.get_batch(key, d, **sizes), dp.batch_sharding))
@@ -32,10 +35,10 @@ def chunked_run(cfg, train_np, vocab, devices):
     rows = sorted({s.data.shape[0] for s in x.addressable_shards})
     losses = []
     for _ in range(tcfg.steps // tcfg.steps_per_call):
-        state, chunk = train.train_chunk(state, train_data, train_key, tcfg.steps_per_call,
+        state, chunk = train.train_chunk(state, train_data, train_key, keys["dropout"], tcfg.steps_per_call,
                                          max_steps=tcfg.steps_per_call, sharding=dp.batch_sharding, **sizes)
         losses.append(np.asarray(chunk))
-    return np.concatenate(losses), np.asarray(train.logits_table(state.params)), np.asarray(x), np.asarray(rows)
+    return np.concatenate(losses), np.asarray(logits_table(state.params)), np.asarray(x), np.asarray(rows)
 
 
 def main(cfg_path, data_path, workdir, out_path):
@@ -46,9 +49,10 @@ def main(cfg_path, data_path, workdir, out_path):
     for n in DEVICE_COUNTS:
         losses, table, batch, rows = chunked_run(cfg, train_np, corpus.tokenizer.vocab_size, jax.devices()[:n])
         out.update({f"losses{n}": losses, f"params{n}": table, f"batch{n}": batch, f"rows{n}": rows})
+    os.makedirs(workdir, exist_ok=True)  # fit writes metrics.jsonl into an existing workdir
     with open(os.devnull, "w") as quiet:
         result = train.fit(cfg, corpus, Store(workdir), fresh=True, out=quiet, err=quiet)
-    np.savez(out_path, devices=jax.device_count(), fit_params=np.asarray(train.logits_table(result.state.params)),
+    np.savez(out_path, devices=jax.device_count(), fit_params=np.asarray(logits_table(result.state.params)),
              history=np.asarray([[h["step"], h["train_loss"], h["val_loss"]] for h in result.history]),
              val_loss=result.report["val_loss"], **out)
 

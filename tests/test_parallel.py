@@ -7,26 +7,21 @@ all run at the same time.
 """
 
 import os
+import socket
+import subprocess
+import sys
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import numpy as np
+import pytest
 
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from jaxbigram import config  # noqa: E402
-from jaxbigram.checkpoint import Store  # noqa: E402
-from jaxbigram.data import load_corpus  # noqa: E402
-from jaxbigram.errors import UsageError  # noqa: E402
-from jaxbigram.model import logits_table  # noqa: E402
-from jaxbigram.parallel import DataParallel  # noqa: E402
-from jaxbigram.train import fit  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from jaxbigram import config
+from jaxbigram.checkpoint import Store
+from jaxbigram.data import load_corpus
+from jaxbigram.errors import UsageError
+from jaxbigram.models.bigram import logits_table
+from jaxbigram.parallel import DataParallel
+from jaxbigram.train import fit
+from conftest import REPO_ROOT as ROOT, store_params
 DEVICE_COUNTS = (1, 2, 4, 8)  # as in parallel_worker.py
 STEPS, HALF = 40, 20
 CONFIG = f"""
@@ -93,6 +88,7 @@ def runs(tmp_path_factory, make_corpus):
                                str(tmp / "dev8"), str(tmp / "dev8.npz")],
                               env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pair = _launch_pair(cfg, data, tmp / "multi", HALF, tmp)
+    (tmp / "one").mkdir()  # fit writes metrics.jsonl into an existing workdir (train_and_evaluate creates it)
     with open(os.devnull, "w") as quiet:
         reference = fit(config.load(cfg), load_corpus(data), Store(tmp / "one"), fresh=True, out=quiet, err=quiet)
     output, _ = worker.communicate(timeout=240)
@@ -137,7 +133,7 @@ def test_fit_on_eight_devices_matches_one(runs):
 
 def test_checkpoint_of_many_devices_restores_on_one(runs):
     """A checkpoint written from an 8-device mesh loads in this one-device process (sample/eval path)."""
-    params, meta = Store(runs["tmp"] / "dev8", create=False).restore_params()
+    params, meta = store_params(runs["tmp"] / "dev8")
     assert meta["step"] == STEPS
     np.testing.assert_allclose(np.asarray(params["token_embedding_table"]["embedding"]), runs["one"]["params"],
                                rtol=0, atol=1e-5)
@@ -148,14 +144,13 @@ def test_two_processes_train_together_like_one(runs):
         (rc0, out0, err0), (rc1, out1, err1) = half
         assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
         assert out1 == "" and "Traceback" not in err1  # only the primary process prints
-        assert "devices [CpuDevice(id=0), CpuDevice(id=" in err0  # one global mesh over both processes
+        assert "2 device(s) [CpuDevice(id=0), CpuDevice(id=" in err0  # one global mesh over both processes
     first, second = runs["pair"]
     assert f"step {HALF}: train loss" in first[0][1]
     assert f"resuming from step {HALF}" in second[0][2] and f"step {STEPS}: train loss" in second[0][1]
     # the run saved from both processes, resumed from both, and ends where one process with one device ends
-    store = Store(runs["tmp"] / "multi", create=False)
-    assert store.steps()[-1] == STEPS
-    params, meta = store.restore_params()
+    params, meta = store_params(runs["tmp"] / "multi")
+    assert meta["step"] == STEPS
     one = runs["one"]
     np.testing.assert_allclose(np.asarray(params["token_embedding_table"]["embedding"]), one["params"],
                                rtol=0, atol=1e-5)
