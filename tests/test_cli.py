@@ -1,35 +1,33 @@
-"""The command line end to end, in subprocesses: train → sample → eval --json → info, and bad inputs."""
+"""The command line end to end: train → sample → eval → info on the session's tiny run, then every bad input: one
+``error: …`` line on stderr saying what to do, exit code 2, no traceback, and every existing checkpoint left exactly
+as it was (file tree, sizes and mtimes).
+
+Most rows call ``cli.main`` in-process (JAX start-up costs ~1.5 s per subprocess); a few run ``python run.py`` for real.
+"""
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jaxbigram import data
-from jaxbigram.checkpoint import Store
-from jaxbigram.model import logits_table
-from reference import np_mean_cross_entropy
+from jaxbigram import data, workdir as workdir_lib
+from jaxbigram.cli import main
+from conftest import DATA, TINY, assert_usage_error, error_line, run_main, snapshot, store_params, write
 
 
-def assert_usage_error(proc, *fragments):
-    """Exit code 2, nothing on stdout, exactly one ``error: …`` line on stderr, no traceback."""
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stdout == ""
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in error_lines[0]
-    return error_lines[0]
-
+# ----------------------------------------------------------------------------- the happy path
 
 def test_train_prints_progress_and_the_exact_report(tiny_train):
     out, err = tiny_train.proc.stdout, tiny_train.proc.stderr
     for line in ("step 0: train loss", "step 100: train loss", "step 200: train loss", "exact loss at step 200",
-                 "closed-form bigram optimum"):
+                 "closed-form bigram optimum", "trained to step 200"):
         assert line in out
     assert "backend cpu" in err  # the JAX backend and devices, on stderr
-    assert Store(tiny_train.workdir, create=False).steps() == [100, 200]
+    assert f"data: {DATA} (from --data;" in err
+    assert sorted(int(p.name) for p in (tiny_train.workdir / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
 
 
 def test_sample_prints_only_text_and_is_deterministic(run_cli, tiny_workdir):
@@ -37,72 +35,309 @@ def test_sample_prints_only_text_and_is_deterministic(run_cli, tiny_workdir):
     second = run_cli("sample", "--workdir", tiny_workdir, "--seed", 1337)
     assert first.returncode == second.returncode == 0, first.stderr
     assert first.stdout == second.stdout
-    vocab = set(Store(tiny_workdir, create=False).read_meta()["vocab"])
+    vocab = set(store_params(tiny_workdir)[1]["vocab"])
     text = first.stdout
     assert text.startswith("\n") and text.endswith("\n")  # the default context '\n', then a closing newline
     assert len(text) == 1 + 500 + 1
     assert set(text) <= vocab
-    assert "jax" not in text and "sampling" not in text  # diagnostics go to stderr
-    assert "sampling from step 200" in first.stderr
+    assert first.stderr.count("\n") == 1 and "sampling from step 200" in first.stderr  # one start-up line
+    assert "(bigram; jax" in first.stderr
 
 
-def test_sample_with_prompt_and_other_seed(run_cli, tiny_workdir):
-    proc = run_cli("sample", "--workdir", tiny_workdir, "--seed", 1, "--prompt", "ROMEO:", "--max-new-tokens", 40)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ROMEO:") and len(proc.stdout) == len("ROMEO:") + 40 + 1
+def test_sample_prompt_prompt_file_and_num_samples(tiny_workdir, tmp_path, capsys):
+    def sample(*flags):
+        code = main(["sample", "--workdir", str(tiny_workdir), "--max-new-tokens", "80", *flags])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = sample("--seed", "1", "--prompt", "ROMEO:")
+    assert code == 0 and out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 80 + 1
+    prompt = "ROMEO:\nthe king"
+    path = write(tmp_path / "prompt.txt", prompt)
+    code, from_file, _ = sample("--prompt-file", str(path))
+    assert code == 0 and from_file.startswith(prompt)
+    assert (0, from_file) == sample("--prompt", prompt)[:2]
+
+    code, three, _ = sample("--prompt-file", str(path), "--num-samples", "3")
+    parts = three.split("---------- sample ")
+    assert code == 0 and parts[0] == "" and len(parts) == 4
+    bodies = [p.split(" ----------\n", 1)[1] for p in parts[1:]]
+    assert [p.split(" ----------")[0] for p in parts[1:]] == ["1 of 3", "2 of 3", "3 of 3"]
+    assert all(b.startswith(prompt) for b in bodies) and len(set(bodies)) == 3
+    assert bodies[0].rstrip("\n") == from_file.rstrip("\n")  # sample 1 uses the same key as a single sample
+
+    code, out, err = sample("--prompt-file", str(tmp_path / "missing.txt"))
+    assert code == 2 and out == "" and str(tmp_path / "missing.txt") in error_line(err)
+    code, _, err = sample("--prompt-file", str(path), "--prompt", "x")
+    assert code == 2 and "not allowed with argument" in err
 
 
-def test_eval_json_reports_exact_losses(run_cli, tiny_workdir, corpus):
+def test_eval_json_reports_exact_losses(run_cli, tiny_workdir):
     proc = run_cli("eval", "--workdir", tiny_workdir, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # one JSON object, nothing else on stdout
-    for key in ("step", "train_loss", "val_loss", "val_bpc", "optimum_val_loss"):
+    for key in ("step", "train_loss", "val_loss", "val_bpc", "optimum_val_loss", "gap_val", "model"):
         assert key in report
-    assert report["step"] == 200
-    params, _ = Store(tiny_workdir, create=False).restore_params()
-    train, val = data.split(corpus.ids, 0.1)
-    assert report["val_loss"] == pytest.approx(np_mean_cross_entropy(logits_table(params), val), rel=1e-6)
-    assert report["train_loss"] == pytest.approx(np_mean_cross_entropy(logits_table(params), train), rel=1e-6)
+    assert report["step"] == 200 and report["same_data_as_training"] is True
+    assert report["val_loss"] == pytest.approx(store_params(tiny_workdir)[1]["exact"]["val_loss"])
     assert report["val_bpc"] == pytest.approx(report["val_loss"] / np.log(2))
-    assert report["optimum_val_loss"] == pytest.approx(2.482, abs=5e-4)
-    assert report["val_loss"] > report["optimum_val_loss"]
+    assert report["val_loss"] > report["optimum_val_loss"] == pytest.approx(2.482, abs=5e-4)
+
+
+def test_eval_json_on_another_text_notes_the_sha256_difference(tiny_workdir, tmp_path, capsys):
+    other = write(tmp_path / "other.txt", Path(DATA).read_text(encoding="utf-8")[::-1])  # same characters
+    assert main(["eval", "--workdir", str(tiny_workdir), "--json", "--data", str(other)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["same_data_as_training"] is False and report["data"] == str(other)
+    assert "is not the text step 200 was trained on" in captured.err and "sha256" in captured.err
+    assert data.TINYSHAKESPEARE_SHA256[:12] in captured.err
 
 
 def test_info_describes_the_run(run_cli, tiny_workdir, data_path):
     proc = run_cli("info", "--workdir", tiny_workdir)
     assert proc.returncode == 0, proc.stderr
+    assert "model:       bigram, 4,225 parameters" in proc.stdout
     assert "steps 100, 200 (latest 200)" in proc.stdout
     assert "65 characters" in proc.stdout
     assert data.TINYSHAKESPEARE_SHA256 in proc.stdout and str(data_path) in proc.stdout
+    assert "[model] kind='bigram'" in proc.stdout
 
 
-# ----------------------------------------------------------------------------- bad inputs: exit 2, one line
-
-def test_missing_data_file(run_cli, tmp_path, repo_root):
-    missing = tmp_path / "nope" / "input.txt"
-    proc = run_cli("train", "--config", repo_root / "configs" / "tiny.toml", "--data", missing,
-                   "--workdir", tmp_path / "run")
-    assert_usage_error(proc, str(missing), "--data")
+def test_train_a_preset_by_name_from_another_folder(run_cli, tmp_path):
+    proc = run_cli("train", "--config", "tiny", "--workdir", "run", "--steps", "100", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "trained to step 100" in proc.stdout
+    assert (tmp_path / "run" / "checkpoints" / "100").is_dir()
 
 
-def test_empty_data_file(run_cli, tmp_path, repo_root):
-    empty = tmp_path / "empty.txt"
-    empty.write_bytes(b"")
-    proc = run_cli("train", "--config", repo_root / "configs" / "tiny.toml", "--data", empty,
-                   "--workdir", tmp_path / "run")
-    assert_usage_error(proc, str(empty), "empty")
+def test_resume_without_data_uses_the_recorded_text(tiny_workdir_copy, monkeypatch, capsys):
+    monkeypatch.setenv("JAXBIGRAM_DATA", str(tiny_workdir_copy / "not-there.txt"))  # would fail if it were read
+    assert main(["train", "--workdir", str(tiny_workdir_copy), "--steps", "300"]) == 0
+    err = capsys.readouterr().err
+    assert f"data: {DATA} (from checkpoint;" in err and "resuming from step 200" in err
+    assert store_params(tiny_workdir_copy)[1]["step"] == 300
 
 
-def test_prompt_with_unknown_characters(run_cli, tiny_workdir):
-    proc = run_cli("sample", "--workdir", tiny_workdir, "--prompt", "Thé café€")
-    line = assert_usage_error(proc, "vocabulary")
-    for char in "é€":
-        assert repr(char) in line
+@pytest.mark.parametrize("flags, keys", [(["--set", "train.learning_rate=0.5", "--steps", "300"], "train.learning_rate"),
+                                         (["--config", "lecture"], "train.batch_size, train.learning_rate")])
+def test_resume_with_another_config_is_refused_and_names_the_keys(flags, keys, untouched, capsys):
+    line = run_main(capsys, ["train", "--workdir", untouched, *flags])
+    assert "trained with other settings" in line and keys in line and "--fresh" in line
+
+
+def test_fresh_with_an_impossible_config_leaves_the_old_checkpoints(untouched, capsys):
+    line = run_main(capsys, ["train", "--workdir", untouched, "--fresh", "--set", "train.block_size=2000000"])
+    assert "block_size" in line
+
+
+def test_help_shows_defaults_and_an_example(capsys):
+    for command in ["train", "sample", "eval", "info", "plot", "bench"]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert f"example:\n  python run.py {command}" in text
+        assert "(default: None)" not in text and "(default: False)" not in text
+        if command != "info":
+            assert "(default: " in text
+
+
+# ----------------------------------------------------------------------------- data
+
+DATA_ROWS = {
+    "missing path": (lambda d: d / "nope.txt", ["does not exist", "--data"]),
+    "a directory": (lambda d: d, ["directory", "--data"]),
+    "empty file": (lambda d: write(d / "empty.txt", b""), ["is empty"]),
+    "fewer than block_size + 2": (lambda d: write(d / "short.txt", "abcdefg"), ["7 characters", "block_size + 2 = 10"]),
+    "val split too small": (lambda d: write(d / "val.txt", "abcdefghij" * 6),
+                            ["validation split has 6 characters", "data.val_fraction"]),
+    "not UTF-8": (lambda d: write(d / "latin1.txt", "hello wörld".encode("latin-1") * 5), ["not UTF-8", "offset 7"]),
+}
+
+
+@pytest.mark.parametrize("row", DATA_ROWS)
+def test_bad_data(row, untouched, tmp_path, capsys):
+    make, expected = DATA_ROWS[row]
+    path = make(tmp_path)
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", untouched, "--data", path])
+    for text in expected + [str(path)] * (row != "val split too small"):
+        assert text in line
+
+
+def test_download_impossible(untouched, tmp_path, monkeypatch, capsys):
+    """No --data, no $JAXBIGRAM_DATA, nothing cached, no recorded file, and the download URL unreachable."""
+    monkeypatch.delenv("JAXBIGRAM_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXBIGRAM_DATA_URL", "http://127.0.0.1:9/input.txt")
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", tmp_path / "new"])
+    assert "could not download" in line and "--data" in line and "JAXBIGRAM_DATA" in line
+    assert not (tmp_path / "cache" / "jaxbigram" / "tinyshakespeare" / "input.txt").exists()
+
+
+def _other_text(tmp_path: Path, same_vocab: bool) -> Path:
+    text = Path(DATA).read_text(encoding="utf-8")
+    # the same characters in another order (same model shape, other data), or a lower-case excerpt (other vocabulary)
+    return write(tmp_path / "other.txt", text[::-1] if same_vocab else text[:20000].lower())
+
+
+@pytest.mark.parametrize("same_vocab", [False, True], ids=["other vocabulary", "other text same vocabulary"])
+def test_resume_with_other_corpus(same_vocab, untouched, tmp_path, capsys):
+    line = run_main(capsys, ["train", "--workdir", untouched, "--data", _other_text(tmp_path, same_vocab),
+                             "--steps", "300"])
+    assert "--fresh" in line
+    assert ("another vocabulary" in line) != same_vocab
+    assert ("other data" in line) == same_vocab
+
+
+# ----------------------------------------------------------------------------- config
+
+CONFIG_FILES = {
+    "unknown file": (None, ["does not exist", "--config", "presets: "]),
+    "TOML syntax error": ("[train]\nsteps = 10\nbatch_size = = 3\n", ["not valid TOML", "line 3"]),
+    "unknown section": ("[trian]\nsteps = 10\n", ["unknown config section [trian]", "did you mean 'train'"]),
+    "unknown key": ("[train]\nlearning_rat = 0.1\n", ["unknown config key train.learning_rat",
+                                                      "did you mean 'learning_rate'"]),
+    "wrong type": ("[train]\nbatch_size = \"big\"\n", ["train.batch_size must be an integer", "'big'"]),
+}
+
+
+@pytest.mark.parametrize("row", CONFIG_FILES)
+def test_bad_config_file(row, untouched, tmp_path, capsys):
+    text, expected = CONFIG_FILES[row]
+    path = tmp_path / "cfg.toml"
+    if text is not None:
+        path.write_text(text)
+    line = run_main(capsys, ["train", "--config", path, "--workdir", untouched, "--data", DATA])
+    for t in expected:
+        assert t in line
+
+
+@pytest.mark.parametrize("override", ["train.batch_size=0", "train.block_size=-1", "train.steps=0", "eval.iters=0",
+                                      "train.learning_rate=0", "train.learning_rate=-0.1"])
+def test_out_of_range(override, untouched, capsys):
+    key = override.split("=")[0]
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", untouched, "--data", DATA, "--set", override])
+    assert f"config key {key} must be" in line
+
+
+@pytest.mark.parametrize("flag", [["--set", "train.steps"], ["--set", "steps=3"], ["--steps", "0"],
+                                  ["--steps", "ten"]])
+def test_bad_override(flag, untouched, capsys):
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", untouched, "--data", DATA, *flag])
+    assert flag[0] in line
+    if flag == ["--set", "train.steps"]:
+        assert "section.key=value" in line
+
+
+# ----------------------------------------------------------------------------- sampling
+
+SAMPLE_ROWS = {
+    "temperature zero": (["--temperature", "0"], ["--temperature must be > 0"]),
+    "temperature negative": (["--temperature", "-1"], ["--temperature must be > 0"]),
+    "top-k below 1": (["--top-k", "0"], ["--top-k must be between 1 and the vocabulary size 65"]),
+    "top-k above vocab": (["--top-k", "66"], ["--top-k must be between 1 and the vocabulary size 65"]),
+    "top-p zero": (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
+    "negative max-new-tokens": (["--max-new-tokens", "-1"], ["--max-new-tokens must be >= 0"]),
+    "negative num-samples": (["--num-samples", "-2"], ["--num-samples must be >= "]),
+    "prompt outside vocab": (["--prompt", "Thé café €5"], ["'é', '€'", "stored in the checkpoint"]),
+    "empty prompt": (["--prompt", ""], ["the prompt is empty"]),
+    "step that does not exist": (["--step", "150"], ["no checkpoint for step 150", "available steps are 100, 200"]),
+}
+
+
+@pytest.mark.parametrize("row", SAMPLE_ROWS)
+def test_bad_sampling(row, untouched, capsys):
+    flags, expected = SAMPLE_ROWS[row]
+    line = run_main(capsys, ["sample", "--workdir", untouched, *flags])
+    for t in expected:
+        assert t in line
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@pytest.mark.parametrize("command", ["sample", "eval", "info", "plot"])
+def test_no_checkpoint(command, tmp_path, capsys):
+    line = run_main(capsys, [command, "--workdir", tmp_path / "never-trained"])
+    assert "no checkpoint in" in line and "train" in line
+    assert not (tmp_path / "never-trained").exists()  # reading never creates a workdir
+
+
+@pytest.fixture
+def damaged(tiny_workdir_copy):
+    """A copy of the tiny run whose latest step (200) has every array data file truncated to half.
+
+    (All of them: which file holds the params, the only arrays sample/eval read, differs from run to run.)
+    """
+    files = [p for p in (tiny_workdir_copy / "checkpoints" / "200" / "state").rglob("*")
+             if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        os.truncate(path, path.stat().st_size // 2)
+    return tiny_workdir_copy
 
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
-def test_sample_or_eval_without_a_checkpoint(run_cli, tmp_path, command):
-    workdir = tmp_path / "empty_run"
-    proc = run_cli(command, "--workdir", workdir)
-    assert_usage_error(proc, "no checkpoint", "train")
-    assert not workdir.exists()  # reading never creates a workdir
+def test_corrupted_checkpoint(command, damaged, capsys):
+    before = snapshot(damaged)
+    line = run_main(capsys, [command, "--workdir", damaged])
+    assert "checkpoint step 200" in line and "truncated or corrupted" in line
+    assert "--step" in line and "available: 100" in line
+    assert snapshot(damaged) == before
+    assert main([command, "--workdir", str(damaged), "--step", "100"]) == 0  # and the advice works
+
+
+def test_checksum_mismatch_is_reported(tiny_workdir_copy, capsys):
+    """A changed array that still parses is caught by the CRC32 stored in the metadata, not silently loaded."""
+    meta_file = tiny_workdir_copy / "checkpoints" / "200" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    key = next(k for k in meta["checksums"] if k.startswith("params/"))
+    meta["checksums"][key] ^= 1
+    meta_file.write_text(json.dumps(meta))
+    line = run_main(capsys, ["sample", "--workdir", tiny_workdir_copy])
+    assert "checkpoint step 200" in line and f"checksum mismatch in {key}" in line
+
+
+def test_eval_on_text_with_characters_the_model_never_saw(untouched, tmp_path, capsys):
+    other = write(tmp_path / "other.txt", "héllo wörld\n" * 50)
+    line = run_main(capsys, ["eval", "--workdir", untouched, "--data", other])
+    assert "2 characters outside the checkpoint's vocabulary" in line and "'é'" in line and "'ö'" in line
+
+
+@pytest.mark.parametrize("kind", ["under a regular file", "is a file"])
+def test_workdir_not_writable(kind, tmp_path, capsys):
+    blocker = write(tmp_path / "file", "x")
+    workdir = blocker / "run" if kind == "under a regular file" else blocker
+    line = run_main(capsys, ["train", "--config", TINY, "--data", DATA, "--workdir", workdir])
+    assert str(workdir) in line and ("not writable" in line if kind == "under a regular file" else "is a file" in line)
+    assert blocker.read_text() == "x"
+
+
+def test_a_second_train_in_a_busy_workdir_is_refused(untouched, capsys):
+    """While one `train` holds the workdir, another is refused (they would clean up each other's saves)."""
+    with workdir_lib.exclusive(untouched):
+        line = run_main(capsys, ["train", "--workdir", untouched, "--steps", "300"])
+        assert "another `train` is running in" in line and "--workdir" in line
+
+
+def test_unknown_platform(untouched, capsys):
+    line = run_main(capsys, ["train", "--workdir", untouched, "--platform", "quantum"])
+    assert "unknown --platform 'quantum'" in line and "cpu, gpu or tpu" in line
+
+
+# ----------------------------------------------------------------------------- a few for real, through run.py
+
+@pytest.mark.parametrize("case", ["unavailable platform", "unavailable gpu", "corrupted checkpoint", "set without =",
+                                  "missing data"])
+def test_subprocess(case, run_cli, untouched, damaged, tmp_path):
+    argv = {
+        "unavailable platform": ["train", "--workdir", untouched, "--platform", "tpu"],
+        "unavailable gpu": ["sample", "--workdir", untouched, "--platform", "gpu"],  # tries cuda, then rocm
+        "corrupted checkpoint": ["sample", "--workdir", damaged],
+        "set without =": ["train", "--workdir", untouched, "--set", "train.learning_rate"],
+        "missing data": ["train", "--config", TINY, "--workdir", untouched, "--data", tmp_path / "missing.txt"],
+    }[case]
+    line = assert_usage_error(run_cli(*argv, timeout=120))
+    if case.startswith("unavailable"):
+        platform = "tpu" if case == "unavailable platform" else "gpu"
+        assert f"platform '{platform}' is not available" in line and "--platform cpu" in line
