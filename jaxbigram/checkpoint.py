@@ -48,6 +48,8 @@ class Store:
         if self._manager is None:
             if not self.read_only:
                 shutil.rmtree(self.directory / TRASH, ignore_errors=True)  # a deletion a kill interrupted
+                for doomed in self.workdir.glob(".checkpoints-deleting-*"):  # a --fresh a kill interrupted
+                    shutil.rmtree(doomed, ignore_errors=True)
             preservation = policies.AnyPreservationPolicy([
                 policies.LatestN(n=self.keep),
                 policies.BestN(get_metric_fn=lambda metrics: -metrics["val_loss"], n=1,
