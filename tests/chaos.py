@@ -1,8 +1,8 @@
 """Chaos test for crash-safe training: ``kill -9`` a ``train`` run N times at random moments, resume each time, and
 check that the final parameters are bit-identical to an uninterrupted run with the same config and seed.
 
-    python scripts/chaos.py                 # 20 kills (default), tiny config, tinyshakespeare from $JAXBIGRAM_DATA
-    python scripts/chaos.py --kills 5 --steps 1500 --seed 3
+    python tests/chaos.py                 # 20 kills (default), tiny config, tinyshakespeare from $JAXBIGRAM_DATA
+    python tests/chaos.py --kills 5 --steps 1500 --seed 3
 
 Each round starts ``python run.py train`` in the same workdir, waits until the run says where it starts
 ("resuming from step S", or "step 0:" on a fresh start) and checks S is the newest complete checkpoint on disk, then
@@ -111,7 +111,7 @@ class _Run:
 
 
 def _command(workdir: Path, data: str, steps: int, seed: int, fresh: bool) -> list[str]:
-    argv = [sys.executable, str(ROOT / "run.py"), "train", "--config", str(ROOT / "configs" / "tiny.toml"),
+    argv = [sys.executable, str(ROOT / "run.py"), "train", "--config", "tiny",
             "--data", data, "--workdir", str(workdir), "--steps", str(steps), "--seed", str(seed)]
     for item in OVERRIDES:
         argv += ["--set", item]
@@ -142,17 +142,17 @@ def inspect_leftovers(workdir: Path) -> dict:
 def intact_steps(workdir: Path) -> tuple[list[int], list[int]]:
     """(steps listed, steps that fail to restore) — every listed step is restored and checksum-verified."""
     from jaxbigram.checkpoint import Store
-    from jaxbigram.errors import UsageError
+    from jaxbigram.errors import CheckpointError
 
     if not (workdir / "checkpoints").is_dir():
         return [], []
-    store = Store(workdir, create=False)
+    store = Store(workdir, read_only=True)
     steps, broken = store.steps(), []
     for step in steps:
         try:
             store.restore_params(step)
             store.read_meta(step)
-        except UsageError:
+        except CheckpointError:
             broken.append(step)
     store.close()
     return steps, broken
@@ -166,7 +166,7 @@ def final_state(workdir: Path, step: int):
     from jaxbigram.checkpoint import Store, _leaf_name
     import jax
 
-    store = Store(workdir, create=False)
+    store = Store(workdir, read_only=True)
     restored = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     store.close()
     return {_leaf_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(restored.state)[0]}
