@@ -10,7 +10,9 @@ damaged or incompatible step is the resume logic's business (``workdir.py``), no
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -27,6 +29,7 @@ from .errors import CheckpointError, ResourceError
 
 TRASH = "_trash"  # orbax renames the steps it drops here (one atomic rename), then we empty it
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the names of orbax's half-written step directories
+METRICS = "metrics"  # orbax's per-step metrics: <step>/metrics/metrics
 
 
 class Store:
@@ -35,34 +38,62 @@ class Store:
     ``read_only`` stores (sample, eval, info, plot) never write, delete or clean anything.
     """
 
-    def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False):
+    def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False, log=None):
         self.workdir = Path(workdir).expanduser().absolute()
         self.directory = self.workdir / "checkpoints"
         self.keep = keep
         self.read_only = read_only
+        self.log = log or (lambda message: None)
         self._manager = None
         _quiet_orbax_orphans()
 
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
-            if not self.read_only:
+            if self.read_only:  # readers never delete: no keep policy, so orbax never reads the per-step metrics
+                options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False,
+                                                       enable_async_checkpointing=False, lightweight_initialize=True)
+            else:
                 shutil.rmtree(self.directory / TRASH, ignore_errors=True)  # a deletion a kill interrupted
                 for doomed in self.workdir.glob(".checkpoints-deleting-*"):  # a --fresh a kill interrupted
                     shutil.rmtree(doomed, ignore_errors=True)
-            preservation = policies.AnyPreservationPolicy([
-                policies.LatestN(n=self.keep),
-                policies.BestN(get_metric_fn=lambda metrics: -metrics["val_loss"], n=1,
-                               keep_checkpoints_without_metrics=False),
-            ])
-            # best_fn only makes orbax write the metrics to disk, so BestN still knows them after a restart.
-            options = ocp.CheckpointManagerOptions(
-                preservation_policy=preservation, best_fn=lambda metrics: metrics["val_loss"], best_mode="min",
-                create=not self.read_only, cleanup_tmp_directories=not self.read_only,
-                todelete_subdir=TRASH, enable_async_checkpointing=False)
+                self._repair_metrics()
+                preservation = policies.AnyPreservationPolicy([
+                    policies.LatestN(n=self.keep),
+                    policies.BestN(get_metric_fn=lambda metrics: -_val_loss(metrics), n=1,
+                                   keep_checkpoints_without_metrics=False),
+                ])
+                # best_fn only makes orbax write the metrics to disk, so BestN still knows them after a restart.
+                options = ocp.CheckpointManagerOptions(
+                    preservation_policy=preservation, best_fn=_val_loss, best_mode="min", create=True,
+                    cleanup_tmp_directories=True, todelete_subdir=TRASH, enable_async_checkpointing=False)
             handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         return self._manager
+
+    def _repair_metrics(self) -> None:
+        """Orbax keeps each step's val loss in ``<step>/metrics/metrics`` (for the keep-the-best policy) and fails to
+        start on one it cannot parse. The metadata holds the same number: rewrite a damaged file from it, or drop the
+        file (the step is then kept by recency only)."""
+        for metrics_dir in self.directory.glob(f"[0-9]*/{METRICS}"):
+            try:
+                if math.isfinite(_val_loss(json.loads((metrics_dir / METRICS).read_text()))):
+                    continue
+            except (OSError, ValueError, TypeError, KeyError):
+                pass
+            step = metrics_dir.parent.name
+            try:
+                meta = json.loads((metrics_dir.parent / "meta" / "metadata").read_text())
+                repaired = {"val_loss": float(meta["last_eval"]["val_loss"])}
+                tmp = metrics_dir / f"{METRICS}.tmp"
+                tmp.write_text(json.dumps(repaired))
+                os.replace(tmp, metrics_dir / METRICS)
+                self.log(f"warning: checkpoint step {step}: its metrics file was damaged; rewrote it from the "
+                         f"step's metadata")
+            except (OSError, ValueError, TypeError, KeyError):
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+                self.log(f"warning: checkpoint step {step}: its metrics file was damaged; removed it (the step is "
+                         f"kept by recency only)")
 
     def steps(self) -> list[int]:
         """Finished steps, oldest first (half-written temp directories are not steps)."""
@@ -72,8 +103,7 @@ class Store:
 
     def reload(self) -> None:
         """Re-read the directory (after a step was moved away, or another process saved)."""
-        if self._manager is not None:
-            self._manager.reload()
+        self.close()  # the manager is made again on next use (orbax's own reload reads every step's metrics)
 
     def save(self, step: int, state, meta: dict, val_loss: float) -> None:
         """Write one checkpoint atomically; a step already saved is left as it is.
@@ -156,6 +186,12 @@ class Store:
             self._manager = None
 
 
+def _val_loss(metrics) -> float:
+    """The val loss orbax stored for a step; +inf (never the best) when there is none."""
+    value = metrics.get("val_loss") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
 def _listing(steps) -> str:
     return ", ".join(map(str, steps))
 
@@ -197,6 +233,7 @@ def _quiet_orbax_orphans() -> None:
 
     hook._quiets_orbax = True
     sys.unraisablehook = hook
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's warnings about a damaged step: we say it in one line
     logging.getLogger("asyncio").addFilter(
         lambda record: not (record.exc_info and _from_orbax(record.exc_info[2], None)))
 

@@ -260,7 +260,7 @@ def cmd_info(args) -> int:
     from .evaluate import run_info
 
     _check_paths(args, "--workdir")
-    info = run_info(args.workdir)
+    info = run_info(args.workdir, warn=_log)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -289,7 +289,7 @@ def cmd_plot(args) -> int:
     from .plot import make_plots
 
     _check_paths(args, "--workdir", "--out")
-    for path in make_plots(args.workdir, args.out, args.step):
+    for path in make_plots(args.workdir, args.out, args.step, warn=_log):
         print(path)
     return 0
 

@@ -84,6 +84,8 @@ MESSAGES = {
     # platform
     "platform_unknown": "unknown --platform {got!r}: choose cpu, gpu or tpu",
     "platform_unavailable": "platform {got!r} is not available on this machine ({reason}): use --platform cpu or install the matching jax plugin",
+    "plot_out_is_file": "--out {out} is a file: pass a folder for the PNGs with --out DIR",
+    "plot_out_unwritable": "cannot write the PNGs into {out} ({reason}): pass a writable folder with --out DIR",
     "extra_missing": "{what} needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
 }
 

@@ -110,7 +110,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, data: str 
     return report
 
 
-def run_info(workdir: str | Path) -> dict:
+def run_info(workdir: str | Path, warn=None) -> dict:
     """Everything a user wants to know about a run, from its checkpoints (and its metrics log) alone."""
     store = Store(workdir, read_only=True)
     try:
@@ -133,13 +133,13 @@ def run_info(workdir: str | Path) -> dict:
             "best_step": best_step, "model": ckpt_model.kind, "num_params": latest.get("num_params"),
             "vocab_size": latest["vocab_size"], "vocab": latest["vocab"],
             "data": latest["data"], "config": latest["config"], "exact": latest.get("exact"),
-            "metrics": metrics_summary(store.workdir)}
+            "metrics": metrics_summary(store.workdir, warn)}
 
 
-def metrics_summary(workdir: str | Path) -> dict | None:
+def metrics_summary(workdir: str | Path, warn=None) -> dict | None:
     """Evals logged in ``metrics.jsonl`` and the best val estimate among them (any step, checkpointed or not)."""
     path = Path(workdir) / progress.METRICS_FILE
-    rows = progress.read_metrics(path)
+    rows = progress.read_metrics(path, warn)
     if not rows:
         return None
     best = min(rows, key=lambda r: r["val_loss"])
@@ -147,9 +147,9 @@ def metrics_summary(workdir: str | Path) -> dict | None:
             "best_val_loss": best["val_loss"], "best_step": best["step"]}
 
 
-def loss_rows(workdir: str | Path, meta: dict, up_to: int) -> list[dict]:
+def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[dict]:
     """The eval rows of a run up to step ``up_to``: the metrics log, else the checkpoint's own history."""
-    rows = progress.read_metrics(Path(workdir) / progress.METRICS_FILE) or meta.get("history", [])
+    rows = progress.read_metrics(Path(workdir) / progress.METRICS_FILE, warn) or meta.get("history", [])
     return [r for r in rows if r["step"] <= up_to]
 
 

@@ -7,6 +7,7 @@ only ``plot_losses`` / ``plot_bigram`` / ``make_plots`` draw.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -90,9 +91,10 @@ def plot_losses(curves: dict, path: str | Path, *, optimum: float | None = None,
     if zoom:
         axes[0][1].set_title("zoom: after the first eval")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def plot_bigram(probs: np.ndarray, chars, path: str | Path, *, title: str = "learned bigram") -> Path:
@@ -117,19 +119,40 @@ def plot_bigram(probs: np.ndarray, chars, path: str | Path, *, title: str = "lea
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="P(next | current)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _writable_folder(out: Path) -> Path:
+    """``out``, created if needed; one line if it is a file or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise UsageError("plot_out_is_file", out=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError("plot_out_unwritable", out=out, reason=e.strerror or str(e)) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError("plot_out_unwritable", out=out, reason="permission denied")
+    return out
+
+
+def _save(fig, path) -> Path:
+    try:
+        fig.savefig(path)
+    except OSError as e:
+        raise UsageError("plot_out_unwritable", out=Path(path).parent, reason=e.strerror or str(e)) from None
     return Path(path)
 
 
-def make_plots(workdir: str | Path, out: str | Path | None = None, step: int | None = None) -> list[Path]:
+def make_plots(workdir: str | Path, out: str | Path | None = None, step: int | None = None, warn=None) -> list[Path]:
     """Write ``loss.png`` (any model) and, for a bigram, ``bigram.png`` for a run into ``out`` (default: the
     workdir); returns their paths."""
     _pyplot()  # fail early, before any loading, when matplotlib is missing
     ckpt = load_checkpoint(workdir, step)
-    out = Path(out) if out is not None else ckpt.workdir
-    out.mkdir(parents=True, exist_ok=True)
-    rows = loss_rows(ckpt.workdir, ckpt.meta, ckpt.step)
+    out = _writable_folder(Path(out) if out is not None else ckpt.workdir)
+    rows = loss_rows(ckpt.workdir, ckpt.meta, ckpt.step, warn)
     exact = ckpt.meta.get("exact") or {}
     t = ckpt.meta["config"]["train"]
     run = f"{ckpt.model.kind}, batch {t['batch_size']}×{t['block_size']}, lr {t['learning_rate']:g} {t['lr_schedule']}"

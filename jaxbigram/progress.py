@@ -22,64 +22,115 @@ PLAIN_EVERY_S = 30.0  # without a terminal: a plain line at each eval, and at le
 
 # ----------------------------------------------------------------------------- metrics.jsonl
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics file in order; a torn last line (a run killed mid-write) is skipped."""
-    rows = []
+def is_eval_row(row) -> bool:
+    """An eval row: an int step and finite train and val losses (anything else is a damaged line)."""
+    return (isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool)
+            and all(isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                    and math.isfinite(row[k]) for k in ("train_loss", "val_loss")))
+
+
+def read_metrics(path: str | Path, warn=None) -> list[dict]:
+    """The eval rows of a metrics file in order. The log is a convenience: a damaged line (torn by a kill, garbage,
+    a missing or null loss) is skipped, and anything that is not a readable regular file reads as no rows; ``warn``
+    (if given) gets one line saying so."""
+    path = Path(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return rows
+        if not path.exists():
+            return []
+        if not path.is_file():
+            raise IsADirectoryError(f"{path} is not a regular file")
+        lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+    except OSError as e:
+        if warn is not None:
+            warn(f"warning: cannot read {path} ({e.strerror or e}); the metrics log is ignored")
+        return []
+    rows, skipped = [], 0
     for line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
+        except ValueError:
+            row = None
+        if is_eval_row(row):
             rows.append(row)
+        elif line.strip():
+            skipped += 1
+    if skipped and warn is not None:
+        warn(f"warning: skipped {skipped} damaged line(s) of {path}")
     return rows
 
 
 class MetricsLog:
     """``<workdir>/metrics.jsonl``: one JSON object per eval, steps strictly increasing, never a duplicate step.
 
-    On resume from step ``s``, rows past ``s`` (logged by a run killed after its last checkpoint) are dropped, so
-    the steps that get trained again are logged once. Without a resume (a fresh run), the file starts empty.
+    On resume from step ``s`` the log keeps its rows up to ``s`` (rows past it were logged by a run killed after its
+    last checkpoint: those steps are trained again), completed from ``history`` (the checkpoint's own evals), so a
+    damaged log is rewritten whole. Without a resume (a fresh run) it starts empty, but only once ``start()`` is
+    called: ``fit`` does that when the new run writes its first checkpoint, so a ``--fresh`` run that fails early
+    leaves the old log as it was. A path that is not a regular file (a directory, say) disables the log, with a
+    warning: it is never a reason to stop training.
     """
 
-    def __init__(self, path: str | Path, resumed_step: int | None):
+    def __init__(self, path: str | Path, resumed_step: int | None, history=(), warn=None):
         self.path = Path(path)
-        existing = read_metrics(self.path)
-        kept = [r for r in existing if resumed_step is not None and r["step"] <= resumed_step]
-        kept = list({r["step"]: r for r in kept}.values())  # one row per step, first position, last value
-        if kept != existing or not self._ends_cleanly():
-            self._rewrite(kept)  # untouched when nothing changes: a refused resume leaves the file as it was
-        self.steps = {r["step"] for r in kept}
+        self.warn = warn or (lambda message: None)
+        self.disabled = self.path.exists() and not self.path.is_file()
+        if self.disabled:
+            self.warn(f"warning: {self.path} is not a regular file: this run's evals are not logged there")
+        existing = [] if self.disabled else read_metrics(self.path, self.warn)
+        kept = {r["step"]: r for r in existing if resumed_step is not None and r["step"] <= resumed_step}
+        for row in history if resumed_step is not None else ():
+            if is_eval_row(row) and row["step"] <= resumed_step:
+                kept.setdefault(row["step"], row)
+        self.rows = [kept[s] for s in sorted(kept)]
+        self.started = resumed_step is not None
+        self._dirty = self.rows != existing or not self._ends_cleanly()
+        if self.started:
+            self._sync()
+        self.steps = {r["step"] for r in self.rows}
         self.last_step = max(self.steps, default=None)
-        self.wall_offset = float(kept[-1].get("wall_s") or 0.0) if kept else 0.0
+        self.wall_offset = float(self.rows[-1].get("wall_s") or 0.0) if self.rows else 0.0
+
+    def start(self) -> None:
+        """Begin writing (a fresh run: the old log is replaced by this run's rows so far)."""
+        if not self.started:
+            self.started, self._dirty = True, True
+            self._sync()
 
     def _ends_cleanly(self) -> bool:
         """False when the last line was cut short (a kill mid-append)."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        if self.disabled or not self.path.exists() or self.path.stat().st_size == 0:
             return True
         with self.path.open("rb") as f:
             f.seek(-1, os.SEEK_END)
             return f.read(1) == b"\n"
 
-    def _rewrite(self, rows: list[dict]) -> None:
-        if not rows and not self.path.exists():
+    def _sync(self) -> None:
+        """Rewrite the file as ``rows`` when it differs (untouched otherwise: a refused resume leaves it as it was)."""
+        if self.disabled or not self._dirty or (not self.rows and not self.path.exists()):
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            self.disabled = True
+            self.warn(f"warning: cannot write {self.path} ({e.strerror or e}): this run's evals are not logged")
+        self._dirty = False
 
     def append(self, row: dict) -> bool:
-        """Append ``row`` unless its step is already logged (or older than the last); returns whether it was."""
+        """Log ``row`` unless its step is already logged (or older than the last); returns whether it was."""
         if row["step"] in self.steps or (self.last_step is not None and row["step"] < self.last_step):
             return False
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        self.rows.append(row)
         self.steps.add(row["step"])
         self.last_step = row["step"]
+        if self.started and not self.disabled:
+            try:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                self.disabled = True
+                self.warn(f"warning: cannot write {self.path} ({e.strerror or e}): this run's evals are not logged")
         return True
 
 
@@ -107,7 +158,7 @@ class Reporter:
     """
 
     def __init__(self, *, start_step: int, total_steps: int, resumed: bool, metrics_path: str | Path | None = None,
-                 lr_fn=None, out=None, err=None, bar: bool | None = None, enabled: bool = True,
+                 history=(), lr_fn=None, out=None, err=None, bar: bool | None = None, enabled: bool = True,
                  plain_every_s: float = PLAIN_EVERY_S, clock=time.perf_counter):
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
@@ -118,7 +169,9 @@ class Reporter:
         self.clock = clock
         self.plain_every_s = plain_every_s
         self.use_bar = (_isatty(self.err) if bar is None else bar) and enabled
-        self.metrics = MetricsLog(metrics_path, start_step if resumed else None) if metrics_path and enabled else None
+        self.metrics = (MetricsLog(metrics_path, start_step if resumed else None, history,
+                                   lambda message: print(message, file=self.err, flush=True))
+                        if metrics_path and enabled else None)
         self.train_loss = None  # mean loss of the last chunk
         self.last_eval: dict | None = None
         self._bar = None

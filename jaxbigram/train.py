@@ -232,7 +232,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     if resumed is not None:
         saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
         state = state.replace(step=jnp.asarray(state.step, jnp.int32))
-        history = list(saved.get("history", []))
+        history = [h for h in saved.get("history") or [] if progress.is_eval_row(h)]
         log(f"resuming from step {int(state.step)} in {store.directory}")
     else:  # a new run: only now allocate the (possibly V×V×3) state
         state = dp.replicate(create_train_state(keys["init"], model, tcfg))
@@ -244,7 +244,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     if reporter is None:
         lr = jax.jit(learning_rate_schedule(tcfg))
         reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
-                                     metrics_path=store.workdir / progress.METRICS_FILE, lr_fn=lambda s: float(lr(s)),
+                                     metrics_path=store.workdir / progress.METRICS_FILE, history=history,
+                                     lr_fn=lambda s: float(lr(s)),
                                      out=out, err=err, enabled=parallel.is_primary())
     train_data, val_data = dp.replicate((train_np, val_np))
     sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)
@@ -267,6 +268,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
                 if stale:  # --fresh: the old run goes only now, when the new one writes its first step
                     store.clear()
                     stale = False
+                if reporter.metrics is not None:
+                    reporter.metrics.start()  # a new run's log replaces the old one from its first checkpoint
                 store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
                                          **({"exact": report} if report else {})}, val_loss=last["val_loss"])
             if done:
@@ -301,7 +304,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     workdir_lib.ensure_writable(Path(workdir))
     workdir = Path(workdir).expanduser().absolute()
     with workdir_lib.exclusive(workdir, parallel.is_primary()):
-        probe = Store(workdir)
+        probe = Store(workdir, log=log)
         try:
             saved = None if fresh else workdir_lib.newest_meta(probe, log)
         finally:
@@ -314,7 +317,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
             f"vocab {corpus.tokenizer.vocab_size}, sha256 {corpus.sha256[:12]}…)")
         if corpus.bom_stripped:
             log("note: removed the UTF-8 byte-order mark at the start of the text (it is not a character)")
-        store = Store(workdir, keep=cfg.checkpoint.keep)
+        store = Store(workdir, keep=cfg.checkpoint.keep, log=log)
         try:
             return fit(cfg, corpus, store, fresh=fresh, out=out, err=err)
         finally:
