@@ -68,6 +68,7 @@ MESSAGES = {
     "workdir_not_writable": "workdir {workdir} is not writable ({reason}): pass a writable --workdir",
     "workdir_busy": "another `train` is running in {workdir}: wait for it, stop it (Ctrl-C saves a checkpoint), or pass another --workdir",
     "workdir_empty": "--workdir is empty: name a folder for the run, for example --workdir runs/default",
+    "workdir_foreign": "workdir {workdir} holds what this program did not write ({what}): nothing was changed there; pass another --workdir",
     "workdir_is_file": "workdir {workdir} is a file: pass a directory with --workdir",
     # training
     "disk_full": "no space left on device while saving step {step} in {directory}: free space and run the same command to resume from {resume} (the earlier checkpoints are intact)",

@@ -304,6 +304,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     workdir_lib.ensure_writable(Path(workdir))
     workdir = Path(workdir).expanduser().absolute()
     with workdir_lib.exclusive(workdir, parallel.is_primary()):
+        workdir_lib.check_ours(workdir, fresh)
         probe = Store(workdir, log=log)
         try:
             saved = None if fresh else workdir_lib.newest_meta(probe, log)

@@ -39,6 +39,22 @@ def ensure_writable(workdir: Path) -> None:
                          reason="read-only file system" if read_only else "permission denied")
 
 
+def check_ours(workdir: Path, fresh: bool) -> None:
+    """Refuse a workdir holding things another program wrote, which a run would overwrite, move or delete: a step
+    folder under ``checkpoints/`` that is not a jaxbigram checkpoint (one has ``state/`` and ``meta/``), or a
+    ``metrics.jsonl`` with no checkpoints beside it (a run writes its log only from its first checkpoint on) unless
+    ``fresh`` says to replace it."""
+    folder = workdir / "checkpoints"
+    steps = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    foreign = [p for p in steps if p.is_dir() and not ((p / "state").exists() or (p / "meta").exists())]
+    foreign += [p for p in steps if not p.is_dir()]
+    if foreign:
+        raise UsageError("workdir_foreign", workdir=workdir, what=f"{foreign[0]} is not a jaxbigram checkpoint")
+    if not steps and (workdir / "metrics.jsonl").exists() and not fresh:
+        raise UsageError("workdir_foreign", workdir=workdir,
+                         what="a metrics.jsonl but no checkpoints (pass --fresh to replace it)")
+
+
 @contextlib.contextmanager
 def exclusive(workdir: Path, primary: bool = True):
     """Hold ``<workdir>/.train.lock`` (an OS lock, released even on kill -9) so two ``train`` runs never share a
