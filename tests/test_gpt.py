@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,10 @@ from jaxbigram.models.gpt import GPT, GPTModule, num_params
 
 V = 11
 TINY = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16)
+# the model is hashable: jit its pure methods with the model static (eager flax is slow); caches shared by the tests
+_logits = jax.jit(GPT.logits, static_argnums=0)
+_loss = jax.jit(GPT.loss, static_argnums=0)
+_init = jax.jit(GPT.init, static_argnums=0)
 
 
 def _spread(params, key, scale=0.3):
@@ -28,7 +33,7 @@ def _spread(params, key, scale=0.3):
 
 @pytest.fixture(scope="module")
 def tiny_params():
-    return _spread(TINY.init(jax.random.key(0)), jax.random.key(1))
+    return _spread(_init(TINY, jax.random.key(0)), jax.random.key(1))
 
 
 # ----------------------------------------------------------------------------- the forward pass
@@ -38,8 +43,8 @@ def test_interface(tiny_params):
     assert hash(TINY) == hash(GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16))
     assert isinstance(TINY.module(), GPTModule)
     x = jnp.zeros((3, 5), jnp.int32)
-    assert TINY.logits(tiny_params, x).shape == (3, 5, V) and TINY.logits(tiny_params, x).dtype == jnp.float32
-    loss = jax.jit(TINY.loss)(tiny_params, x, x)
+    assert _logits(TINY, tiny_params, x).shape == (3, 5, V) and _logits(TINY, tiny_params, x).dtype == jnp.float32
+    loss = _loss(TINY, tiny_params, x, x)
     assert loss.shape == () and loss.dtype == jnp.float32
     assert TINY.num_params(tiny_params) == num_params(tiny_params) == sum(
         p.size for p in jax.tree.leaves(tiny_params))
@@ -48,11 +53,11 @@ def test_interface(tiny_params):
 def test_causal(tiny_params):
     rng = np.random.default_rng(0)
     x = rng.integers(0, V, (2, 8))
-    base = np.asarray(TINY.logits(tiny_params, x))
+    base = np.asarray(_logits(TINY, tiny_params, x))
     for t in range(7):
         changed = x.copy()
         changed[:, t + 1:] = rng.integers(0, V, (2, 7 - t))
-        got = np.asarray(TINY.logits(tiny_params, changed))
+        got = np.asarray(_logits(TINY, tiny_params, changed))
         np.testing.assert_allclose(got[:, :t + 1], base[:, :t + 1], atol=1e-6)
         assert not np.allclose(got[:, t + 1:], base[:, t + 1:])  # later positions do see the change
 
@@ -61,24 +66,24 @@ def test_dropout_loss(tiny_params):
     model = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.2)
     x = jax.random.randint(jax.random.key(2), (4, 8), 0, V)
     y = jnp.roll(x, -1, axis=1)
-    loss = jax.jit(model.loss)
+    loss = partial(_loss, model)
     assert float(loss(tiny_params, x, y)) == float(loss(tiny_params, x, y))  # no key: deterministic
-    np.testing.assert_allclose(loss(tiny_params, x, y), TINY.loss(tiny_params, x, y), rtol=1e-6)
+    np.testing.assert_allclose(loss(tiny_params, x, y), _loss(TINY, tiny_params, x, y), rtol=1e-6)
     k1, k2 = jax.random.key(3), jax.random.key(4)
     assert float(loss(tiny_params, x, y, k1)) != float(loss(tiny_params, x, y))
     assert float(loss(tiny_params, x, y, k1)) == float(loss(tiny_params, x, y, k1))
     assert float(loss(tiny_params, x, y, k1)) != float(loss(tiny_params, x, y, k2))
     # the explicit-softmax attention path (taken only with dropout) equals jax.nn.dot_product_attention's
     almost_none = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=1e-12)
-    np.testing.assert_allclose(almost_none.loss(tiny_params, x, y, k1), TINY.loss(tiny_params, x, y), rtol=1e-5)
+    np.testing.assert_allclose(_loss(almost_none, tiny_params, x, y, k1), _loss(TINY, tiny_params, x, y), rtol=1e-5)
 
 
 def test_bfloat16_close(tiny_params):
     x = jax.random.randint(jax.random.key(5), (4, 8), 0, V)
     y = jnp.roll(x, -1, axis=1)
     bf16 = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16, dtype="bfloat16")
-    f32_loss, bf16_loss = float(TINY.loss(tiny_params, x, y)), float(bf16.loss(tiny_params, x, y))
-    assert bf16.logits(tiny_params, x).dtype == jnp.float32
+    f32_loss, bf16_loss = float(_loss(TINY, tiny_params, x, y)), float(_loss(bf16, tiny_params, x, y))
+    assert _logits(bf16, tiny_params, x).dtype == jnp.float32
     assert abs(bf16_loss - f32_loss) < 0.02 * f32_loss
 
 
@@ -87,7 +92,7 @@ def test_gradient_matches_finite_differences(tiny_params):
     x = jax.random.randint(jax.random.key(6), (2, 8), 0, V)
     y = jnp.roll(x, -1, axis=1)
     f = jax.jit(lambda p: TINY.loss(p, x, y))
-    grad = jax.grad(TINY.loss)(tiny_params, x, y)
+    grad = jax.jit(jax.grad(TINY.loss))(tiny_params, x, y)
     eps = 1e-2
     for seed in range(3):
         d = _spread(tiny_params, jax.random.key(100 + seed), scale=1.0)
@@ -104,7 +109,7 @@ def test_gradient_matches_finite_differences(tiny_params):
 
 def test_init_statistics():
     model = GPT(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_embd=64)
-    params = model.init(jax.random.key(0))
+    params = _init(model, jax.random.key(0))
     resid = 0.02 / math.sqrt(2 * model.n_layer)
     for i in range(model.n_layer):
         block = params[f"blocks_{i}"]
@@ -142,7 +147,7 @@ def test_split_loss_matches_windowed_reference(tiny_params):
         for start in range(0, length - 1, 8):
             x = ids[start:min(start + 8, length - 1)].astype(np.int32)
             y = ids[start + 1:start + 1 + len(x)].astype(np.int64)
-            z = np.asarray(TINY.logits(tiny_params, x[None]), np.float64)[0]
+            z = np.asarray(_logits(TINY, tiny_params, x[None]), np.float64)[0]
             z = z - z.max(-1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
             nll.extend(-logp[np.arange(len(y)), y])
@@ -174,11 +179,10 @@ def _np_next(logits, u, temperature, top_k, top_p):
 
 def _reference_sample(model, params, key, prompt, n_new, num_samples, temperature=1.0, top_k=0, top_p=1.0):
     """The lecture's loop: crop to the last block_size ids, run the whole model, sample the last position."""
-    logits_fn = jax.jit(model.logits)
     u = np.asarray(_uniforms(key, num_samples, 0, n_new))
     seq = np.tile(np.asarray(prompt, np.int32), (num_samples, 1))
     for i in range(n_new):
-        last = np.asarray(logits_fn(params, seq[:, -model.block_size:]))[:, -1]
+        last = np.asarray(_logits(model, params, seq[:, -model.block_size:]))[:, -1]
         seq = np.concatenate([seq, _np_next(last, u[i], temperature, top_k, top_p)[:, None].astype(np.int32)], 1)
     return seq[:, len(prompt):]
 
@@ -201,7 +205,7 @@ def test_stream_chunks_equal_one_call(tiny_params):
     key = jax.random.key(8)
     prompt = [1, 2, 3]
     whole = np.asarray(TINY.sample(tiny_params, key, prompt, 40, num_samples=2, top_k=5))
-    for chunk in (1, 7):
+    for chunk in (5,):
         parts = [np.asarray(p) for p in TINY.sample_stream(tiny_params, key, prompt, 40, top_k=5, num_samples=2,
                                                             chunk=chunk)]
         assert all(p.shape[1] <= chunk for p in parts)
@@ -214,6 +218,18 @@ def test_stream_chunks_equal_one_call(tiny_params):
         next(TINY.sample_stream(tiny_params, key, [], 5))
 
 
+def test_chunk_uniforms_equal_generate_uniforms():
+    """The sampler's per-block host cache of uniforms reproduces generate._uniforms, across a block boundary."""
+    from jaxbigram.generate import SAMPLE_BLOCK
+    from jaxbigram.models.gpt import _Uniforms
+
+    key, total = jax.random.key(10), SAMPLE_BLOCK + 300
+    want = np.asarray(_uniforms(key, 2, 0, total))
+    source = _Uniforms(key, 2, total)
+    got = np.concatenate([source.take(start, min(1000, total - start)) for start in range(0, total, 1000)])
+    np.testing.assert_array_equal(got, want)
+
+
 # ----------------------------------------------------------------------------- training sanity
 
 def test_short_training_beats_bigram_optimum(corpus):
@@ -221,7 +237,7 @@ def test_short_training_beats_bigram_optimum(corpus):
     start = time.perf_counter()
     train_ids, val_ids = split(np.asarray(corpus.ids), 0.1)
     model = GPT(vocab_size=corpus.tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=64)
-    params = model.init(jax.random.key(0))
+    params = _init(model, jax.random.key(0))
     opt = optax.adamw(3e-3, weight_decay=0.1, mask=model.decay_mask(params))
     data = jnp.asarray(train_ids)
 

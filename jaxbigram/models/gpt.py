@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..generate import SAMPLE_BLOCK, _top_p_filter, _uniforms
+from ..generate import SAMPLE_BLOCK, _top_p_filter
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LN_EPS = 1e-5
@@ -278,10 +278,33 @@ def _sample_steps(model: "GPT", params, buf, pending, cache, pos0, uniforms, tem
     return jnp.concatenate(outs).T, buf, pending, cache
 
 
-@partial(jax.jit, static_argnums=(1, 3, 4))
-def _chunk_uniforms(key, num_streams: int, first_block, offset: int, num_new: int):
-    """Rows ``offset .. offset + num_new`` of the uniforms starting at block ``first_block`` (see ``_uniforms``)."""
-    return _uniforms(key, num_streams, first_block, offset + num_new)[offset:]
+@partial(jax.jit, static_argnums=(1, 2))
+def _block_uniforms(key, rows: int, num_streams: int, block):
+    """The first ``rows`` rows of block ``block``'s uniforms: ``uniform(fold_in(key, block), (rows, S))``, which are
+    those of ``generate._uniforms`` (a partial block is a prefix of the full one)."""
+    return jax.random.uniform(jax.random.fold_in(key, block), (rows, num_streams))
+
+
+class _Uniforms:
+    """Rows ``[start, start + n)`` of ``generate._uniforms(key, S, 0, total)`` for consecutive chunks, drawing each
+    block of ``SAMPLE_BLOCK`` rows once (only as far as ``total`` needs) and slicing it on the host, so chunks of any
+    size cost no recompilation."""
+
+    def __init__(self, key, num_streams: int, total: int):
+        self.key, self.num_streams, self.total = key, num_streams, total
+        self.block, self.rows = -1, None
+
+    def take(self, start: int, n: int) -> np.ndarray:
+        parts = []
+        while n:
+            b, off = divmod(start, SAMPLE_BLOCK)
+            if b != self.block:
+                rows = min(SAMPLE_BLOCK, self.total - b * SAMPLE_BLOCK)
+                self.block, self.rows = b, np.asarray(_block_uniforms(self.key, rows, self.num_streams, b))
+            k = min(n, SAMPLE_BLOCK - off)
+            parts.append(self.rows[off:off + k])
+            start, n = start + k, n - k
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 # ----------------------------------------------------------------------------- the model seam
@@ -385,11 +408,12 @@ class GPT:
         pending = jnp.full((s,), prompt[-1], jnp.int32)
         cache = _prefill(self, params, jnp.asarray(prompt[None, :-1]), s) if n > 1 else _empty_cache(self, s)
         temperature, top_k, top_p = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+        uniforms = _Uniforms(key, s, max_new_tokens)
         done = 0
         while done < max_new_tokens:
             m = min(chunk, max_new_tokens - done)
             n_cache = max(0, min(m, t - n + 1))
-            u = _chunk_uniforms(key, s, done // SAMPLE_BLOCK, done % SAMPLE_BLOCK, m)
+            u = uniforms.take(done, m)
             new, buf, pending, cache = _sample_steps(self, params, buf, pending, cache, jnp.int32(n - 1), u,
                                                      temperature, top_k, top_p, n_cache=n_cache,
                                                      n_window=m - n_cache)
