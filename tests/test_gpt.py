@@ -60,6 +60,8 @@ def test_causal(tiny_params):
         got = np.asarray(_logits(TINY, tiny_params, changed))
         np.testing.assert_allclose(got[:, :t + 1], base[:, :t + 1], atol=1e-6)
         assert not np.allclose(got[:, t + 1:], base[:, t + 1:])  # later positions do see the change
+    last = jax.jit(lambda p, x: TINY.module().apply({"params": p}, x, method=GPTModule.last_logits))
+    np.testing.assert_allclose(last(tiny_params, x), base[:, -1], rtol=1e-5, atol=1e-5)  # the sampler's shortcut
 
 
 def test_dropout_loss(tiny_params):

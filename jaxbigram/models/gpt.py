@@ -84,6 +84,12 @@ class CausalSelfAttention(nn.Module):
         out = self._out(y, deterministic)
         return (out, (k, v)) if return_kv else out
 
+    def last(self, x):
+        """Output ``(B, 1, C)`` of the last position only (deterministic): keys and values for every position, the
+        query only for the last, which sees every position (no mask needed)."""
+        q, k, v = self._heads(x)
+        return self._out(jax.nn.dot_product_attention(q[:, -1:], k, v), True)
+
     def decode(self, x, cache_k, cache_v, pos):
         """One new position: ``x`` ``(B, 1, C)`` at absolute position ``pos`` (traced scalar); the cache holds keys
         and values ``(B, block_size, H, D)`` of positions ``< pos``. Returns ``(out, cache_k, cache_v)``."""
@@ -133,6 +139,11 @@ class Block(nn.Module):
         x = x + a.astype(x.dtype)
         x = x + self.mlp(self.ln2(x), deterministic).astype(x.dtype)
         return (x, kv) if return_kv else x
+
+    def last(self, x):
+        """``(B, T, C)`` → ``(B, 1, C)``: the block's output at the last position only."""
+        x_last = x[:, -1:] + self.attn.last(self.ln1(x)).astype(x.dtype)
+        return x_last + self.mlp(self.ln2(x_last), True).astype(x.dtype)
 
     def decode(self, x, cache_k, cache_v, pos):
         a, cache_k, cache_v = self.attn.decode(self.ln1(x), cache_k, cache_v, pos)
@@ -185,8 +196,14 @@ class GPTModule(nn.Module):
         return self._head(self._trunk(idx, deterministic)[0])
 
     def last_logits(self, idx):
-        """Logits ``(B, V)`` of the last position only (deterministic)."""
-        return self._head(self._trunk(idx, True)[0][:, -1])
+        """Logits ``(B, V)`` of the last position only (deterministic). The last block computes its query, MLP and
+        projections for the last position only (the keys and values of every position are still needed)."""
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(jnp.arange(t))[None]
+        for block in self.blocks[:-1]:
+            x = block(x, True)
+        x = self.blocks[-1].last(x)
+        return self._head(self.ln_f(x)[:, 0])
 
     def prefill(self, idx):
         """Keys and values of every layer for ``idx`` ``(B, T0)``: a list of ``(k, v)``, each ``(B, T0, H, D)``."""
