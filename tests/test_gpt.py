@@ -75,9 +75,17 @@ def test_dropout_loss(tiny_params):
     assert float(loss(tiny_params, x, y, k1)) != float(loss(tiny_params, x, y))
     assert float(loss(tiny_params, x, y, k1)) == float(loss(tiny_params, x, y, k1))
     assert float(loss(tiny_params, x, y, k1)) != float(loss(tiny_params, x, y, k2))
-    # the explicit-softmax attention path (taken only with dropout) equals jax.nn.dot_product_attention's
+    # the explicit-softmax attention with dropout (rate ~0) equals the deterministic paths
     almost_none = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=1e-12)
     np.testing.assert_allclose(_loss(almost_none, tiny_params, x, y, k1), _loss(TINY, tiny_params, x, y), rtol=1e-5)
+
+
+def test_attention_implementations_agree(tiny_params):
+    """jax.nn.dot_product_attention and the explicit softmax give the same logits."""
+    x = jax.random.randint(jax.random.key(11), (3, 8), 0, V)
+    dpa, explicit = (jax.jit(TINY.module(impl).apply)({"params": tiny_params}, x) for impl in ("dpa", "explicit"))
+    np.testing.assert_allclose(dpa, explicit, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_logits(TINY, tiny_params, x), explicit, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_close(tiny_params):

@@ -2,7 +2,9 @@
 
 Architecture: token + position embeddings → dropout → ``n_layer`` pre-LayerNorm blocks
 (``x + attn(ln1(x))``, ``x + mlp(ln2(x))``) → final LayerNorm → linear head to the vocabulary.
-Causal multi-head self-attention uses one fused ``qkv`` projection (``3 * n_embd``, heads laid out ``(B, T, H, D)``);
+Causal multi-head self-attention uses one fused ``qkv`` projection (``3 * n_embd``, heads laid out ``(B, T, H, D)``)
+and ``jax.nn.dot_product_attention(is_causal=True)``, except on the CPU (an explicit softmax measured 5-8% faster)
+and when attention dropout is active (explicit softmax, dropout on the weights);
 the MLP is 4x wide with **ReLU**, as in the lecture (nanoGPT uses GELU). Dropout sits where the lecture has it
 (attention weights, after the attention projection, after the MLP) plus after the embeddings (as nanoGPT).
 The head is not tied to the token embedding (the lecture's ``lm_head``). LayerNorm epsilon 1e-5 (PyTorch's).
@@ -44,6 +46,14 @@ LN_EPS = 1e-5
 
 # ----------------------------------------------------------------------------- flax modules
 
+def _use_dpa(attention: str) -> bool:
+    """Whether the causal attention without dropout uses ``jax.nn.dot_product_attention``. ``"auto"``: everywhere but
+    on the CPU, where the explicit softmax measured 5-8% faster per training step (gpt-cpu size)."""
+    if attention not in ("auto", "dpa", "explicit"):
+        raise ValueError(f"attention must be 'auto', 'dpa' or 'explicit', not {attention!r}")
+    return attention == "dpa" or (attention == "auto" and jax.default_backend() != "cpu")
+
+
 class CausalSelfAttention(nn.Module):
     n_head: int
     n_embd: int
@@ -51,6 +61,7 @@ class CausalSelfAttention(nn.Module):
     dropout: float
     bias: bool
     dtype: jnp.dtype
+    attention: str = "auto"
 
     def setup(self):
         dense = partial(nn.Dense, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
@@ -72,14 +83,17 @@ class CausalSelfAttention(nn.Module):
 
     def __call__(self, x, deterministic: bool = True, return_kv: bool = False):
         q, k, v = self._heads(x)
-        if deterministic or self.dropout == 0.0:
+        dropout = not deterministic and self.dropout > 0.0
+        if not dropout and _use_dpa(self.attention):
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        else:  # explicit softmax: dropout on the attention weights
+        else:  # explicit softmax (needed for dropout on the attention weights; faster on the CPU)
             t = x.shape[1]
             scale = 1.0 / math.sqrt(q.shape[-1])
             att = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
             att = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), att, -jnp.inf)
-            att = self.attn_dropout(jax.nn.softmax(att, axis=-1), deterministic=False)
+            att = jax.nn.softmax(att, axis=-1)
+            if dropout:
+                att = self.attn_dropout(att, deterministic=False)
             y = jnp.einsum("bhqk,bkhd->bqhd", att.astype(v.dtype), v)
         out = self._out(y, deterministic)
         return (out, (k, v)) if return_kv else out
@@ -125,12 +139,14 @@ class Block(nn.Module):
     dropout: float
     bias: bool
     dtype: jnp.dtype
+    attention: str = "auto"
 
     def setup(self):
         ln = partial(nn.LayerNorm, epsilon=LN_EPS, use_bias=self.bias, dtype=jnp.float32, param_dtype=jnp.float32)
         self.ln1 = ln()
         self.ln2 = ln()
-        self.attn = CausalSelfAttention(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype)
+        self.attn = CausalSelfAttention(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype,
+                                        self.attention)
         self.mlp = MLP(self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype)
 
     def __call__(self, x, deterministic: bool = True, return_kv: bool = False):
@@ -163,6 +179,7 @@ class GPTModule(nn.Module):
     dropout: float = 0.0
     bias: bool = True
     dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"  # causal attention without dropout: "auto" | "dpa" | "explicit" (see _use_dpa)
 
     def setup(self):
         emb = partial(nn.Embed, embedding_init=nn.initializers.normal(0.02), dtype=jnp.float32,
@@ -170,8 +187,8 @@ class GPTModule(nn.Module):
         self.wte = emb(self.vocab_size, self.n_embd)
         self.wpe = emb(self.block_size, self.n_embd)
         self.drop = nn.Dropout(self.dropout)
-        self.blocks = [Block(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype)
-                       for _ in range(self.n_layer)]
+        self.blocks = [Block(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype,
+                             self.attention) for _ in range(self.n_layer)]
         self.ln_f = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.bias, dtype=jnp.float32, param_dtype=jnp.float32)
         self.lm_head = nn.Dense(self.vocab_size, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
                                 kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.zeros)
@@ -354,9 +371,9 @@ class GPT:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
 
-    def module(self) -> GPTModule:
+    def module(self, attention: str = "auto") -> GPTModule:
         return GPTModule(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.dropout,
-                         self.bias, _DTYPES[self.dtype])
+                         self.bias, _DTYPES[self.dtype], attention)
 
     def init(self, key: jax.Array) -> dict:
         """Fresh float32 parameters."""
