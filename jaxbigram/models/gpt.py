@@ -1,0 +1,469 @@
+"""The lecture's GPT (Karpathy, "Let's build GPT": gpt.py), in Flax, initialised like nanoGPT.
+
+Architecture: token + position embeddings → dropout → ``n_layer`` pre-LayerNorm blocks
+(``x + attn(ln1(x))``, ``x + mlp(ln2(x))``) → final LayerNorm → linear head to the vocabulary.
+Causal multi-head self-attention uses one fused ``qkv`` projection (``3 * n_embd``, heads laid out ``(B, T, H, D)``)
+and ``jax.nn.dot_product_attention(is_causal=True)``, except on the CPU (an explicit softmax measured 5-8% faster)
+and when attention dropout is active (explicit softmax, dropout on the weights);
+the MLP is 4x wide with **ReLU**, as in the lecture (nanoGPT uses GELU). Dropout sits where the lecture has it
+(attention weights, after the attention projection, after the MLP) plus after the embeddings (as nanoGPT).
+The head is not tied to the token embedding (the lecture's ``lm_head``). LayerNorm epsilon 1e-5 (PyTorch's).
+
+Init as nanoGPT: N(0, 0.02) for every linear and embedding weight, zeros for biases, and N(0, 0.02 / sqrt(2 n_layer))
+for the residual projections (attention output projection and the MLP's second linear). ``bias=False`` drops the
+biases of every linear and LayerNorm.
+
+``dtype="bfloat16"`` computes the matmuls (and attention) in bfloat16 with float32 parameters; the residual stream,
+LayerNorm, softmax statistics, logits and loss stay float32.
+
+Sampling (``GPT.sample_stream``) follows the lecture exactly: the next character is drawn from the logits of the last
+position given at most the last ``block_size`` characters. While the context fits in the window a KV cache is used
+(parallel prefill of the prompt, then one token per step inside one compiled ``lax.scan``); beyond it, absolute
+position embeddings change every key/value when the window shifts, so each step re-runs the cropped window (only the
+last position goes through the head) inside a compiled ``lax.scan``. Draws use pre-drawn uniforms and the inverse CDF
+(``next = #{j : cdf[j] <= u}``), the bigram sampler's scheme, so a key fixes the text and chunked streaming equals one
+call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..generate import SAMPLE_BLOCK, _top_p_filter
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+LN_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------- flax modules
+
+def _use_dpa(attention: str) -> bool:
+    """Whether the causal attention without dropout uses ``jax.nn.dot_product_attention``. ``"auto"``: everywhere but
+    on the CPU, where the explicit softmax measured 5-8% faster per training step (gpt-cpu size)."""
+    if attention not in ("auto", "dpa", "explicit"):
+        raise ValueError(f"attention must be 'auto', 'dpa' or 'explicit', not {attention!r}")
+    return attention == "dpa" or (attention == "auto" and jax.default_backend() != "cpu")
+
+
+class CausalSelfAttention(nn.Module):
+    n_head: int
+    n_embd: int
+    n_layer: int
+    dropout: float
+    bias: bool
+    dtype: jnp.dtype
+    attention: str = "auto"
+
+    def setup(self):
+        dense = partial(nn.Dense, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
+                        bias_init=nn.initializers.zeros)
+        self.qkv = dense(3 * self.n_embd, kernel_init=nn.initializers.normal(0.02))
+        self.proj = dense(self.n_embd, kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer)))
+        self.attn_dropout = nn.Dropout(self.dropout)
+        self.resid_dropout = nn.Dropout(self.dropout)
+
+    def _heads(self, x):
+        """``(B, T, C)`` → q, k, v each ``(B, T, H, D)`` (compute dtype)."""
+        b, t, _ = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.n_head, self.n_embd // self.n_head)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def _out(self, y, deterministic):
+        b, t = y.shape[:2]
+        return self.resid_dropout(self.proj(y.reshape(b, t, self.n_embd)), deterministic=deterministic)
+
+    def __call__(self, x, deterministic: bool = True, return_kv: bool = False):
+        q, k, v = self._heads(x)
+        dropout = not deterministic and self.dropout > 0.0
+        if not dropout and _use_dpa(self.attention):
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        else:  # explicit softmax (needed for dropout on the attention weights; faster on the CPU)
+            t = x.shape[1]
+            scale = 1.0 / math.sqrt(q.shape[-1])
+            att = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+            att = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), att, -jnp.inf)
+            att = jax.nn.softmax(att, axis=-1)
+            if dropout:
+                att = self.attn_dropout(att, deterministic=False)
+            y = jnp.einsum("bhqk,bkhd->bqhd", att.astype(v.dtype), v)
+        out = self._out(y, deterministic)
+        return (out, (k, v)) if return_kv else out
+
+    def last(self, x):
+        """Output ``(B, 1, C)`` of the last position only (deterministic): keys and values for every position, the
+        query only for the last, which sees every position (no mask needed)."""
+        q, k, v = self._heads(x)
+        return self._out(jax.nn.dot_product_attention(q[:, -1:], k, v), True)
+
+    def decode(self, x, cache_k, cache_v, pos):
+        """One new position: ``x`` ``(B, 1, C)`` at absolute position ``pos`` (traced scalar); the cache holds keys
+        and values ``(B, block_size, H, D)`` of positions ``< pos``. Returns ``(out, cache_k, cache_v)``."""
+        q, k, v = self._heads(x)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, pos, 0, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, pos, 0, 0))
+        valid = jnp.full((x.shape[0],), pos + 1, dtype=jnp.int32)
+        y = jax.nn.dot_product_attention(q, cache_k, cache_v, key_value_seq_lengths=valid)
+        return self._out(y, True), cache_k, cache_v
+
+
+class MLP(nn.Module):
+    n_embd: int
+    n_layer: int
+    dropout: float
+    bias: bool
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        dense = partial(nn.Dense, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
+                        bias_init=nn.initializers.zeros)
+        x = dense(4 * self.n_embd, kernel_init=nn.initializers.normal(0.02), name="fc")(x)
+        x = nn.relu(x)
+        x = dense(self.n_embd, kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer)), name="proj")(x)
+        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    n_head: int
+    n_embd: int
+    n_layer: int
+    dropout: float
+    bias: bool
+    dtype: jnp.dtype
+    attention: str = "auto"
+
+    def setup(self):
+        ln = partial(nn.LayerNorm, epsilon=LN_EPS, use_bias=self.bias, dtype=jnp.float32, param_dtype=jnp.float32)
+        self.ln1 = ln()
+        self.ln2 = ln()
+        self.attn = CausalSelfAttention(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype,
+                                        self.attention)
+        self.mlp = MLP(self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype)
+
+    def __call__(self, x, deterministic: bool = True, return_kv: bool = False):
+        a = self.attn(self.ln1(x), deterministic, return_kv)
+        a, kv = a if return_kv else (a, None)
+        x = x + a.astype(x.dtype)
+        x = x + self.mlp(self.ln2(x), deterministic).astype(x.dtype)
+        return (x, kv) if return_kv else x
+
+    def last(self, x):
+        """``(B, T, C)`` → ``(B, 1, C)``: the block's output at the last position only."""
+        x_last = x[:, -1:] + self.attn.last(self.ln1(x)).astype(x.dtype)
+        return x_last + self.mlp(self.ln2(x_last), True).astype(x.dtype)
+
+    def decode(self, x, cache_k, cache_v, pos):
+        a, cache_k, cache_v = self.attn.decode(self.ln1(x), cache_k, cache_v, pos)
+        x = x + a.astype(x.dtype)
+        x = x + self.mlp(self.ln2(x), True).astype(x.dtype)
+        return x, cache_k, cache_v
+
+
+class GPTModule(nn.Module):
+    """ids ``(B, T)`` → logits ``(B, T, V)`` float32. Parameters are float32 whatever ``dtype``."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    attention: str = "auto"  # causal attention without dropout: "auto" | "dpa" | "explicit" (see _use_dpa)
+
+    def setup(self):
+        emb = partial(nn.Embed, embedding_init=nn.initializers.normal(0.02), dtype=jnp.float32,
+                      param_dtype=jnp.float32)
+        self.wte = emb(self.vocab_size, self.n_embd)
+        self.wpe = emb(self.block_size, self.n_embd)
+        self.drop = nn.Dropout(self.dropout)
+        self.blocks = [Block(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype,
+                             self.attention) for _ in range(self.n_layer)]
+        self.ln_f = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.bias, dtype=jnp.float32, param_dtype=jnp.float32)
+        self.lm_head = nn.Dense(self.vocab_size, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
+                                kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.zeros)
+
+    def _trunk(self, idx, deterministic, return_kv=False):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(jnp.arange(t))[None]
+        x = self.drop(x, deterministic=deterministic)
+        kvs = []
+        for block in self.blocks:
+            if return_kv:
+                x, kv = block(x, deterministic, True)
+                kvs.append(kv)
+            else:
+                x = block(x, deterministic)
+        return self.ln_f(x), kvs
+
+    def _head(self, x):
+        return self.lm_head(x).astype(jnp.float32)
+
+    def __call__(self, idx, deterministic: bool = True):
+        return self._head(self._trunk(idx, deterministic)[0])
+
+    def last_logits(self, idx):
+        """Logits ``(B, V)`` of the last position only (deterministic). The last block computes its query, MLP and
+        projections for the last position only (the keys and values of every position are still needed)."""
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(jnp.arange(t))[None]
+        for block in self.blocks[:-1]:
+            x = block(x, True)
+        x = self.blocks[-1].last(x)
+        return self._head(self.ln_f(x)[:, 0])
+
+    def prefill(self, idx):
+        """Keys and values of every layer for ``idx`` ``(B, T0)``: a list of ``(k, v)``, each ``(B, T0, H, D)``."""
+        return self._trunk(idx, True, return_kv=True)[1]
+
+    def decode(self, tok, pos, cache):
+        """Feed ``tok`` ``(B,)`` at absolute position ``pos``; ``cache`` is a tuple of ``(k, v)`` per layer.
+        Returns ``(logits (B, V), cache)``."""
+        x = (self.wte(tok) + self.wpe(pos))[:, None]
+        new_cache = []
+        for block, (ck, cv) in zip(self.blocks, cache):
+            x, ck, cv = block.decode(x, ck, cv, pos)
+            new_cache.append((ck, cv))
+        return self._head(self.ln_f(x)[:, 0]), tuple(new_cache)
+
+
+# ----------------------------------------------------------------------------- sampling helpers
+
+def _top_k_rows(logits, top_k):
+    """Keep, per row, the logits >= the k-th largest (ties at the k-th are kept, as in nanoGPT)."""
+    vocab = logits.shape[-1]
+    desc = -jnp.sort(-logits, axis=-1)
+    kth = jnp.take(desc, jnp.minimum(top_k, vocab) - 1, axis=-1)[..., None]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def next_ids(logits, u, temperature, top_k, top_p):
+    """Inverse-CDF draw per row: logits ``(S, V)``, uniforms ``u`` ``(S,)`` → ids ``(S,)`` int32."""
+    vocab = logits.shape[-1]
+    logits = logits.astype(jnp.float32) / temperature
+    logits = jax.lax.cond(top_k > 0, _top_k_rows, lambda l, _: l, logits, top_k)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jax.lax.cond(top_p < 1, _top_p_filter, lambda p, _: p, probs, top_p)
+    cdf = jnp.cumsum(probs, axis=-1)
+    cdf = cdf / cdf[:, -1:]
+    return jnp.minimum(jnp.sum(cdf <= u[:, None], axis=-1), vocab - 1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _prefill(model: "GPT", params, prefix, num_samples: int):
+    """KV cache ``(k, v)`` per layer, each ``(S, block_size, H, D)``, holding ``prefix`` ``(1, P)`` at 0..P-1."""
+    kvs = model.module().apply({"params": params}, prefix, method=GPTModule.prefill)
+    shape = (num_samples, model.block_size, model.n_head, model.n_embd // model.n_head)
+    dt = _DTYPES[model.dtype]
+    return tuple(tuple(jnp.zeros(shape, dt).at[:, :prefix.shape[1]].set(a.astype(dt)) for a in kv) for kv in kvs)
+
+
+def _empty_cache(model: "GPT", num_samples: int):
+    shape = (num_samples, model.block_size, model.n_head, model.n_embd // model.n_head)
+    dt = _DTYPES[model.dtype]
+    return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(model.n_layer))
+
+
+@partial(jax.jit, static_argnums=(0,), static_argnames=("n_cache", "n_window"))
+def _sample_steps(model: "GPT", params, buf, pending, cache, pos0, uniforms, temperature, top_k, top_p, *,
+                  n_cache: int, n_window: int):
+    """``n_cache`` KV-cache steps then ``n_window`` cropped-window steps, one compiled program.
+
+    State: ``buf`` ``(S, T)`` ids (cache regime: ids of positions ``< pos`` at their positions; window regime: the
+    last ``T`` ids before ``pending``), ``pending`` ``(S,)`` the newest id, not yet fed. Returns ``(ids (S, n),
+    buf, pending, cache)``; ``cache`` is None once the window regime was entered.
+    """
+    module = model.module()
+    variables = {"params": params}
+    outs = []
+    if n_cache:
+        def cache_step(carry, xs):
+            buf, pending, cache = carry
+            pos, u = xs
+            buf = jax.lax.dynamic_update_slice(buf, pending[:, None], (0, pos))
+            logits, cache = module.apply(variables, pending, pos, cache, method=GPTModule.decode)
+            nxt = next_ids(logits, u, temperature, top_k, top_p)
+            return (buf, nxt, cache), nxt
+
+        xs = (pos0 + jnp.arange(n_cache, dtype=jnp.int32), uniforms[:n_cache])
+        (buf, pending, cache), ids = jax.lax.scan(cache_step, (buf, pending, cache), xs)
+        outs.append(ids)
+    if n_window:
+        def window_step(carry, u):
+            buf, pending = carry
+            buf = jnp.concatenate([buf[:, 1:], pending[:, None]], axis=1)
+            logits = module.apply(variables, buf, method=GPTModule.last_logits)
+            nxt = next_ids(logits, u, temperature, top_k, top_p)
+            return (buf, nxt), nxt
+
+        (buf, pending), ids = jax.lax.scan(window_step, (buf, pending), uniforms[n_cache:])
+        outs.append(ids)
+        cache = None
+    return jnp.concatenate(outs).T, buf, pending, cache
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _block_uniforms(key, rows: int, num_streams: int, block):
+    """The first ``rows`` rows of block ``block``'s uniforms: ``uniform(fold_in(key, block), (rows, S))``, which are
+    those of ``generate._uniforms`` (a partial block is a prefix of the full one)."""
+    return jax.random.uniform(jax.random.fold_in(key, block), (rows, num_streams))
+
+
+class _Uniforms:
+    """Rows ``[start, start + n)`` of ``generate._uniforms(key, S, 0, total)`` for consecutive chunks, drawing each
+    block of ``SAMPLE_BLOCK`` rows once (only as far as ``total`` needs) and slicing it on the host, so chunks of any
+    size cost no recompilation."""
+
+    def __init__(self, key, num_streams: int, total: int):
+        self.key, self.num_streams, self.total = key, num_streams, total
+        self.block, self.rows = -1, None
+
+    def take(self, start: int, n: int) -> np.ndarray:
+        parts = []
+        while n:
+            b, off = divmod(start, SAMPLE_BLOCK)
+            if b != self.block:
+                rows = min(SAMPLE_BLOCK, self.total - b * SAMPLE_BLOCK)
+                self.block, self.rows = b, np.asarray(_block_uniforms(self.key, rows, self.num_streams, b))
+            k = min(n, SAMPLE_BLOCK - off)
+            parts.append(self.rows[off:off + k])
+            start, n = start + k, n - k
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+# ----------------------------------------------------------------------------- the model seam
+
+@partial(jax.jit, static_argnums=(0,))
+def _window_nll(model: "GPT", params, x, y, mask):
+    logits = model.logits(params, x)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(jnp.where(mask, nll, 0.0))
+
+
+@dataclass(frozen=True)
+class GPT:
+    """The GPT seam: hashable (pass it as a static argument to ``jax.jit``), parameters are a plain pytree."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    dtype: str = "float32"  # compute dtype: "float32" | "bfloat16" (params always float32)
+    kind: ClassVar[str] = "gpt"
+    has_optimum: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
+
+    def module(self, attention: str = "auto") -> GPTModule:
+        return GPTModule(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.dropout,
+                         self.bias, _DTYPES[self.dtype], attention)
+
+    def init(self, key: jax.Array) -> dict:
+        """Fresh float32 parameters."""
+        return self.module().init(key, jnp.zeros((1, self.block_size), jnp.int32))["params"]
+
+    def logits(self, params, x) -> jax.Array:
+        """ids ``(B, T)`` (``T <= block_size``) → logits ``(B, T, V)`` float32, deterministic."""
+        return self.module().apply({"params": params}, x)
+
+    def loss(self, params, x, y, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Mean cross-entropy over ``(B, T)`` (float32). Dropout is active only with a ``dropout_key`` and
+        ``dropout > 0``."""
+        train = dropout_key is not None and self.dropout > 0
+        logits = self.module().apply({"params": params}, x, not train,
+                                     rngs={"dropout": dropout_key} if train else None)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def decay_mask(self, params):
+        """True on matrices (ndim >= 2: linear kernels and embeddings), False on biases and LayerNorm scales."""
+        return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+    def num_params(self, params) -> int:
+        return num_params(params)
+
+    def split_loss(self, params, ids: np.ndarray, batch_windows: int = 64) -> float:
+        """Exact mean loss over every position of ``ids`` (each predicts the next id): consecutive non-overlapping
+        windows of ``block_size`` (a tail window covers the rest), each position conditioned on the earlier positions
+        of its window. The tail is padded and masked (causality keeps the padding from changing anything)."""
+        ids = np.asarray(ids)
+        n_pred = len(ids) - 1
+        if n_pred < 1:
+            raise ValueError("split_loss needs at least 2 ids")
+        t = self.block_size
+        n_win = -(-n_pred // t)
+        padded = np.zeros(n_win * t + 1, dtype=np.int32)
+        padded[:len(ids)] = ids
+        x = padded[:-1].reshape(n_win, t)
+        y = padded[1:].reshape(n_win, t)
+        mask = (np.arange(n_win * t) < n_pred).reshape(n_win, t)
+        batch_windows = max(1, min(batch_windows, n_win))
+        n_batches = -(-n_win // batch_windows)
+        pad = n_batches * batch_windows - n_win  # whole masked windows keep one compiled shape
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, t), np.int32)])
+            y = np.concatenate([y, np.zeros((pad, t), np.int32)])
+            mask = np.concatenate([mask, np.zeros((pad, t), bool)])
+        total = 0.0
+        for b in range(n_batches):
+            s = slice(b * batch_windows, (b + 1) * batch_windows)
+            total += float(_window_nll(self, params, x[s], y[s], mask[s]))
+        return total / n_pred
+
+    def sample_stream(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
+                      num_samples: int = 1, chunk: int = 256) -> Iterator[jax.Array]:
+        """Yield ``(num_samples, n)`` int32 arrays of new ids, ``chunk`` at a time; together they equal a single
+        call's output (any ``chunk``), and the same key gives the same ids. Only the last ``block_size`` ids of the
+        prompt matter (the lecture's crop)."""
+        prompt = np.asarray(prompt_ids, dtype=np.int32).reshape(-1)[-self.block_size:]
+        if prompt.size == 0:
+            raise ValueError("the prompt must hold at least one id")
+        t, s = self.block_size, num_samples
+        n = len(prompt)  # context length, the pending id included
+        buf = np.zeros((s, t), np.int32)
+        buf[:, :n - 1] = prompt[:-1]
+        buf = jnp.asarray(buf)
+        pending = jnp.full((s,), prompt[-1], jnp.int32)
+        cache = _prefill(self, params, jnp.asarray(prompt[None, :-1]), s) if n > 1 else _empty_cache(self, s)
+        temperature, top_k, top_p = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+        uniforms = _Uniforms(key, s, max_new_tokens)
+        done = 0
+        while done < max_new_tokens:
+            m = min(chunk, max_new_tokens - done)
+            n_cache = max(0, min(m, t - n + 1))
+            u = uniforms.take(done, m)
+            new, buf, pending, cache = _sample_steps(self, params, buf, pending, cache, jnp.int32(n - 1), u,
+                                                     temperature, top_k, top_p, n_cache=n_cache,
+                                                     n_window=m - n_cache)
+            yield new
+            done += m
+            n += m
+
+    def sample(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
+               num_samples: int = 1, chunk: int = 4096) -> jax.Array:
+        """``(num_samples, max_new_tokens)`` new ids (``sample_stream`` concatenated)."""
+        parts = list(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                        num_samples, chunk))
+        if not parts:
+            return jnp.zeros((num_samples, 0), jnp.int32)
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def num_params(params) -> int:
+    return int(sum(np.size(p) for p in jax.tree.leaves(params)))
