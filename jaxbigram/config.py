@@ -131,7 +131,7 @@ _RULES = {
 }
 # products of keys that index one array: batch × block ids per batch (get_batch's offsets are int32)
 _PRODUCTS = {("train.batch_size", "train.block_size"): (INT32_MAX, "a batch's ids are indexed with int32")}
-_CHOICES = {"train.lr_schedule": ("constant", "cosine"), "model.kind": ("bigram",),
+_CHOICES = {"train.lr_schedule": ("constant", "cosine"), "model.kind": ("bigram", "gpt"),
             "model.dtype": ("float32", "bfloat16")}
 
 

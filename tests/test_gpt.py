@@ -13,8 +13,9 @@ import optax
 import pytest
 
 from jaxbigram.data import get_batch, split
-from jaxbigram.generate import _uniforms
-from jaxbigram.models.gpt import GPT, GPTModule, num_params
+from jaxbigram.sampling import uniforms as _uniforms
+from jaxbigram.models import num_params
+from jaxbigram.models.gpt import GPT, GPTModule
 
 V = 11
 TINY = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16)
@@ -46,8 +47,9 @@ def test_interface(tiny_params):
     assert _logits(TINY, tiny_params, x).shape == (3, 5, V) and _logits(TINY, tiny_params, x).dtype == jnp.float32
     loss = _loss(TINY, tiny_params, x, x)
     assert loss.shape == () and loss.dtype == jnp.float32
-    assert TINY.num_params(tiny_params) == num_params(tiny_params) == sum(
-        p.size for p in jax.tree.leaves(tiny_params))
+    c, t, layers = TINY.n_embd, TINY.block_size, TINY.n_layer  # the closed form, with biases
+    per_layer = 2 * 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
+    assert num_params(tiny_params) == V * c + t * c + layers * per_layer + 2 * c + (c * V + V)
 
 
 def test_causal(tiny_params):
@@ -229,8 +231,8 @@ def test_stream_chunks_equal_one_call(tiny_params):
 
 
 def test_chunk_uniforms_equal_generate_uniforms():
-    """The sampler's per-block host cache of uniforms reproduces generate._uniforms, across a block boundary."""
-    from jaxbigram.generate import SAMPLE_BLOCK
+    """The sampler's per-block host cache of uniforms reproduces sampling.uniforms, across a block boundary."""
+    from jaxbigram.sampling import SAMPLE_BLOCK
     from jaxbigram.models.gpt import _Uniforms
 
     key, total = jax.random.key(10), SAMPLE_BLOCK + 300

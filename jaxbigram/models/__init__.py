@@ -26,13 +26,19 @@ import jax
 from ..config import ModelConfig
 from ..errors import UsageError
 from .bigram import Bigram
+from .gpt import GPT
 
 
 def _bigram(cfg: ModelConfig, vocab_size: int, block_size: int) -> Bigram:
     return Bigram(vocab_size=vocab_size)
 
 
-REGISTRY = {"bigram": _bigram}
+def _gpt(cfg: ModelConfig, vocab_size: int, block_size: int) -> GPT:
+    return GPT(vocab_size=vocab_size, block_size=block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+               n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, dtype=cfg.dtype)
+
+
+REGISTRY = {"bigram": _bigram, "gpt": _gpt}
 
 
 def build(cfg: ModelConfig, vocab_size: int, block_size: int):

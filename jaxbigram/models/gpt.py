@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..generate import SAMPLE_BLOCK, _top_p_filter
+from .. import sampling
+from ..sampling import SAMPLE_BLOCK
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LN_EPS = 1e-5
@@ -239,24 +240,9 @@ class GPTModule(nn.Module):
 
 # ----------------------------------------------------------------------------- sampling helpers
 
-def _top_k_rows(logits, top_k):
-    """Keep, per row, the logits >= the k-th largest (ties at the k-th are kept, as in nanoGPT)."""
-    vocab = logits.shape[-1]
-    desc = -jnp.sort(-logits, axis=-1)
-    kth = jnp.take(desc, jnp.minimum(top_k, vocab) - 1, axis=-1)[..., None]
-    return jnp.where(logits < kth, -jnp.inf, logits)
-
-
 def next_ids(logits, u, temperature, top_k, top_p):
     """Inverse-CDF draw per row: logits ``(S, V)``, uniforms ``u`` ``(S,)`` → ids ``(S,)`` int32."""
-    vocab = logits.shape[-1]
-    logits = logits.astype(jnp.float32) / temperature
-    logits = jax.lax.cond(top_k > 0, _top_k_rows, lambda l, _: l, logits, top_k)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jax.lax.cond(top_p < 1, _top_p_filter, lambda p, _: p, probs, top_p)
-    cdf = jnp.cumsum(probs, axis=-1)
-    cdf = cdf / cdf[:, -1:]
-    return jnp.minimum(jnp.sum(cdf <= u[:, None], axis=-1), vocab - 1).astype(jnp.int32)
+    return sampling.draw(sampling.filtered_cdf(logits, temperature, top_k, top_p), u)
 
 
 @partial(jax.jit, static_argnums=(0, 3))
@@ -315,12 +301,12 @@ def _sample_steps(model: "GPT", params, buf, pending, cache, pos0, uniforms, tem
 @partial(jax.jit, static_argnums=(1, 2))
 def _block_uniforms(key, rows: int, num_streams: int, block):
     """The first ``rows`` rows of block ``block``'s uniforms: ``uniform(fold_in(key, block), (rows, S))``, which are
-    those of ``generate._uniforms`` (a partial block is a prefix of the full one)."""
+    those of ``sampling.uniforms`` (a partial block is a prefix of the full one)."""
     return jax.random.uniform(jax.random.fold_in(key, block), (rows, num_streams))
 
 
 class _Uniforms:
-    """Rows ``[start, start + n)`` of ``generate._uniforms(key, S, 0, total)`` for consecutive chunks, drawing each
+    """Rows ``[start, start + n)`` of ``sampling.uniforms(key, S, 0, total)`` for consecutive chunks, drawing each
     block of ``SAMPLE_BLOCK`` rows once (only as far as ``total`` needs) and slicing it on the host, so chunks of any
     size cost no recompilation."""
 
@@ -395,8 +381,11 @@ class GPT:
         """True on matrices (ndim >= 2: linear kernels and embeddings), False on biases and LayerNorm scales."""
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
-    def num_params(self, params) -> int:
-        return num_params(params)
+    def activation_bytes(self, batch_size: int) -> int:
+        """What one training step keeps for its backward pass, roughly: per layer ~16 floats per position and width
+        (LayerNorms, q/k/v, attention output, the 4× MLP) plus 3 attention maps per head, and the logits (×3)."""
+        b, t, c, h, v = batch_size, self.block_size, self.n_embd, self.n_head, self.vocab_size
+        return 4 * b * t * (self.n_layer * (16 * c + 3 * h * t) + 3 * v)
 
     def split_loss(self, params, ids: np.ndarray, batch_windows: int = 64) -> float:
         """Exact mean loss over every position of ``ids`` (each predicts the next id): consecutive non-overlapping
@@ -464,6 +453,3 @@ class GPT:
             return jnp.zeros((num_samples, 0), jnp.int32)
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
-
-def num_params(params) -> int:
-    return int(sum(np.size(p) for p in jax.tree.leaves(params)))
