@@ -45,11 +45,24 @@ class Plan:
     notes_repeats: int = 3
     corpus_mb: float = 100.0
     data_repeats: int = 3
+    gpt_config: str = "gpt-cpu"
+    gpt_steps_per_call: int = 50
+    gpt_calls: int = 2
+    gpt_naive_steps: int = 50
+    # (streams, characters) per figure; gpt-cpu's block is 64: the first two stay within the context window (KV cache),
+    # the last two go beyond it (the window is recomputed for every character, as the lecture's cropping requires)
+    gpt_samples: tuple = (("1_stream", 1, 64), ("64_streams", 64, 64), ("1_stream_beyond", 1, 256),
+                          ("64_streams_beyond", 64, 128))
+    gpt_run_repeats: int = 1  # whole `train --config gpt-cpu` runs (cold and warm compile cache)
+    gpt_large_config: str | None = "gpt"  # a few steps of the lecture's full-size GPT: tokens/s and utilisation
+    gpt_large_steps: int = 2
 
 
 FULL = Plan()
 QUICK = Plan(repeats=3, small_calls=5, large_calls=1, naive_steps=1000, notes_repeats=1, corpus_mb=20.0,
-             data_repeats=1)
+             data_repeats=1, gpt_calls=1, gpt_naive_steps=20, gpt_samples=(("1_stream", 1, 64), ("64_streams", 64, 64)),
+             gpt_run_repeats=0,
+             gpt_large_config=None)
 
 
 def _median_rate(work: float, seconds: list[float]) -> float:
@@ -394,9 +407,226 @@ def run_speed(plan: Plan, corpus, platform: str | None, log) -> dict:
                    "notes_run_warm_cache_cpu_s": notes["warm_cpu_s"], "notes_run_peak_rss_mb": notes["peak_rss_mb"]})
     raw.update(notes_run_s=notes["raw_cold_s"], notes_run_warm_cache_s=notes["raw_warm_s"])
 
+    report.update(bench_gpt(plan, corpus, platform, log))
+
     report["peak_rss_mb"] = peak_rss_mb()
     report["load_avg_end"] = _load_average()
     report["raw_seconds"] = raw
+    return report
+
+
+# ----------------------------------------------------------------------------- the GPT
+
+# Published dense peaks (float32 / bfloat16 TFLOP/s) by device kind, for utilisation on accelerators; on a CPU the
+# bench measures its own float32 matmul peak instead.
+PUBLISHED_PEAK_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5, "V100": 15.7, "L4": 30.3, "TPU v4": 275.0,
+                         "TPU v5 lite": 197.0, "TPU v5": 459.0}
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """This device's float32 matmul throughput (FLOP/s): the median of ``repeats`` timed ``n×n @ n×n`` products."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(lambda a, b: a @ b)
+    dot(a, b).block_until_ready()
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot(a, b).block_until_ready()
+        seconds.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(seconds)
+
+
+def peak_flops(measured_matmul: float) -> tuple[float, str]:
+    """The peak utilisation is measured against: the published one of a known accelerator, else the measured one."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    for name, tflops in PUBLISHED_PEAK_TFLOPS.items():
+        if jax.default_backend() != "cpu" and name.lower() in kind.lower():
+            return tflops * 1e12, f"published float32 peak of {kind}"
+    return measured_matmul, "measured float32 matmul peak"
+
+
+def gpt_flops_per_token(model, num_params: int) -> float:
+    """Training FLOPs per token: 6·N (forward and backward of every weight) plus attention, 12·layers·width·block."""
+    return 6.0 * num_params + 12.0 * model.n_layer * model.n_embd * model.block_size
+
+
+def _gpt_setup(preset: str, vocab_size: int):
+    import jax
+
+    from . import config as config_lib
+    from . import models
+    from .train import create_train_state
+
+    cfg = config_lib.load(preset)
+    model = models.build(cfg.model, vocab_size, cfg.train.block_size)
+    state = create_train_state(jax.random.key(0), model, cfg.train)
+    return cfg, model, state, models.num_params(state.params)
+
+
+def bench_gpt_train(preset: str, train_ids, vocab_size: int, steps_per_call: int, calls: int, repeats: int) -> dict:
+    """Fused ``train_chunk`` of a GPT preset (its optimizer, clipping and dropout): steps/s, tokens/s, FLOP/s."""
+    import jax
+    import jax.numpy as jnp
+
+    from .train import train_chunk
+
+    cfg, model, state, num_params = _gpt_setup(preset, vocab_size)
+    t = cfg.train
+    data, key = jnp.asarray(train_ids), jax.random.key(1)
+    kw = dict(batch_size=t.batch_size, block_size=t.block_size, max_steps=steps_per_call)
+    t0 = time.perf_counter()
+    compiled = train_chunk.lower(state, data, key, key, steps_per_call, **kw).compile()
+    compile_s = time.perf_counter() - t0
+    state, losses = compiled(state, data, key, key, steps_per_call)  # warm-up
+    losses.block_until_ready()
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            state, losses = compiled(state, data, key, key, steps_per_call)
+        losses.block_until_ready()
+        seconds.append(time.perf_counter() - t0)
+    steps = steps_per_call * calls
+    tokens = steps * t.batch_size * t.block_size
+    return {"steps_per_s": _median_rate(steps, seconds), "tokens_per_s": _median_rate(tokens, seconds),
+            "flops_per_s": _median_rate(tokens * gpt_flops_per_token(model, num_params), seconds),
+            "compile_s": compile_s, "num_params": num_params, "raw_s": seconds, "model": model,
+            "params": state.params}
+
+
+def bench_gpt_naive_train(preset: str, train_ids, vocab_size: int, steps: int, repeats: int) -> dict:
+    """The baseline: one jitted ``train_step`` (and one jitted ``get_batch``) per Python call, same batches."""
+    import jax
+    import jax.numpy as jnp
+
+    from .data import get_batch
+    from .train import step_key, train_step
+
+    cfg, model, state, _ = _gpt_setup(preset, vocab_size)
+    t = cfg.train
+    data, base = jnp.asarray(train_ids), jax.random.key(1)
+    step_fn = jax.jit(train_step)
+    batch_fn = jax.jit(lambda s: get_batch(step_key(base, s), data, t.batch_size, t.block_size))
+
+    def run(state, first, n):
+        for s in range(first, first + n):
+            state, loss = step_fn(state, *batch_fn(s), step_key(base, s))
+        loss.block_until_ready()
+        return state
+
+    state = run(state, 0, 3)  # compile
+    seconds, first = [], 3
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state = run(state, first, steps)
+        seconds.append(time.perf_counter() - t0)
+        first += steps
+    return {"steps_per_s": _median_rate(steps, seconds), "raw_s": seconds}
+
+
+def naive_gpt_sample(model, params, key, prompt_ids, max_new_tokens: int, num_samples: int):
+    """The lecture's ``generate``, in JAX: for every new character, run the model on the context cropped to
+    ``block_size`` (a fixed-shape buffer, so it compiles once) and draw from the last position's logits. Draws the
+    same uniforms as the compiled sampler, so both give the same text."""
+    import jax
+    import numpy as np
+
+    from .models.gpt import next_ids
+    from .sampling import uniforms
+
+    block = model.block_size
+
+    @jax.jit
+    def last_logits(params, buf, n):
+        return jax.lax.dynamic_index_in_dim(model.logits(params, buf), n - 1, axis=1, keepdims=False)
+
+    draw = jax.jit(next_ids)
+    us = np.asarray(uniforms(key, num_samples, 0, max_new_tokens))
+    seq = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
+    for i in range(max_new_tokens):
+        context = seq[:, -block:]
+        buf = np.zeros((num_samples, block), np.int32)
+        buf[:, :context.shape[1]] = context
+        nxt = np.asarray(draw(last_logits(params, buf, context.shape[1]), us[i], 1.0, 0, 1.0))
+        seq = np.concatenate([seq, nxt[:, None]], axis=1)
+    return seq[:, len(prompt_ids):]
+
+
+def bench_gpt_sampling(model, params, streams: int, chars: int, repeats: int) -> dict:
+    """The compiled KV-cache sampler and the naive one on the same draws: chars/s over all streams each."""
+    import jax
+    import numpy as np
+
+    key = jax.random.key(7)
+
+    def compiled():
+        return np.concatenate([np.asarray(c) for c in model.sample_stream(params, key, [0], chars,
+                                                                            num_samples=streams)], axis=1)
+
+    def naive():
+        return naive_gpt_sample(model, params, key, [0], chars, streams)
+
+    out = {}
+    for name, fn in (("compiled", compiled), ("naive", naive)):
+        ids = fn()  # compile and warm up
+        seconds = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - t0)
+        out[name] = {"chars_per_s": _median_rate(streams * chars, seconds), "ids": ids}
+    return {"chars_per_s": out["compiled"]["chars_per_s"], "naive_chars_per_s": out["naive"]["chars_per_s"],
+            "same_ids": bool(np.array_equal(out["compiled"]["ids"], out["naive"]["ids"]))}
+
+
+def bench_gpt(plan: Plan, corpus, platform: str | None, log) -> dict:
+    """The GPT's figures: fused training vs a naive jit-per-step loop, utilisation, sampling vs the lecture's
+    re-run-the-model sampler, whole preset runs (wall time, peak memory, exact val loss), the full-size GPT."""
+    from .data import split
+
+    vocab = corpus.tokenizer.vocab_size
+    train_ids, _ = split(corpus.ids, 0.1)
+    report: dict = {"gpt_config": plan.gpt_config}
+    log("matmul peak (float32)")
+    measured = matmul_peak_flops()
+    peak, peak_source = peak_flops(measured)
+    report.update(matmul_peak_flops=measured, peak_flops=peak, peak_source=peak_source)
+    log(f"{plan.gpt_config}: fused training")
+    fused = bench_gpt_train(plan.gpt_config, train_ids, vocab, plan.gpt_steps_per_call, plan.gpt_calls, plan.repeats)
+    log(f"{plan.gpt_config}: {fused['steps_per_s']:.1f} steps/s fused; naive jit-per-step loop next")
+    naive = bench_gpt_naive_train(plan.gpt_config, train_ids, vocab, plan.gpt_naive_steps, plan.repeats)
+    report.update({
+        "gpt_num_params": fused["num_params"], "gpt_train_steps_per_s": fused["steps_per_s"],
+        "gpt_train_ms_per_step": 1000.0 / fused["steps_per_s"], "gpt_train_tokens_per_s": fused["tokens_per_s"],
+        "gpt_train_flops_per_s": fused["flops_per_s"], "gpt_train_mfu": fused["flops_per_s"] / peak,
+        "gpt_train_compile_s": fused["compile_s"], "gpt_naive_train_steps_per_s": naive["steps_per_s"],
+        "gpt_speedup_vs_naive": fused["steps_per_s"] / naive["steps_per_s"]})
+    for label, streams, chars in plan.gpt_samples:
+        log(f"{plan.gpt_config}: sampling {streams} stream(s) x {chars} characters, compiled and naive")
+        sampled = bench_gpt_sampling(fused["model"], fused["params"], streams, chars, 1 if streams * chars > 4096
+                                     else plan.repeats)
+        name = f"gpt_sample_{label}"
+        report.update({f"{name}_shape": f"{streams}x{chars}", f"{name}_chars_per_s": sampled["chars_per_s"],
+                       f"{name}_naive_chars_per_s": sampled["naive_chars_per_s"],
+                       f"{name}_speedup": sampled["chars_per_s"] / sampled["naive_chars_per_s"],
+                       f"{name}_same_ids": sampled["same_ids"]})
+    if plan.gpt_run_repeats:
+        log(f"whole {plan.gpt_config} run in subprocesses")
+        run = bench_preset_run(plan.gpt_config, corpus.path, plan.gpt_run_repeats, platform, log)
+        report.update({"gpt_run_s": run["cold_s"], "gpt_run_warm_cache_s": run["warm_s"],
+                       "gpt_run_peak_rss_mb": run["peak_rss_mb"], "gpt_run_exact_val_loss": run["exact_val_loss"]})
+    if plan.gpt_large_config:
+        log(f"{plan.gpt_large_config}: {plan.gpt_large_steps} fused steps of the full-size GPT")
+        large = bench_gpt_train(plan.gpt_large_config, train_ids, vocab, plan.gpt_large_steps, 1, 1)
+        report.update({"gpt_large_config": plan.gpt_large_config, "gpt_large_num_params": large["num_params"],
+                       "gpt_large_tokens_per_s": large["tokens_per_s"], "gpt_large_mfu": large["flops_per_s"] / peak,
+                       "gpt_large_compile_s": large["compile_s"]})
     return report
 
 

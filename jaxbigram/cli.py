@@ -149,13 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- printing
 
 def _print_report(report: dict, out) -> None:
-    print(f"exact loss at step {report['step']}: train {report['train_loss']:.4f} nats "
-          f"({report['train_bpc']:.4f} bits/char), val {report['val_loss']:.4f} nats ({report['val_bpc']:.4f} bits/char)",
-          file=out)
+    def loss(split):
+        if report[f"{split}_loss"] is None:
+            return f"{split}: `run.py eval` computes it"
+        return f"{split} {report[f'{split}_loss']:.4f} nats ({report[f'{split}_bpc']:.4f} bits/char)"
+
+    def gap(split):
+        return "-" if report[f"gap_{split}"] is None else f"{report[f'gap_{split}']:+.4f}"
+
+    print(f"exact loss at step {report['step']}: {loss('train')}, {loss('val')}", file=out)
     what = "gap" if report.get("model", "bigram") == "bigram" else "vs the bigram baseline"
     print(f"closed-form bigram optimum: train {report['optimum_train_loss']:.4f} (count model), "
           f"val {report['optimum_val_loss']:.4f} (add-one smoothed count model); "
-          f"{what}: train {report['gap_train']:+.4f}, val {report['gap_val']:+.4f}", file=out)
+          f"{what}: train {gap('train')}, val {gap('val')}", file=out)
 
 
 def _log(message: str) -> None:

@@ -20,17 +20,17 @@ from .optimum import bigram_counts, optimum_report
 LN2 = math.log(2.0)
 
 
-def exact_report(model, params, train_ids: np.ndarray, val_ids: np.ndarray) -> dict:
-    """Exact losses over every position of both splits, in nats and bits per character, next to the closed-form
-    bigram optimum: for a bigram the gap to it is what training left on the table; for any other model the optimum
-    is the baseline it must beat."""
-    report = {"model": model.kind, "train_loss": model.split_loss(params, train_ids),
-              "val_loss": model.split_loss(params, val_ids)}
-    report["train_bpc"] = report["train_loss"] / LN2
-    report["val_bpc"] = report["val_loss"] / LN2
+def exact_report(model, params, train_ids: np.ndarray, val_ids: np.ndarray, train: bool = True) -> dict:
+    """Exact losses over every position of both splits (of val only when ``train`` is false: train's losses are then
+    None), in nats and bits per character, next to the closed-form bigram optimum: for a bigram the gap to it is
+    what training left on the table; for any other model the optimum is the baseline it must beat."""
+    report = {"model": model.kind}
     report.update(optimum_report(bigram_counts(train_ids, model.vocab_size), bigram_counts(val_ids, model.vocab_size)))
-    report["gap_train"] = report["train_loss"] - report["optimum_train_loss"]
-    report["gap_val"] = report["val_loss"] - report["optimum_val_loss"]
+    for split, ids in (("train", train_ids if train else None), ("val", val_ids)):
+        loss = None if ids is None else model.split_loss(params, ids)
+        report[f"{split}_loss"] = loss
+        report[f"{split}_bpc"] = None if loss is None else loss / LN2
+        report[f"gap_{split}"] = None if loss is None else loss - report[f"optimum_{split}_loss"]
     return report
 
 
@@ -117,13 +117,18 @@ def run_info(workdir: str | Path, warn=None) -> dict:
         steps = store.steps()
         if not steps:
             raise CheckpointError("no_checkpoint", workdir=store.workdir)
-        latest = store.read_meta(steps[-1])
-        metas = {steps[-1]: latest}
-        for s in steps[:-1]:
+        metas, damaged = {}, None
+        for s in steps:
             try:
                 metas[s] = store.read_meta(s)
-            except CheckpointError:
-                pass  # an older damaged step does not hide the run
+            except CheckpointError as e:  # a damaged step does not hide the run (info has no --step to avoid it)
+                damaged = e
+                if warn is not None:
+                    warn(f"warning: checkpoint step {s} is damaged ({e.fields['reason']}); `train` in that workdir "
+                         f"resumes from the newest intact step")
+        if not metas:
+            raise damaged
+        latest = metas[max(metas)]
     finally:
         store.close()
     scored = [(m["last_eval"]["val_loss"], s) for s, m in metas.items() if m.get("last_eval")]

@@ -66,16 +66,45 @@ def test_format_duration(seconds, text):
     assert progress.format_duration(seconds) == text
 
 
+def _row(step, loss=1.0):
+    return {"step": step, "train_loss": loss, "val_loss": loss}
+
+
 def test_metrics_log_rules(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "val_loss": s}) + "\n" for s in (0, 100, 200, 300)) + '{"step": 4')
+    path.write_text("".join(json.dumps(_row(s)) + "\n" for s in (0, 100, 200, 300)) + '{"step": 4')
     log = progress.MetricsLog(path, resumed_step=200)  # a run killed after logging step 300, checkpointed at 200
     assert [r["step"] for r in _read(path)] == [0, 100, 200]
-    assert not log.append({"step": 200, "val_loss": -1})  # never a duplicate step
-    assert log.append({"step": 300, "val_loss": 3})
+    assert not log.append(_row(200, -1.0))  # never a duplicate step
+    assert log.append(_row(300, 3.0))
     assert [r["step"] for r in _read(path)] == [0, 100, 200, 300]
-    progress.MetricsLog(path, resumed_step=None)  # a fresh run starts an empty log
-    assert path.read_text() == ""
+    fresh = progress.MetricsLog(path, resumed_step=None)  # a fresh run replaces the log only once it starts
+    fresh.append(_row(0))
+    assert [r["step"] for r in _read(path)] == [0, 100, 200, 300]
+    fresh.start()
+    assert [r["step"] for r in _read(path)] == [0]
+
+
+@pytest.mark.parametrize("damage", [b"garbage\x00\xff\xfe", b'{"step": 50}', b'{"step": 50, "train_loss": null, '
+                                    b'"val_loss": 1}', b'{"step": "50", "train_loss": 1, "val_loss": 1}', b"[1, 2]"])
+def test_damaged_metrics_lines_are_skipped_with_one_warning_and_rewritten_from_history(tmp_path, damage):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(json.dumps(_row(0)).encode() + b"\n" + damage + b"\n" + json.dumps(_row(100)).encode() + b"\n")
+    warnings = []
+    assert [r["step"] for r in progress.read_metrics(path, warnings.append)] == [0, 100]
+    assert len(warnings) == 1 and "skipped 1 damaged line" in warnings[0]
+    history = [_row(0), _row(100), _row(200, 2.0)]  # the checkpoint's own evals
+    progress.MetricsLog(path, resumed_step=200, history=history, warn=warnings.append)
+    assert _read(path) == history
+
+
+def test_a_metrics_path_that_is_a_directory_disables_the_log_with_a_warning(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.mkdir()
+    warnings = []
+    assert progress.read_metrics(path, warnings.append) == [] and "cannot read" in warnings[0]
+    log = progress.MetricsLog(path, resumed_step=100, history=[_row(0)], warn=warnings.append)
+    assert log.append(_row(200)) and path.is_dir() and "not a regular file" in warnings[-1]
 
 
 def test_metrics_jsonl_survives_resume_without_duplicates(tiny_workdir_copy, corpus):

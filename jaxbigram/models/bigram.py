@@ -48,6 +48,7 @@ class Bigram:
 
     vocab_size: int
     kind: ClassVar[str] = "bigram"
+    cheap_split_loss: ClassVar[bool] = True  # from its bigram counts, whatever the corpus size
     has_optimum: ClassVar[bool] = True  # the closed-form optimum is the best any (V, V) table can do
 
     @property

@@ -349,6 +349,7 @@ class GPT:
     bias: bool = True
     dtype: str = "float32"  # compute dtype: "float32" | "bfloat16" (params always float32)
     kind: ClassVar[str] = "gpt"
+    cheap_split_loss: ClassVar[bool] = False  # a forward pass over every position
     has_optimum: ClassVar[bool] = False
 
     def __post_init__(self):
