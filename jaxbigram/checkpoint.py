@@ -154,7 +154,7 @@ class Store:
         meta = self.read_meta(step)
 
         def read():
-            params = _read_params(self.directory / str(step) / "state", self.manager.item_metadata(step)["state"])
+            params = _read_params(self.directory / str(step) / "state")
             _verify_checksums({"params": params}, meta.get("checksums"), params_only=True)
             return params
 
@@ -274,12 +274,15 @@ def _verify_checksums(tree, expected: dict | None, params_only: bool) -> None:
             raise ValueError(f"checksum mismatch in {name}")
 
 
-def _read_params(state_dir: Path, state_metadata) -> dict:
-    """The ``params`` subtree of a saved TrainState, restored alone onto the first local device."""
+def _read_params(state_dir: Path) -> dict:
+    """The ``params`` subtree of a saved TrainState, restored alone onto the first local device. The shapes come from
+    the state item's own metadata (the manager's step metadata would also parse orbax's per-step metrics file, which
+    readers never need: a damaged one must not make an intact step unreadable)."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                               state_metadata["params"])}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
     with ocp.PyTreeCheckpointer() as checkpointer:
+        state_metadata = checkpointer.metadata(state_dir).item_metadata
+        target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                                   state_metadata["params"])}
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
         return checkpointer.restore(state_dir, args=args)["params"]
