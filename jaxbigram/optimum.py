@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 
@@ -69,6 +71,8 @@ def _row_totals(counts: BigramCounts) -> np.ndarray:
 
 def train_optimum(train: BigramCounts) -> float:
     """The lowest mean cross-entropy any (V, V) table can reach on the train split: the entropy of the count model."""
+    if train.total == 0:  # no character pair: nothing to score (NaN, without numpy's 0/0 warning on stderr)
+        return math.nan
     row_totals = _row_totals(train)
     p = train.counts / row_totals[train.rows]
     return float(-(train.counts * np.log(p)).sum() / train.total)
@@ -76,6 +80,8 @@ def train_optimum(train: BigramCounts) -> float:
 
 def smoothed_loss(train: BigramCounts, evaluated: BigramCounts, alpha: float = 1.0) -> float:
     """Mean cross-entropy on ``evaluated`` of the train count model with add-``alpha`` smoothing."""
+    if evaluated.total == 0:  # no character pair to score (NaN, without numpy's 0/0 warning on stderr)
+        return math.nan
     vocab = train.vocab_size
     row_totals = _row_totals(train)
     train_codes = train.rows.astype(np.int64) * vocab + train.cols
