@@ -126,9 +126,21 @@ def test_resume_with_another_config_is_refused_and_names_the_keys(flags, keys, u
     assert "trained with other settings" in line and keys in line and "--fresh" in line
 
 
-def test_fresh_with_an_impossible_config_leaves_the_old_checkpoints(untouched, capsys):
-    line = run_main(capsys, ["train", "--workdir", untouched, "--fresh", "--set", "train.block_size=2000000"])
-    assert "block_size" in line
+@pytest.mark.parametrize("override, expected", [("train.block_size=2000000", "block_size"),
+                                               ("train.batch_size=10000000", "this run needs about"),
+                                               ("train.steps_per_call=3000000000", "train.steps_per_call")])
+def test_fresh_with_an_impossible_config_leaves_the_old_checkpoints(override, expected, untouched, capsys):
+    """`untouched` checks that checkpoints/ and metrics.jsonl are exactly as they were (sizes and mtimes)."""
+    log = (untouched / "metrics.jsonl").read_bytes()
+    line = run_main(capsys, ["train", "--workdir", untouched, "--fresh", "--set", override])
+    assert expected in line
+    assert (untouched / "metrics.jsonl").read_bytes() == log
+
+
+def test_resume_may_change_only_the_step_count_and_the_cadence(tiny_workdir_copy, capsys):
+    assert main(["train", "--workdir", str(tiny_workdir_copy), "--set", "eval.iters=3", "--steps", "300"]) == 0
+    assert "resuming from step 200" in capsys.readouterr().err
+    assert store_params(tiny_workdir_copy)[1]["step"] == 300
 
 
 def test_help_shows_defaults_and_an_example(capsys):
@@ -235,11 +247,14 @@ def test_bad_override(flag, untouched, capsys):
 SAMPLE_ROWS = {
     "temperature zero": (["--temperature", "0"], ["--temperature must be > 0"]),
     "temperature negative": (["--temperature", "-1"], ["--temperature must be > 0"]),
+    "temperature nan": (["--temperature", "nan"], ["--temperature must be > 0, got nan"]),
+    "temperature inf": (["--temperature", "inf"], ["--temperature must be > 0, got inf"]),
     "top-k below 1": (["--top-k", "0"], ["--top-k must be between 1 and the vocabulary size 65"]),
     "top-k above vocab": (["--top-k", "66"], ["--top-k must be between 1 and the vocabulary size 65"]),
     "top-p zero": (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
     "negative max-new-tokens": (["--max-new-tokens", "-1"], ["--max-new-tokens must be >= 0"]),
     "negative num-samples": (["--num-samples", "-2"], ["--num-samples must be >= "]),
+    "zero num-samples": (["--num-samples", "0"], ["--num-samples must be >= 1, got 0"]),
     "prompt outside vocab": (["--prompt", "Thé café €5"], ["'é', '€'", "stored in the checkpoint"]),
     "empty prompt": (["--prompt", ""], ["the prompt is empty"]),
     "step that does not exist": (["--step", "150"], ["no checkpoint for step 150", "available steps are 100, 200"]),
@@ -341,3 +356,186 @@ def test_subprocess(case, run_cli, untouched, damaged, tmp_path):
     if case.startswith("unavailable"):
         platform = "tpu" if case == "unavailable platform" else "gpu"
         assert f"platform '{platform}' is not available" in line and "--platform cpu" in line
+
+
+# ----------------------------------------------------------------------------- hostile values and run folders
+
+def _sample_text(capsys, workdir, *flags) -> str:
+    assert main(["sample", "--workdir", str(workdir), "--max-new-tokens", "60", *map(str, flags)]) == 0
+    return capsys.readouterr().out
+
+
+def test_tiny_temperatures_are_greedy(untouched, capsys):
+    greedy = _sample_text(capsys, untouched, "--top-k", "1", "--seed", "3")
+    for temperature in ("1e-38", "1e-45"):
+        assert _sample_text(capsys, untouched, "--temperature", temperature, "--seed", "3") == greedy
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, 10**30])
+def test_huge_seeds_reduce_modulo_2_32(seed, tmp_path, capsys):
+    """train accepts any non-negative seed (train.seed = seed % 2**32), and sample draws the same text for s and
+    s + 2**32."""
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", TINY, "--workdir", str(workdir), "--steps", "1", "--seed", str(seed)]) == 0
+    capsys.readouterr()
+    assert store_params(workdir)[1]["config"]["train"]["seed"] == seed % 2**32
+    assert _sample_text(capsys, workdir, "--seed", seed) == _sample_text(capsys, workdir, "--seed", seed + 2**32)
+
+
+def test_eval_iters_too_big_is_one_line(untouched, capsys):
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", untouched, "--fresh",
+                             "--set", "eval.iters=1000000000"])
+    assert "eval.iters" in line
+
+
+def test_steps_below_the_current_step_is_a_note(tiny_workdir_copy, capsys):
+    before = store_params(tiny_workdir_copy)[0]
+    assert main(["train", "--workdir", str(tiny_workdir_copy), "--steps", "100"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "already at step 200" in notes[0] and "nothing to train" in notes[0], err
+    assert "Traceback" not in err and "error:" not in err
+    np.testing.assert_array_equal(jax_leaf(store_params(tiny_workdir_copy)[0]), jax_leaf(before))
+
+
+def jax_leaf(params):
+    return np.asarray(params["token_embedding_table"]["embedding"])
+
+
+def test_eval_json_of_an_unscorable_split_is_null_with_a_note(tmp_path, capsys):
+    """A checkpoint evaluated on a text whose train split has too few characters to score: valid JSON (null, never
+    NaN), and one note on stderr."""
+    text = Path(DATA).read_text(encoding="utf-8")[:20000]
+    source = write(tmp_path / "text.txt", text)
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", TINY, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
+    capsys.readouterr()
+    vocab = store_params(workdir)[1]["vocab"]
+    tiny = write(tmp_path / "tiny.txt", "".join(sorted(vocab))[:1] * 1)  # one character: no pair in any split
+    code = main(["eval", "--workdir", str(workdir), "--json", "--data", str(tiny)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON")
+
+    report = json.loads(captured.out, parse_constant=refuse)
+    nulls = [k for k, v in report.items() if v is None]
+    assert "val_loss" in nulls
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: ") and "cannot be scored" in line]
+    assert len(notes) == 1 and "null" in notes[0] and "Traceback" not in captured.err
+
+
+def test_a_byte_order_mark_is_not_a_character(tmp_path, capsys):
+    text = Path(DATA).read_text(encoding="utf-8")[:20000]
+    source = write(tmp_path / "bom.txt", b"\xef\xbb\xbf" + text.encode("utf-8"))
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", TINY, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if "byte-order mark" in line and line.startswith("note: ")]) == 1
+    assert main(["info", "--workdir", str(workdir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "\ufeff" not in info["vocab"] and info["vocab"] == "".join(sorted(set(text)))
+
+
+# damage the newest step's files one at a time, three ways
+DAMAGE = {
+    "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),
+    "zeroed": lambda p: p.write_bytes(b"\0" * p.stat().st_size),
+    "deleted": lambda p: p.unlink(),
+}
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_every_file_of_the_newest_step_damaged(how, tiny_workdir, tmp_path, capsys):
+    """Whichever file of step 200 is damaged: sample and eval work or say in one line which step is damaged and
+    which older one to use; info never crashes; train resumes (setting the step aside or repairing the file)."""
+    files = sorted(p.relative_to(tiny_workdir) for p in (tiny_workdir / "checkpoints" / "200").rglob("*")
+                   if p.is_file())
+    assert len(files) > 10 and any(f.name == "metrics" for f in files)
+    for i, name in enumerate(files):
+        workdir = tmp_path / str(i)
+        shutil.copytree(tiny_workdir, workdir)
+        DAMAGE[how](workdir / name)
+        for command in (["sample", "--max-new-tokens", "5"], ["eval"]):
+            code = main([command[0], "--workdir", str(workdir), *command[1:]])
+            err = capsys.readouterr().err
+            assert "Traceback" not in err, (name, command, err)
+            if code != 0:
+                line = error_line(err)
+                assert code == 2 and "step 200" in line and "100" in line, (name, command, line)
+                assert name.parts[-1] != "metrics", (name, line)  # the metrics file is never read by readers
+        assert main(["info", "--workdir", str(workdir)]) == 0, (name, capsys.readouterr().err)
+        capsys.readouterr()
+        code = main(["train", "--workdir", str(workdir), "--steps", "300"])
+        err = capsys.readouterr().err
+        assert code == 0 and "Traceback" not in err and "\nerror: " not in "\n" + err, (name, err)
+        assert store_params(workdir)[1]["step"] == 300, name
+        shutil.rmtree(workdir)
+
+
+def test_orbax_metrics_without_a_val_loss_resume(tiny_workdir_copy, capsys):
+    write(tiny_workdir_copy / "checkpoints" / "200" / "metrics" / "metrics", "{}")
+    assert main(["train", "--workdir", str(tiny_workdir_copy), "--steps", "300"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from step 200" in err and "Traceback" not in err
+    assert store_params(tiny_workdir_copy)[1]["step"] == 300
+
+
+# ----------------------------------------------------------------------------- multi-process flags
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--coordinator", "host"], "--coordinator must be HOST:PORT"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "--process-id must be from 0 to --num-processes - 1 = 2 - 1, got 2"),
+])
+def test_bad_multi_process_flags(flags, expected, untouched, capsys):
+    line = run_main(capsys, ["train", "--workdir", untouched, *flags])
+    assert expected in line
+
+
+def test_a_process_that_never_sees_the_others_gives_up_in_one_line(run_cli, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    proc = run_cli("train", "--config", TINY, "--workdir", tmp_path / "run", "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", 2, "--process-id", 0, "--distributed-timeout", 3, timeout=60)
+    assert time.monotonic() - started < 20
+    line = assert_usage_error(proc, "not every process joined", "within 3 s")
+    assert "process 0 of 2" in line
+
+
+# ----------------------------------------------------------------------------- paths
+
+NOT_UTF8 = os.fsdecode(b"r\xffn")
+
+
+@pytest.mark.parametrize("flag", ["--workdir", "--data"])
+def test_a_path_that_is_not_utf8_is_one_line(flag, tmp_path, capsys):
+    bad = tmp_path / NOT_UTF8
+    if flag == "--data":
+        shutil.copy(DATA, bad)
+    argv = ["train", "--config", TINY, "--workdir", str(tmp_path / "run"), "--data", DATA]
+    argv[argv.index(flag) + 1] = str(bad)
+    line = run_main(capsys, argv)
+    assert f"{flag.lstrip('-')} path" in line and "not valid UTF-8" in line and "\\xff" in line
+    line.encode("utf-8")
+
+
+def test_an_empty_workdir_is_one_line(capsys):
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", ""])
+    assert "--workdir is empty" in line
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_a_fifo_is_refused_without_waiting(command, run_cli, untouched, tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    argv = (["train", "--config", TINY, "--workdir", tmp_path / "run", "--data", fifo] if command == "train"
+            else ["sample", "--workdir", untouched, "--prompt-file", fifo])
+    line = assert_usage_error(run_cli(*argv, timeout=60))
+    assert "named pipe (FIFO)" in line and str(fifo) in line
