@@ -3,9 +3,8 @@ the ground truth any bigram trainer can be checked against (and the baseline any
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
