@@ -156,3 +156,35 @@ def test_truncated_arrays_are_a_corrupt_checkpoint_and_readers_touch_nothing(sto
     assert info.value.code == "corrupt_checkpoint" and "truncated or corrupted" in str(info.value)
     assert "\n" not in str(info.value)
     assert snapshot(store.workdir) == before
+
+
+def test_a_full_disk_removes_the_half_written_step_and_names_where_to_resume(store, state, monkeypatch):
+    """orbax writes its temp directory, then the disk fills up: one ResourceError line naming the step and the step
+    to resume from, no temp directory left, and the earlier steps restore intact."""
+    import errno
+
+    from jaxbigram.errors import ResourceError
+
+    store.save(10, state, meta(10), val_loss=2.0)
+    store.save(20, state, meta(20), val_loss=1.0)
+    manager = store.manager
+
+    def full_disk(step, *args, **kwargs):
+        (store.directory / f"{step}.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manager, "save", full_disk)
+    with pytest.raises(ResourceError) as info:
+        store.save(30, state, meta(30), val_loss=0.5)
+    message = str(info.value)
+    assert info.value.code == "disk_full" and "\n" not in message
+    assert "while saving step 30" in message and "resume from step 20" in message
+    assert not list(store.directory.glob("*.orbax-checkpoint-tmp*"))
+    reader = Store(store.workdir, read_only=True)
+    try:
+        assert reader.steps() == [10, 20]
+        for step in (10, 20):
+            params, saved = reader.restore_params(step)
+            assert saved["step"] == step and same_tree(params, state.params)
+    finally:
+        reader.close()

@@ -103,3 +103,31 @@ def test_loss_rows_and_val_optimum(tiny_workdir_copy):
     assert "exact" not in ckpt.meta
     assert evaluate.val_optimum(ckpt.meta) == pytest.approx(2.482, abs=5e-4)
     assert evaluate.val_optimum({**ckpt.meta, "data": {**ckpt.meta["data"], "sha256": "0" * 64}}) is None
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["newest", "explicit step"])
+def test_load_checkpoint_when_a_step_vanishes_while_being_read(explicit, tiny_workdir_copy, monkeypatch):
+    """A running train drops step 200 between the listing and the read: the newest remaining step is read instead;
+    an explicit --step that went away is 'step_moved'; one that never existed stays 'no_step'."""
+    from jaxbigram.checkpoint import Store
+
+    real = Store.restore_params
+    vanished = []
+
+    def racing(self, step):
+        if not vanished:
+            vanished.append(step)
+            shutil.rmtree(self.directory / str(step))
+        return real(self, step)
+
+    monkeypatch.setattr(Store, "restore_params", racing)
+    if explicit:
+        with pytest.raises(CheckpointError) as info:
+            evaluate.load_checkpoint(tiny_workdir_copy, 200)
+        assert info.value.code == "step_moved" and "step 200" in str(info.value) and "100" in str(info.value)
+        with pytest.raises(CheckpointError) as info:
+            evaluate.load_checkpoint(tiny_workdir_copy, 150)
+        assert info.value.code == "no_step"
+    else:
+        assert evaluate.load_checkpoint(tiny_workdir_copy).step == 100
+    assert vanished == [200]

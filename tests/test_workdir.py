@@ -148,3 +148,32 @@ def test_newest_meta_skips_unreadable_metadata(store):
     assert "step 2 is damaged" in notes[0]
     assert workdir.newest_meta(Store(store.workdir / "new"), print) is None
     np.testing.assert_array_equal(store.steps(), [1])
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["resume", "--fresh"])
+def test_train_refuses_a_step_folder_it_did_not_write(fresh, tmp_path, capsys):
+    from conftest import TINY, run_main, snapshot
+
+    run = tmp_path / "run"
+    write((run / "checkpoints" / "5").mkdir(parents=True) or run / "checkpoints" / "5" / "notes.txt", "mine")
+    before = snapshot(run / "checkpoints")  # (train's own .train.lock may appear beside it)
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", run, "--steps", "1", *["--fresh"] * fresh])
+    assert "holds what this program did not write" in line and str(run / "checkpoints" / "5") in line
+    assert snapshot(run / "checkpoints") == before
+    assert sorted(p.name for p in run.iterdir()) == [".train.lock", "checkpoints"]
+
+
+def test_a_metrics_log_without_checkpoints_is_refused_unless_fresh(tmp_path, capsys):
+    from jaxbigram import cli
+    from conftest import TINY, run_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "metrics.jsonl", '{"step": 7, "from": "another program"}\n')
+    line = run_main(capsys, ["train", "--config", TINY, "--workdir", run, "--steps", "1"])
+    assert "a metrics.jsonl but no checkpoints" in line and "--fresh" in line
+    assert "another program" in (run / "metrics.jsonl").read_text()
+    assert cli.main(["train", "--config", TINY, "--workdir", str(run), "--steps", "1", "--fresh"]) == 0
+    capsys.readouterr()
+    assert "another program" not in (run / "metrics.jsonl").read_text()
+    assert (run / "checkpoints" / "1").is_dir()
