@@ -65,8 +65,6 @@ def test_plot_without_matplotlib_is_one_line_error(tiny_workdir, monkeypatch, ca
 
 @pytest.mark.parametrize("case", ["out is a file", "out under a file", "a PNG path is a folder", "read-only workdir"])
 def test_plot_where_it_cannot_write_is_one_line(case, tiny_workdir_copy, tmp_path, capsys):
-    from conftest import run_main, snapshot, write
-
     workdir, out = tiny_workdir_copy, None
     if case == "out is a file":
         out = write(tmp_path / "taken.png", b"mine")
