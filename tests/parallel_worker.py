@@ -57,5 +57,19 @@ def main(cfg_path, data_path, workdir, out_path):
              val_loss=result.report["val_loss"], **out)
 
 
+def fit_only(cfg_path, data_path, workdir, out_path):
+    """``fit`` on every device of this process (any model): its final params, flattened, and its eval history."""
+    cfg = config.load(cfg_path)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.devnull, "w") as quiet:
+        result = train.fit(cfg, data.load_corpus(data_path), Store(workdir), fresh=True, out=quiet, err=quiet)
+    leaves = [np.asarray(leaf).ravel() for leaf in jax.tree_util.tree_leaves(result.state.params)]
+    np.savez(out_path, devices=jax.device_count(), params=np.concatenate(leaves),
+             history=np.asarray([[h["step"], h["train_loss"], h["val_loss"]] for h in result.history]))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    if sys.argv[1] == "--fit":  # python tests/parallel_worker.py --fit CONFIG DATA WORKDIR OUT.npz
+        fit_only(*sys.argv[2:6])
+    else:
+        main(*sys.argv[1:5])

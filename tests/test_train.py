@@ -201,3 +201,48 @@ def test_train_and_evaluate_resumes_with_the_checkpoint_config_and_data(tmp_path
     assert second.report["step"] == 200
     assert "from checkpoint" in err.getvalue() and "resuming from step 100" in err.getvalue()
     assert Store(workdir, read_only=True).read_meta(200)["config"] == config.load("tiny").to_dict()
+
+
+# ----------------------------------------------------------------------------- the GPT through the same loop
+
+GPT_TINY = """
+[model]
+kind = "gpt"
+n_layer = 1
+n_head = 2
+n_embd = 16
+dropout = 0.2
+[train]
+seed = 5
+steps = 30
+batch_size = 4
+block_size = 8
+learning_rate = 0.01
+steps_per_call = 10
+[eval]
+interval = 10
+iters = 2
+[checkpoint]
+interval = 10
+keep = 5
+"""
+
+
+def test_gpt_stop_and_resume_with_dropout_is_bit_identical(tmp_path, corpus):
+    """Dropout keys are step keys: 15 steps, then a resume to 30, equals 30 in one go, bit for bit."""
+    (tmp_path / "cfg.toml").write_text(GPT_TINY)
+    cfg = config.load(tmp_path / "cfg.toml")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    whole = run_fit(tmp_path / "one", cfg, corpus)
+    half = run_fit(tmp_path / "two", config.replace(cfg, "train", steps=15), corpus)
+    assert int(half.state.step) == 15 and steps(tmp_path / "two") == [10, 15]
+    resumed = run_fit(tmp_path / "two", cfg, corpus)
+    assert int(resumed.state.step) == 30
+    assert same_tree(resumed.state.params, whole.state.params)
+    assert same_tree(resumed.state.opt_state, whole.state.opt_state)
+    assert resumed.report["val_loss"] == whole.report["val_loss"] and resumed.report["train_loss"] is None
+    # dropout is really on: the same run without it trains to other params
+    (tmp_path / "three").mkdir()
+    no_dropout = run_fit(tmp_path / "three", config.replace(cfg, "model", dropout=0.0), corpus)
+    assert not same_tree(no_dropout.state.params, whole.state.params)
