@@ -1,4 +1,5 @@
-"""bench.py: every figure ``run.py bench`` reports is documented in the README, and each one is a sane measurement.
+"""bench.py: every figure ``run.py bench`` reports is documented in docs/performance.md, and each one is a sane
+measurement.
 
 Sizes are tiny here (the real command takes minutes); nothing about speed is asserted.
 """
@@ -12,8 +13,8 @@ from conftest import REPO_ROOT
 
 
 def documented_keys() -> set[str]:
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("<!-- section: performance -->"):readme.index("<!-- end: performance -->")]
+    page = (REPO_ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    section = page[page.index("<!-- section: performance -->"):page.index("<!-- end: performance -->")]
     return set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.MULTILINE))
 
 
@@ -23,7 +24,12 @@ def test_bench_measures_every_documented_figure(tmp_path, make_corpus):
     plan = bench.Plan(repeats=1, small_shape=(4, 8), small_steps_per_call=20, small_calls=1, large_shape=(8, 16),
                       large_steps_per_call=2, large_calls=1, naive_steps=10, sample_long=(1, 300),
                       sample_wide=(3, 100), naive_sample_chars=100, notes_config="tiny", notes_repeats=1,
-                      corpus_mb=0.05, data_repeats=1)
+                      corpus_mb=0.05, data_repeats=1,
+                      # gpt-tiny has block 16: the first two sampling figures stay within it, the last two go beyond
+                      gpt_config="gpt-tiny", gpt_steps_per_call=5, gpt_calls=1, gpt_naive_steps=3,
+                      gpt_samples=(("1_stream", 1, 20), ("64_streams", 3, 10), ("1_stream_beyond", 1, 40),
+                                   ("64_streams_beyond", 2, 24)),
+                      gpt_run_repeats=1, gpt_large_config="gpt-tiny", gpt_large_steps=1)
     report = bench.run_speed(plan, data.load_corpus(path), None, lambda message: None)
 
     assert set(report) == documented_keys()
@@ -35,5 +41,10 @@ def test_bench_measures_every_documented_figure(tmp_path, make_corpus):
     assert report["data_prep_cache_memory_mapped"] is True
     assert report["train_tokens_per_s"] == report["train_steps_per_s"] * 32
     assert report["notes_run_warm_cache_s"] > 0 and report["notes_config"] == "tiny"
+    assert report["gpt_config"] == "gpt-tiny" and report["gpt_large_config"] == "gpt-tiny"
+    for label in ("1_stream", "64_streams", "1_stream_beyond", "64_streams_beyond"):
+        assert report[f"gpt_sample_{label}_same_ids"] is True, label  # compiled sampler == the lecture's, same draws
+    assert report["gpt_sample_64_streams_beyond_shape"] == "2x24"
+    assert 0 < report["gpt_train_mfu"] <= 1
     table = bench.format_table(report)
     assert all(key in table for key in report if key not in ("raw_seconds", "devices"))
