@@ -1,11 +1,18 @@
 """``python run.py {train,sample,eval,info,plot,bench} --help``: a thin entry into ``jaxbigram.cli``."""
 
-import sys
+import os
+import signal
+
+
+def _stop_before_start(signum, frame):
+    """Ctrl-C or SIGTERM before the program has started: nothing was done; one line, exit 128 + N."""
+    os.write(2, f"stopped by {signal.Signals(signum).name}\n".encode())
+    os._exit(128 + signum)
+
 
 if __name__ == "__main__":
-    try:
-        from jaxbigram.cli import console_main
-    except KeyboardInterrupt:  # Ctrl-C before the program even started: nothing was done
-        print("stopped by SIGINT", file=sys.stderr)
-        sys.exit(130)
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stop_before_start)
+    from jaxbigram.cli import console_main
+
     console_main()

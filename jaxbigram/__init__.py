@@ -1,3 +1,3 @@
-"""jaxbigram: the character-level bigram language model of "let's build GPT", in functional JAX/Flax."""
+"""jaxbigram: the character-level language models of "let's build GPT" (the bigram and its GPT), in functional JAX/Flax."""
 
 __version__ = "0.1.0"

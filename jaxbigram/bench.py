@@ -417,10 +417,12 @@ def run_speed(plan: Plan, corpus, platform: str | None, log) -> dict:
 
 # ----------------------------------------------------------------------------- the GPT
 
-# Published dense peaks (float32 / bfloat16 TFLOP/s) by device kind, for utilisation on accelerators; on a CPU the
+# Published dense peaks (TFLOP/s) of the units JAX's default float32 matmuls use, by device kind, for utilisation
+# on accelerators: TF32 tensor cores on Ampere and later GPUs, float32 on V100, bfloat16 MXUs on TPUs. On a CPU the
 # bench measures its own float32 matmul peak instead.
-PUBLISHED_PEAK_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5, "V100": 15.7, "L4": 30.3, "TPU v4": 275.0,
-                         "TPU v5 lite": 197.0, "TPU v5": 459.0}
+PUBLISHED_PEAK_TFLOPS = {"H100": (494.7, "TF32"), "H200": (494.7, "TF32"), "A100": (156.0, "TF32"),
+                         "L4": (60.0, "TF32"), "V100": (15.7, "float32"), "TPU v4": (275.0, "bfloat16"),
+                         "TPU v5 lite": (197.0, "bfloat16"), "TPU v5": (459.0, "bfloat16")}
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -445,9 +447,9 @@ def peak_flops(measured_matmul: float) -> tuple[float, str]:
     import jax
 
     kind = jax.devices()[0].device_kind
-    for name, tflops in PUBLISHED_PEAK_TFLOPS.items():
+    for name, (tflops, unit) in PUBLISHED_PEAK_TFLOPS.items():
         if jax.default_backend() != "cpu" and name.lower() in kind.lower():
-            return tflops * 1e12, f"published float32 peak of {kind}"
+            return tflops * 1e12, f"published dense {unit} peak of {kind}"
     return measured_matmul, "measured float32 matmul peak"
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-from .errors import MESSAGES, Interrupted, JaxbigramError, Stopped, UsageError
+from .errors import MESSAGES, Interrupted, JaxbigramError, UsageError
 
 DEFAULT_WORKDIR = "runs/default"
 
@@ -328,8 +329,24 @@ def resume_command(argv: list[str]) -> str:
     return f"{program} {shlex.join(args)}"
 
 
-def _raise_stopped(signum, frame):
-    raise Stopped(signum)
+def _stop_now(context: dict):
+    """A SIGINT/SIGTERM handler for everywhere but the training loop: say one line and exit 128 + N at once.
+
+    It exits rather than raising: a signal can arrive while JAX runs a Python callback from C++ (its garbage
+    collector hook, a compile), where an exception would be swallowed or abort the process. Outside the loop nothing
+    is half-written that matters: checkpoints are saved only inside it, every other file is replaced atomically.
+    """
+    def handler(signum, frame):
+        try:
+            sys.stdout.flush()
+        except Exception:  # a flush the signal interrupted; the text so far is all there is
+            pass
+        line = MESSAGES["stopped"].format(signal=_signal_name(signum),
+                                          detail=_stopped_detail(context.get("command"), context["argv"]))
+        os.write(2, (line + "\n").encode("utf-8", "replace"))
+        os._exit(128 + signum)
+
+    return handler
 
 
 def _stopped_detail(command: str | None, argv) -> str:
@@ -344,22 +361,23 @@ def _stopped_detail(command: str | None, argv) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the process exit code (0 ok, 2 bad input, 128+N on signal N).
 
-    SIGINT and SIGTERM raise ``Stopped`` everywhere but inside the training loop, which finishes its chunk, saves and
-    raises ``Interrupted``; either way the command ends with one line and exit code 128 + N.
+    SIGINT and SIGTERM end the command at once with one line (``_stop_now``), except inside the training loop,
+    which finishes its chunk, saves and raises ``Interrupted``; either way the exit code is 128 + N.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = None
+    context = {"argv": argv}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _raise_stopped)
+        for signum in previous:
+            signal.signal(signum, _stop_now(context))
         args = build_parser().parse_args(argv)
-        command = args.command
-        if command != "info":
+        context["command"] = args.command
+        if args.command != "info":
             from .runtime import configure
 
             # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
-            configure(getattr(args, "platform", None), compile_cache=command != "bench")
-        return COMMANDS[command](args)
+            configure(getattr(args, "platform", None), compile_cache=args.command != "bench")
+        return COMMANDS[args.command](args)
     except JaxbigramError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -367,11 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         print(MESSAGES["interrupted"].format(signal=_signal_name(e.signum), step=e.step, path=e.path,
                                              command=resume_command(argv)), file=sys.stderr)
         return e.exit_code
-    except (Stopped, KeyboardInterrupt) as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(MESSAGES["stopped"].format(signal=_signal_name(signum), detail=_stopped_detail(command, argv)),
+    except KeyboardInterrupt:  # main called from Python code that had not set the handlers (tests, notebooks)
+        print(MESSAGES["stopped"].format(signal="SIGINT", detail=_stopped_detail(context.get("command"), argv)),
               file=sys.stderr)
-        return 128 + signum
+        return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # XLA running out of device or host memory despite the estimate: one line, not a trace
@@ -379,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {MESSAGES['xla_oom'].format(reason=str(e).splitlines()[0][:200])}", file=sys.stderr)
         return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def console_main() -> None:

@@ -63,7 +63,7 @@ MESSAGES = {
     "corrupt_checkpoint": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): use --step with an older step ({steps}); `train` in that workdir resumes from the newest intact step",
     "step_moved": "checkpoint step {step} in {workdir} was removed while it was being read (a running `train` keeps only its newest steps): pass --step with one of {steps}, or leave --step out for the newest",
     "incompatible": "the checkpoint in {workdir} was trained on {what}: pass --fresh to start a new run there, or use another --workdir",
-    "config_changed": "the run in {workdir} was trained with other settings ({keys}): resume without --config/--set (the checkpoint's config is the run's config; only train.steps, eval.* and checkpoint.interval/keep may change), or start a new run with --fresh or another --workdir",
+    "config_changed": "the run in {workdir} was trained with other settings ({keys}): resume without --config/--set (the checkpoint's config is the run's config; only train.steps, train.steps_per_call, eval.*, checkpoint.interval/keep and data.path may change), or start a new run with --fresh or another --workdir",
     "model_unknown": "unknown model.kind {got!r}: choose one of {choices}",
     "workdir_not_writable": "workdir {workdir} is not writable ({reason}): pass a writable --workdir",
     "workdir_busy": "another `train` is running in {workdir}: wait for it, stop it (Ctrl-C saves a checkpoint), or pass another --workdir",
@@ -124,11 +124,3 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
         super().__init__(f"interrupted at step {step}")
 
-
-class Stopped(BaseException):
-    """SIGINT or SIGTERM outside a training loop (which saves first, see ``Interrupted``): the command stops."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(f"signal {signum}")

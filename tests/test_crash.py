@@ -190,22 +190,22 @@ def _one_stop_line(err: str) -> str:
     return stops[0]
 
 
-@pytest.mark.xfail(strict=False, reason="package bug: a signal landing while JAX is imported or initialised is raised "
-                   "inside jaxlib's _xla_gc_callback ('Exception ignored', the run then goes on to exit 0) or inside "
-                   "a nanobind callback (std::terminate, exit 134)")
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5, 1.0])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_during_start_up_is_one_line(signum, tmp_path, compile_cache):
-    """Sent while Python is still importing JAX: exit 128 + N, one non-empty line on stderr, no traceback."""
+def test_a_signal_during_start_up_is_one_line(signum, delay, tmp_path, compile_cache):
+    """Sent while Python imports or initialises JAX (where a raised exception would land in a C++ callback):
+    exit 128 + N, one non-empty line on stderr, no traceback."""
     import time
 
     proc = _popen(["train", "--config", TINY, "--data", DATA, "--workdir", tmp_path / "run", *LONG], compile_cache)
-    time.sleep(0.3)
+    time.sleep(delay)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
     line = _one_stop_line(err)
-    assert [line_ for line_ in err.splitlines() if line_.strip()] == [line], err  # nothing else before it
-    assert line.startswith(f"stopped by {signal.Signals(signum).name}")
+    lines = [line_ for line_ in err.splitlines() if line_.strip()]
+    assert lines[-1] == line and line.startswith(f"stopped by {signal.Signals(signum).name}"), err
+    assert all(line_.startswith(("jax ", "data: ")) for line_ in lines[:-1]), err  # only the usual start-up lines
 
 
 def test_sigint_while_sampling_is_one_line_about_nothing_else(tiny_workdir, compile_cache):
