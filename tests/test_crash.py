@@ -190,7 +190,7 @@ def _one_stop_line(err: str) -> str:
     return stops[0]
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_start_up_is_one_line(signum, delay, tmp_path, compile_cache):
     """Sent while Python imports or initialises JAX (where a raised exception would land in a C++ callback):
@@ -205,7 +205,8 @@ def test_a_signal_during_start_up_is_one_line(signum, delay, tmp_path, compile_c
     line = _one_stop_line(err)
     lines = [line_ for line_ in err.splitlines() if line_.strip()]
     assert lines[-1] == line and line.startswith(f"stopped by {signal.Signals(signum).name}"), err
-    assert all(line_.startswith(("jax ", "data: ")) for line_ in lines[:-1]), err  # only the usual start-up lines
+    # only the usual start-up lines before it (on a fast machine training may have begun: then it saved first)
+    assert all(line_.startswith(("jax ", "data: ", "received ", "progress: ")) for line_ in lines[:-1]), err
 
 
 def test_sigint_while_sampling_is_one_line_about_nothing_else(tiny_workdir, compile_cache):
