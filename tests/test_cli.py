@@ -6,6 +6,7 @@ Most rows call ``cli.main`` in-process (JAX start-up costs ~1.5 s per subprocess
 """
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -539,3 +540,58 @@ def test_a_fifo_is_refused_without_waiting(command, run_cli, untouched, tmp_path
             else ["sample", "--workdir", untouched, "--prompt-file", fifo])
     line = assert_usage_error(run_cli(*argv, timeout=60))
     assert "named pipe (FIFO)" in line and str(fifo) in line
+
+
+# ----------------------------------------------------------------------------- the GPT through every command
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory, run_cli):
+    workdir = tmp_path_factory.mktemp("gpt") / "run"
+    proc = run_cli("train", "--config", "gpt-tiny", "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr
+    return workdir, proc
+
+
+def test_gpt_train_reports_the_exact_val_loss_against_the_bigram_baseline(gpt_run):
+    _, proc = gpt_run
+    assert "step 200: train loss" in proc.stdout
+    assert re.search(r"exact loss at step 200: train: `run.py eval` computes it, val \d\.\d{4} nats", proc.stdout)
+    assert "vs the bigram baseline" in proc.stdout
+
+
+def test_gpt_sample_is_deterministic_and_in_the_vocabulary(gpt_run, run_cli):
+    workdir, _ = gpt_run
+    a = run_cli("sample", "--workdir", workdir, "--seed", "3", "--max-new-tokens", "80", "--prompt", "ROMEO:")
+    b = run_cli("sample", "--workdir", workdir, "--seed", "3", "--max-new-tokens", "80", "--prompt", "ROMEO:")
+    c = run_cli("sample", "--workdir", workdir, "--seed", "4", "--max-new-tokens", "80", "--prompt", "ROMEO:",
+                "--top-k", "5", "--temperature", "0.8", "--num-samples", "2")
+    assert a.returncode == b.returncode == c.returncode == 0, a.stderr + c.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:") and len(a.stdout) == len("ROMEO:") + 80 + 1
+    assert "(gpt;" in a.stderr and c.stdout.count("---------- sample") == 2
+    info = json.loads(run_cli("info", "--workdir", workdir, "--json").stdout)
+    assert set(a.stdout[:-1]) <= set(info["vocab"])
+
+
+def test_gpt_eval_info_and_plot(gpt_run, run_cli, tmp_path):
+    workdir, _ = gpt_run
+    report = json.loads(run_cli("eval", "--workdir", workdir, "--json").stdout)
+    assert report["model"] == "gpt" and report["step"] == 200
+    assert 0 < report["train_loss"] < 4.2 and 0 < report["val_loss"] < 4.2  # trained: below ln 65 ≈ 4.17
+    assert report["gap_val"] == pytest.approx(report["val_loss"] - report["optimum_val_loss"])
+    info = json.loads(run_cli("info", "--workdir", workdir, "--json").stdout)
+    assert info["model"] == "gpt" and info["config"]["model"]["kind"] == "gpt"
+    c, t, v, layers = 32, 16, info["vocab_size"], 2  # gpt-tiny: n_embd 32, block 16, 2 layers, biases on
+    per_layer = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
+    assert info["num_params"] == v * c + t * c + layers * per_layer + 2 * c + c * v + v
+    text = run_cli("info", "--workdir", workdir).stdout
+    assert f"model:       gpt, {info['num_params']:,} parameters" in text
+    plot = run_cli("plot", "--workdir", workdir, "--out", tmp_path)
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / "loss.png").is_file() and not (tmp_path / "bigram.png").exists()  # the heatmap is bigram's
+
+
+def test_gpt_run_refuses_a_bigram_config_on_resume(gpt_run, run_cli):
+    workdir, _ = gpt_run
+    proc = run_cli("train", "--config", "tiny", "--workdir", workdir)
+    line = assert_usage_error(proc, "trained with other settings")
+    assert "model.kind" in line and "model.dropout" in line
