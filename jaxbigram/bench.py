@@ -111,15 +111,23 @@ def _train_state(vocab_size: int, seed: int = 0):
 
 def bench_train(train_ids, vocab_size: int, shape, steps_per_call: int, calls: int, repeats: int) -> dict:
     """Fused ``train_chunk`` at batch × block = ``shape``: compile time, then steps/s and tokens/s."""
+    batch, block = shape
+    state, compile_s, seconds = _time_fused(_train_state(vocab_size), train_ids, batch, block, steps_per_call, calls,
+                                            repeats)
+    steps = steps_per_call * calls
+    return {"steps_per_s": _median_rate(steps, seconds), "tokens_per_s": _median_rate(steps * batch * block, seconds),
+            "compile_s": compile_s, "raw_s": seconds, "steps": steps, "params": state.params}
+
+
+def _time_fused(state, train_ids, batch: int, block: int, steps_per_call: int, calls: int, repeats: int):
+    """Compile ``train_chunk`` for these sizes, warm it up, then time ``repeats`` × ``calls`` calls of
+    ``steps_per_call`` steps; returns (final state, compile seconds, seconds per repeat)."""
     import jax
     import jax.numpy as jnp
 
     from .train import train_chunk
 
-    batch, block = shape
-    data = jnp.asarray(train_ids)
-    key = jax.random.key(1)
-    state = _train_state(vocab_size)
+    data, key = jnp.asarray(train_ids), jax.random.key(1)
     t0 = time.perf_counter()
     compiled = train_chunk.lower(state, data, key, key, steps_per_call, batch_size=batch, block_size=block,
                                  max_steps=steps_per_call).compile()
@@ -133,9 +141,7 @@ def bench_train(train_ids, vocab_size: int, shape, steps_per_call: int, calls: i
             state, losses = compiled(state, data, key, key, steps_per_call)
         losses.block_until_ready()
         seconds.append(time.perf_counter() - t0)
-    steps = steps_per_call * calls
-    return {"steps_per_s": _median_rate(steps, seconds), "tokens_per_s": _median_rate(steps * batch * block, seconds),
-            "compile_s": compile_s, "raw_s": seconds, "steps": steps, "params": state.params}
+    return state, compile_s, seconds
 
 
 def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: int) -> dict:
@@ -473,27 +479,10 @@ def _gpt_setup(preset: str, vocab_size: int):
 
 def bench_gpt_train(preset: str, train_ids, vocab_size: int, steps_per_call: int, calls: int, repeats: int) -> dict:
     """Fused ``train_chunk`` of a GPT preset (its optimizer, clipping and dropout): steps/s, tokens/s, FLOP/s."""
-    import jax
-    import jax.numpy as jnp
-
-    from .train import train_chunk
-
     cfg, model, state, num_params = _gpt_setup(preset, vocab_size)
     t = cfg.train
-    data, key = jnp.asarray(train_ids), jax.random.key(1)
-    kw = dict(batch_size=t.batch_size, block_size=t.block_size, max_steps=steps_per_call)
-    t0 = time.perf_counter()
-    compiled = train_chunk.lower(state, data, key, key, steps_per_call, **kw).compile()
-    compile_s = time.perf_counter() - t0
-    state, losses = compiled(state, data, key, key, steps_per_call)  # warm-up
-    losses.block_until_ready()
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            state, losses = compiled(state, data, key, key, steps_per_call)
-        losses.block_until_ready()
-        seconds.append(time.perf_counter() - t0)
+    state, compile_s, seconds = _time_fused(state, train_ids, t.batch_size, t.block_size, steps_per_call, calls,
+                                            repeats)
     steps = steps_per_call * calls
     tokens = steps * t.batch_size * t.block_size
     return {"steps_per_s": _median_rate(steps, seconds), "tokens_per_s": _median_rate(tokens, seconds),

@@ -49,7 +49,7 @@ MESSAGES = {
     "set_syntax": "--set expects section.key=value, got {got!r}: for example --set train.learning_rate=0.01",
     "set_key": "--set key {key!r} must be section.key, for example train.steps",
     # sampling
-    "temperature": "--temperature must be > 0, got {got}",
+    "temperature": "--temperature must be a finite number > 0 (a tiny one means greedy), got {got}",
     "top_k": "--top-k must be between 1 and the vocabulary size {vocab}, got {got}",
     "top_p": "--top-p must be in (0, 1], got {got}",
     "negative": "{flag} must be >= {low}, got {got}",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ResourceError, UsageError
+from .errors import ResourceError
 
 FLOAT_BYTES = 4  # float32 parameters, moments, gradients and logits
 INDEX_BYTES = 4  # int32 ids in a batch

@@ -246,10 +246,10 @@ def test_bad_override(flag, untouched, capsys):
 # ----------------------------------------------------------------------------- sampling
 
 SAMPLE_ROWS = {
-    "temperature zero": (["--temperature", "0"], ["--temperature must be > 0"]),
-    "temperature negative": (["--temperature", "-1"], ["--temperature must be > 0"]),
-    "temperature nan": (["--temperature", "nan"], ["--temperature must be > 0, got nan"]),
-    "temperature inf": (["--temperature", "inf"], ["--temperature must be > 0, got inf"]),
+    "temperature zero": (["--temperature", "0"], ["--temperature must be a finite number > 0"]),
+    "temperature negative": (["--temperature", "-1"], ["--temperature must be a finite number > 0"]),
+    "temperature nan": (["--temperature", "nan"], ["--temperature must be a finite number > 0", "got nan"]),
+    "temperature inf": (["--temperature", "inf"], ["--temperature must be a finite number > 0", "got inf"]),
     "top-k below 1": (["--top-k", "0"], ["--top-k must be between 1 and the vocabulary size 65"]),
     "top-k above vocab": (["--top-k", "66"], ["--top-k must be between 1 and the vocabulary size 65"]),
     "top-p zero": (["--top-p", "0"], ["--top-p must be in (0, 1]"]),

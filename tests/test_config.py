@@ -1,7 +1,6 @@
 """config.py: presets (by path or by name), validation with one clear message naming the key, --set overrides, and
 the differences between two configs."""
 
-import os
 
 import pytest
 

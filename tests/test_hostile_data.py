@@ -51,8 +51,7 @@ def test_load_corpus_refuses_a_fifo_without_opening_it(fifo):
 
 @pytest.mark.parametrize("device, kind", [("/dev/zero", "a character device"), ("/dev/null", "a character device")])
 def test_load_corpus_refuses_a_character_device(device, kind):
-    if not os.path.exists(device):
-        pytest.skip(f"no {device}")
+    assert os.path.exists(device)  # every Linux has them
     err = error_of(data.load_corpus, device)
     assert err.code == "data_not_regular" and kind in str(err) and device in str(err)
 

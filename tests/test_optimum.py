@@ -3,7 +3,6 @@ numpy count tables."""
 
 import tracemalloc
 
-import jax
 import numpy as np
 import pytest
 

@@ -3,7 +3,6 @@ metrics.jsonl across resumes (no duplicate step, torn lines dropped, wall clock 
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
