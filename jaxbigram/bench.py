@@ -119,6 +119,19 @@ def bench_train(train_ids, vocab_size: int, shape, steps_per_call: int, calls: i
             "compile_s": compile_s, "raw_s": seconds, "steps": steps, "params": state.params}
 
 
+def _time_step_loop(run, state, warmup: int, steps: int, repeats: int) -> list[float]:
+    """Time a naive loop: ``run(state, first_step, n) -> state`` for ``warmup`` steps (compiles), then ``repeats``
+    timed runs of ``steps`` steps each, continuing the step count; returns the seconds of each."""
+    state = run(state, 0, warmup)
+    seconds, first = [], warmup
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state = run(state, first, steps)
+        seconds.append(time.perf_counter() - t0)
+        first += steps
+    return seconds
+
+
 def _time_fused(state, train_ids, batch: int, block: int, steps_per_call: int, calls: int, repeats: int):
     """Compile ``train_chunk`` for these sizes, warm it up, then time ``repeats`` × ``calls`` calls of
     ``steps_per_call`` steps; returns (final state, compile seconds, seconds per repeat)."""
@@ -127,18 +140,18 @@ def _time_fused(state, train_ids, batch: int, block: int, steps_per_call: int, c
 
     from .train import train_chunk
 
-    data, key = jnp.asarray(train_ids), jax.random.key(1)
+    data, key, dropout_key = jnp.asarray(train_ids), jax.random.key(1), jax.random.key(2)
     t0 = time.perf_counter()
-    compiled = train_chunk.lower(state, data, key, key, steps_per_call, batch_size=batch, block_size=block,
+    compiled = train_chunk.lower(state, data, key, dropout_key, steps_per_call, batch_size=batch, block_size=block,
                                  max_steps=steps_per_call).compile()
     compile_s = time.perf_counter() - t0
-    state, losses = compiled(state, data, key, key, steps_per_call)  # warm-up
+    state, losses = compiled(state, data, key, dropout_key, steps_per_call)  # warm-up
     losses.block_until_ready()
     seconds = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(calls):
-            state, losses = compiled(state, data, key, key, steps_per_call)
+            state, losses = compiled(state, data, key, dropout_key, steps_per_call)
         losses.block_until_ready()
         seconds.append(time.perf_counter() - t0)
     return state, compile_s, seconds
@@ -157,7 +170,6 @@ def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: in
     base_key = jax.random.key(1)
     step_fn = jax.jit(train_step)
     batch_fn = jax.jit(lambda s: get_batch(step_key(base_key, s), data, batch, block))
-    state = _train_state(vocab_size)
 
     def run(state, first, n):
         for s in range(first, first + n):
@@ -166,13 +178,7 @@ def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: in
         loss.block_until_ready()
         return state
 
-    state = run(state, 0, 50)  # warm-up and compile
-    seconds, first = [], 50
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state = run(state, first, steps)
-        seconds.append(time.perf_counter() - t0)
-        first += steps
+    seconds = _time_step_loop(run, _train_state(vocab_size), 50, steps, repeats)
     return {"steps_per_s": _median_rate(steps, seconds), "tokens_per_s": _median_rate(steps * batch * block, seconds),
             "raw_s": seconds, "steps": steps}
 
@@ -501,23 +507,17 @@ def bench_gpt_naive_train(preset: str, train_ids, vocab_size: int, steps: int, r
 
     cfg, model, state, _ = _gpt_setup(preset, vocab_size)
     t = cfg.train
-    data, base = jnp.asarray(train_ids), jax.random.key(1)
+    data, base, dropout = jnp.asarray(train_ids), jax.random.key(1), jax.random.key(2)
     step_fn = jax.jit(train_step)
     batch_fn = jax.jit(lambda s: get_batch(step_key(base, s), data, t.batch_size, t.block_size))
 
     def run(state, first, n):
         for s in range(first, first + n):
-            state, loss = step_fn(state, *batch_fn(s), step_key(base, s))
+            state, loss = step_fn(state, *batch_fn(s), step_key(dropout, s))
         loss.block_until_ready()
         return state
 
-    state = run(state, 0, 3)  # compile
-    seconds, first = [], 3
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state = run(state, first, steps)
-        seconds.append(time.perf_counter() - t0)
-        first += steps
+    seconds = _time_step_loop(run, state, 3, steps, repeats)
     return {"steps_per_s": _median_rate(steps, seconds), "raw_s": seconds}
 
 

@@ -7,7 +7,6 @@ only ``plot_losses`` / ``plot_bigram`` / ``make_plots`` draw.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -15,6 +14,7 @@ import numpy as np
 
 from .errors import UsageError
 from .evaluate import load_checkpoint, loss_rows, val_optimum
+from .workdir import writable_folder
 from .models.bigram import logits_table
 
 LOSS_PNG = "loss.png"
@@ -125,19 +125,6 @@ def plot_bigram(probs: np.ndarray, chars, path: str | Path, *, title: str = "lea
         plt.close(fig)
 
 
-def _writable_folder(out: Path) -> Path:
-    """``out``, created if needed; one line if it is a file or cannot be written."""
-    if out.exists() and not out.is_dir():
-        raise UsageError("plot_out_is_file", out=out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError("plot_out_unwritable", out=out, reason=e.strerror or str(e)) from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError("plot_out_unwritable", out=out, reason="permission denied")
-    return out
-
-
 def _save(fig, path) -> Path:
     try:
         fig.savefig(path)
@@ -151,7 +138,8 @@ def make_plots(workdir: str | Path, out: str | Path | None = None, step: int | N
     workdir); returns their paths."""
     _pyplot()  # fail early, before any loading, when matplotlib is missing
     ckpt = load_checkpoint(workdir, step)
-    out = _writable_folder(Path(out) if out is not None else ckpt.workdir)
+    out = Path(out) if out is not None else ckpt.workdir
+    writable_folder(out, "plot_out_is_file", "plot_out_unwritable", out=out)
     rows = loss_rows(ckpt.workdir, ckpt.meta, ckpt.step, warn)
     exact = ckpt.meta.get("exact") or {}
     t = ckpt.meta["config"]["train"]

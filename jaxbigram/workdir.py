@@ -23,20 +23,26 @@ RESUMABLE_KEYS = {"train.steps", "train.steps_per_call", "eval.interval", "eval.
                   "checkpoint.keep", "data.path"}
 
 
+def writable_folder(folder: Path, is_file: str, unwritable: str, **fields) -> Path:
+    """``folder``, created if needed; a UsageError (code ``is_file`` or ``unwritable``, with ``fields`` and a
+    ``reason``) if it is a file or cannot be written into."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(is_file, **fields)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(unwritable, reason=e.strerror or str(e), **fields) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise UsageError(unwritable, reason="read-only file system" if read_only else "permission denied", **fields)
+    return folder
+
+
 def ensure_writable(workdir: Path) -> None:
     """Create ``workdir`` if needed; one clear line if it cannot hold a run."""
     if str(workdir) in ("", "."):
         raise UsageError("workdir_empty")
-    if workdir.exists() and not workdir.is_dir():
-        raise UsageError("workdir_is_file", workdir=workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError("workdir_not_writable", workdir=workdir, reason=e.strerror or str(e)) from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(workdir).f_flag & os.ST_RDONLY)
-        raise UsageError("workdir_not_writable", workdir=workdir,
-                         reason="read-only file system" if read_only else "permission denied")
+    writable_folder(workdir, "workdir_is_file", "workdir_not_writable", workdir=workdir)
 
 
 def check_ours(workdir: Path, fresh: bool) -> None:

@@ -240,13 +240,17 @@ def cache_files(folder):
     return next(folder.glob("*.ids.npy")), next(folder.glob("*.vocab.json"))
 
 
-def test_a_tampered_ids_cache_of_the_right_shape_is_rebuilt_and_rewritten(tmp_path):
-    text = "to be or not to be\n" * 50
-    path = tmp_path / "corpus.txt"
+def cached_text(folder, text):
+    """Write ``text`` to ``folder/corpus.txt`` and load it once (which writes its ids cache beside it): returns
+    (path, (chars, ids) of a naive encoder, ids cache path, vocab cache path)."""
+    path = folder / "corpus.txt"
     path.write_text(text, encoding="utf-8")
-    chars, expected = naive_ids(text)
     data.load_corpus(path)
-    ids_path, _ = cache_files(tmp_path)
+    return (path, naive_ids(text), *cache_files(folder))
+
+
+def test_a_tampered_ids_cache_of_the_right_shape_is_rebuilt_and_rewritten(tmp_path):
+    path, (_, expected), ids_path, _ = cached_text(tmp_path, "to be or not to be\n" * 50)
     tampered = np.load(ids_path)
     tampered[::3] = 0  # right dtype, right length, wrong ids
     np.save(ids_path, tampered)
@@ -259,12 +263,7 @@ def test_a_tampered_ids_cache_of_the_right_shape_is_rebuilt_and_rewritten(tmp_pa
 @pytest.mark.parametrize("damage", ["chars", "sha256", "checksum", "format", "not json", "truncated npy",
                                     "npy is a fifo", "json list"])
 def test_any_mismatch_in_the_cache_rebuilds(tmp_path, damage):
-    text = "abcdefg hij\n" * 40
-    path = tmp_path / "corpus.txt"
-    path.write_text(text, encoding="utf-8")
-    chars, expected = naive_ids(text)
-    data.load_corpus(path)
-    ids_path, vocab_path = cache_files(tmp_path)
+    path, (chars, expected), ids_path, vocab_path = cached_text(tmp_path, "abcdefg hij\n" * 40)
     meta = json.loads(vocab_path.read_text(encoding="utf-8"))
     if damage == "chars":
         meta["chars"] = meta["chars"][::-1]  # same length, same dtype: the ids would decode to other characters

@@ -55,36 +55,40 @@ def _use_dpa(attention: str) -> bool:
     return attention == "dpa" or (attention == "auto" and jax.default_backend() != "cpu")
 
 
+def _dense(spec: "GPT", **kwargs):
+    """A linear layer of the GPT: float32 params, compute in ``spec.dtype``, zero biases (none without ``bias``)."""
+    return partial(nn.Dense, use_bias=spec.bias, dtype=_DTYPES[spec.dtype], param_dtype=jnp.float32,
+                   bias_init=nn.initializers.zeros, **kwargs)
+
+
+def _residual_init(spec: "GPT"):
+    """nanoGPT's init of the projections into the residual stream: std 0.02 / sqrt(2 · n_layer)."""
+    return nn.initializers.normal(0.02 / math.sqrt(2 * spec.n_layer))
+
+
 class CausalSelfAttention(nn.Module):
-    n_head: int
-    n_embd: int
-    n_layer: int
-    dropout: float
-    bias: bool
-    dtype: jnp.dtype
+    spec: "GPT"  # the sizes (n_head, n_embd, n_layer, dropout, bias, dtype)
     attention: str = "auto"
 
     def setup(self):
-        dense = partial(nn.Dense, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
-                        bias_init=nn.initializers.zeros)
-        self.qkv = dense(3 * self.n_embd, kernel_init=nn.initializers.normal(0.02))
-        self.proj = dense(self.n_embd, kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer)))
-        self.attn_dropout = nn.Dropout(self.dropout)
-        self.resid_dropout = nn.Dropout(self.dropout)
+        self.qkv = _dense(self.spec)(3 * self.spec.n_embd, kernel_init=nn.initializers.normal(0.02))
+        self.proj = _dense(self.spec)(self.spec.n_embd, kernel_init=_residual_init(self.spec))
+        self.attn_dropout = nn.Dropout(self.spec.dropout)
+        self.resid_dropout = nn.Dropout(self.spec.dropout)
 
     def _heads(self, x):
         """``(B, T, C)`` → q, k, v each ``(B, T, H, D)`` (compute dtype)."""
         b, t, _ = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.n_head, self.n_embd // self.n_head)
+        qkv = self.qkv(x).reshape(b, t, 3, self.spec.n_head, self.spec.n_embd // self.spec.n_head)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def _out(self, y, deterministic):
         b, t = y.shape[:2]
-        return self.resid_dropout(self.proj(y.reshape(b, t, self.n_embd)), deterministic=deterministic)
+        return self.resid_dropout(self.proj(y.reshape(b, t, self.spec.n_embd)), deterministic=deterministic)
 
     def __call__(self, x, deterministic: bool = True, return_kv: bool = False):
         q, k, v = self._heads(x)
-        dropout = not deterministic and self.dropout > 0.0
+        dropout = not deterministic and self.spec.dropout > 0.0
         if not dropout and _use_dpa(self.attention):
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         else:  # explicit softmax (needed for dropout on the attention weights; faster on the CPU)
@@ -117,38 +121,29 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    n_embd: int
-    n_layer: int
-    dropout: float
-    bias: bool
-    dtype: jnp.dtype
+    spec: "GPT"
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        dense = partial(nn.Dense, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
-                        bias_init=nn.initializers.zeros)
-        x = dense(4 * self.n_embd, kernel_init=nn.initializers.normal(0.02), name="fc")(x)
-        x = nn.relu(x)
-        x = dense(self.n_embd, kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * self.n_layer)), name="proj")(x)
-        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = _dense(self.spec)(4 * self.spec.n_embd, kernel_init=nn.initializers.normal(0.02), name="fc")(x)
+        x = nn.relu(x)  # the lecture's activation (nanoGPT uses GELU)
+        x = _dense(self.spec)(self.spec.n_embd, kernel_init=_residual_init(self.spec), name="proj")(x)
+        return nn.Dropout(self.spec.dropout)(x, deterministic=deterministic)
+
+
+def _layer_norm(spec: "GPT"):
+    return nn.LayerNorm(epsilon=LN_EPS, use_bias=spec.bias, dtype=jnp.float32, param_dtype=jnp.float32)
 
 
 class Block(nn.Module):
-    n_head: int
-    n_embd: int
-    n_layer: int
-    dropout: float
-    bias: bool
-    dtype: jnp.dtype
+    spec: "GPT"
     attention: str = "auto"
 
     def setup(self):
-        ln = partial(nn.LayerNorm, epsilon=LN_EPS, use_bias=self.bias, dtype=jnp.float32, param_dtype=jnp.float32)
-        self.ln1 = ln()
-        self.ln2 = ln()
-        self.attn = CausalSelfAttention(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype,
-                                        self.attention)
-        self.mlp = MLP(self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype)
+        self.ln1 = _layer_norm(self.spec)
+        self.ln2 = _layer_norm(self.spec)
+        self.attn = CausalSelfAttention(self.spec, self.attention)
+        self.mlp = MLP(self.spec)
 
     def __call__(self, x, deterministic: bool = True, return_kv: bool = False):
         a = self.attn(self.ln1(x), deterministic, return_kv)
@@ -170,29 +165,21 @@ class Block(nn.Module):
 
 
 class GPTModule(nn.Module):
-    """ids ``(B, T)`` → logits ``(B, T, V)`` float32. Parameters are float32 whatever ``dtype``."""
+    """ids ``(B, T)`` → logits ``(B, T, V)`` float32. Parameters are float32 whatever ``spec.dtype``."""
 
-    vocab_size: int
-    block_size: int
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    dtype: jnp.dtype = jnp.float32
+    spec: "GPT"  # vocab_size, block_size and the sizes
     attention: str = "auto"  # causal attention without dropout: "auto" | "dpa" | "explicit" (see _use_dpa)
 
     def setup(self):
+        spec = self.spec
         emb = partial(nn.Embed, embedding_init=nn.initializers.normal(0.02), dtype=jnp.float32,
                       param_dtype=jnp.float32)
-        self.wte = emb(self.vocab_size, self.n_embd)
-        self.wpe = emb(self.block_size, self.n_embd)
-        self.drop = nn.Dropout(self.dropout)
-        self.blocks = [Block(self.n_head, self.n_embd, self.n_layer, self.dropout, self.bias, self.dtype,
-                             self.attention) for _ in range(self.n_layer)]
-        self.ln_f = nn.LayerNorm(epsilon=LN_EPS, use_bias=self.bias, dtype=jnp.float32, param_dtype=jnp.float32)
-        self.lm_head = nn.Dense(self.vocab_size, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
-                                kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.zeros)
+        self.wte = emb(spec.vocab_size, spec.n_embd)
+        self.wpe = emb(spec.block_size, spec.n_embd)
+        self.drop = nn.Dropout(spec.dropout)
+        self.blocks = [Block(spec, self.attention) for _ in range(spec.n_layer)]
+        self.ln_f = _layer_norm(spec)
+        self.lm_head = _dense(spec)(spec.vocab_size, kernel_init=nn.initializers.normal(0.02))
 
     def _trunk(self, idx, deterministic, return_kv=False):
         t = idx.shape[1]
@@ -359,8 +346,7 @@ class GPT:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
 
     def module(self, attention: str = "auto") -> GPTModule:
-        return GPTModule(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd, self.dropout,
-                         self.bias, _DTYPES[self.dtype], attention)
+        return GPTModule(self, attention)
 
     def init(self, key: jax.Array) -> dict:
         """Fresh float32 parameters."""
