@@ -23,14 +23,15 @@ KEY_BYTES = 8  # a threefry key: two uint32 words
 BATCH_BUFFER_ELEMENTS = 1 << 21  # train_chunk's default batch_buffer (train.DEFAULT_BATCH_BUFFER is this value)
 
 ADVICE = {
-    "params": "the parameter table is too big: for the bigram it is vocab_size² floats, so use a text with fewer "
-              "distinct characters (or a smaller model)",
+    "params": "the parameters are too many: a bigram has vocab_size² of them, so use a text with fewer distinct "
+              "characters; a GPT, lower model.n_embd or model.n_layer",
     "optimizer": "AdamW keeps two float copies of the parameters: use a text with fewer distinct characters "
-                 "(or a smaller model)",
+                 "(a bigram) or lower model.n_embd or model.n_layer (a GPT)",
     "gradients": "the gradient is one more copy of the parameters: use a text with fewer distinct characters "
-                 "(or a smaller model)",
+                 "(a bigram) or lower model.n_embd or model.n_layer (a GPT)",
     "batch_buffers": "lower train.batch_size or train.block_size (batches of a fused call are drawn up front)",
-    "activations": "lower train.batch_size or train.block_size (one step's logits are batch × block × vocab floats)",
+    "activations": "lower train.batch_size or train.block_size (what one step keeps for its gradient grows with "
+                   "batch × block, and for a GPT with model.n_layer × model.n_embd and block²)",
     "step_losses": "lower train.steps_per_call (each fused call keeps one loss per step)",
     "eval_batch": "lower train.batch_size or train.block_size (evaluation computes one batch of logits at a time)",
     "eval_keys": "lower eval.iters (evaluation draws all its batch keys and keeps every batch's loss)",

@@ -220,13 +220,13 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
     dp = parallel.DataParallel.create(tcfg.batch_size)  # all devices of all processes; batch split along 'data'
-    keys = dp.replicate(run_keys(tcfg.seed))
-    state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
-    num_params = models.num_params(state.params)
-    memory.check_fits(memory.estimate_for_config(  # before anything big is allocated: one line, not an XLA OOM
+    num_params = model.param_count()
+    memory.check_fits(memory.estimate_for_config(  # before anything is built or traced: one line, not an XLA OOM
         cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,
         activation_bytes=model.activation_bytes(tcfg.batch_size // dp.num_devices)),
         memory.available_memory_bytes(jax.local_devices()[0]))
+    keys = dp.replicate(run_keys(tcfg.seed))
+    state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
     meta = run_metadata(cfg, corpus, model, num_params)
     history: list = []
     resumed = None if fresh or not store.steps() else workdir_lib.resume(store, state, meta, log)

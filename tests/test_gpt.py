@@ -268,3 +268,10 @@ def test_short_training_beats_bigram_optimum(corpus):
     elapsed = time.perf_counter() - start
     print(f"tiny GPT: val loss {val:.3f} after 300 steps, {elapsed:.1f} s")
     assert val < 2.48
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_param_count_in_closed_form_equals_the_built_model(bias):
+    """The memory check uses ``param_count`` before anything is built: it must be the real count."""
+    spec = GPT(vocab_size=13, block_size=6, n_layer=3, n_head=2, n_embd=8, bias=bias)
+    assert spec.param_count() == num_params(jax.eval_shape(spec.init, jax.random.key(0)))

@@ -48,7 +48,7 @@ def test_unknown_model_kind_is_a_usage_error():
 def test_params_are_one_v_by_v_table_with_torch_like_init():
     params = Bigram(65).init(jax.random.key(0))
     table = np.asarray(logits_table(params))
-    assert table.shape == (65, 65)
+    assert table.shape == (65, 65) and Bigram(65).param_count() == 65 * 65
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
         {"token_embedding_table": {"embedding": 0}})
     # N(0, 1) per entry, like torch.nn.Embedding in the lecture (4225 draws: mean and std within a few s.e.)

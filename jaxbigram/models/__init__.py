@@ -9,6 +9,7 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
   when a key is given;
 - ``logits(params, x) -> (B, T, V)``: deterministic;
 - ``decay_mask(params)``: which leaves AdamW decays (None: all);
+- ``param_count()``: the number of parameters in closed form (the memory check runs before anything is built);
 - ``activation_bytes(batch_size)``: the memory one training step's activations need (None: the bigram's default);
 - ``split_loss(params, ids) -> float``: the exact mean loss over every position of a split (``cheap_split_loss``:
   whether that is cheap enough to do on the whole train split at the end of every ``train``);

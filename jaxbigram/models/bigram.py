@@ -69,6 +69,10 @@ class Bigram:
     def decay_mask(self, params):
         return None  # torch.optim.AdamW in the lecture decays the whole table
 
+    def param_count(self) -> int:
+        """Parameters, in closed form (known before anything is built): the V × V table."""
+        return self.vocab_size * self.vocab_size
+
     def activation_bytes(self, batch_size: int) -> int | None:
         return None  # memory.estimate_bytes knows the bigram's: its logits, their softmax and gradient
 

@@ -368,6 +368,16 @@ class GPT:
         """True on matrices (ndim >= 2: linear kernels and embeddings), False on biases and LayerNorm scales."""
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
+    def param_count(self) -> int:
+        """Parameters, in closed form (known before anything is built or traced): embeddings, per layer two
+        LayerNorms, q/k/v, the attention projection and the 4× MLP, the final LayerNorm and the head."""
+        c, b, v = self.n_embd, int(self.bias), self.vocab_size
+        layer_norm = c + b * c
+        attention = (3 * c * c + b * 3 * c) + (c * c + b * c)
+        mlp = (4 * c * c + b * 4 * c) + (4 * c * c + b * c)
+        per_layer = 2 * layer_norm + attention + mlp
+        return (v + self.block_size) * c + self.n_layer * per_layer + layer_norm + (c * v + b * v)
+
     def activation_bytes(self, batch_size: int) -> int:
         """What one training step keeps for its backward pass, roughly: per layer ~16 floats per position and width
         (LayerNorms, q/k/v, attention output, the 4× MLP) plus 3 attention maps per head, and the logits (×3)."""
