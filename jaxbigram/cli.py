@@ -322,9 +322,10 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that continues an interrupted ``train``: the same one, without ``--fresh``."""
-    args = [a for a in argv if a != "--fresh"]
+def resume_command(argv: list[str], keep_fresh: bool = False) -> str:
+    """The command that continues an interrupted ``train``: the same one, without ``--fresh`` once the new run has
+    saved a checkpoint (``keep_fresh`` when it has not: then nothing changed yet)."""
+    args = [a for a in argv if keep_fresh or a != "--fresh"]
     program = "python run.py" if Path(sys.argv[0]).name in ("run.py", "__main__.py", "-c", "") else "jaxbigram"
     return f"{program} {shlex.join(args)}"
 
@@ -382,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(MESSAGES["interrupted"].format(signal=_signal_name(e.signum), step=e.step, path=e.path,
-                                             command=resume_command(argv)), file=sys.stderr)
+        print(MESSAGES["interrupted" if e.saved else "interrupted_unsaved"].format(
+            signal=_signal_name(e.signum), step=e.step, path=e.path, command=resume_command(argv, not e.saved)),
+            file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # main called from Python code that had not set the handlers (tests, notebooks)
         print(MESSAGES["stopped"].format(signal="SIGINT", detail=_stopped_detail(context.get("command"), argv)),

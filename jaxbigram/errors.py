@@ -78,6 +78,7 @@ MESSAGES = {
     "process_id_range": "--process-id must be from 0 to --num-processes - 1 = {n} - 1, got {got}",
     "distributed_timeout": "not every process joined the multi-process run within {timeout} s (this is process {me} of {n}; {reason}): start the missing processes with the same --coordinator and --num-processes, or raise --distributed-timeout",
     "interrupted": "stopped by {signal} at step {step}; checkpoint saved in {path}. To resume: {command}",
+    "interrupted_unsaved": "stopped by {signal} at step {step}, before this run trained a step: nothing was written to {path}. To start again: {command}",
     "stopped": "stopped by {signal}{detail}",
     "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
     # command line
@@ -117,10 +118,11 @@ class ResourceError(JaxbigramError):
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; ``exit_code`` is 128 + signal number."""
+    """Training stopped by SIGINT/SIGTERM (after saving a checkpoint, if it had trained a step since the last one:
+    ``saved``); ``exit_code`` is 128 + signal number."""
 
-    def __init__(self, signum: int, step: int, path: str):
-        self.signum, self.step, self.path = signum, step, path
+    def __init__(self, signum: int, step: int, path: str, saved: bool = True):
+        self.signum, self.step, self.path, self.saved = signum, step, path, saved
         self.exit_code = 128 + signum
         super().__init__(f"interrupted at step {step}")
 

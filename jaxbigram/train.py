@@ -278,7 +278,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
             if done:
                 break
             if stopping:
-                raise Interrupted(stop.signum, step, str(store.directory))
+                raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
             stop_at = _next_boundary(step, tcfg.steps, cfg)
             t0 = time.perf_counter()
             state, losses = train_chunk(state, train_data, keys["batch"], keys["dropout"], stop_at - step,

@@ -246,3 +246,25 @@ def test_gpt_stop_and_resume_with_dropout_is_bit_identical(tmp_path, corpus):
     (tmp_path / "three").mkdir()
     no_dropout = run_fit(tmp_path / "three", config.replace(cfg, "model", dropout=0.0), corpus)
     assert not same_tree(no_dropout.state.params, whole.state.params)
+
+
+def test_a_stop_before_the_first_step_writes_nothing_and_says_so(tmp_path, corpus):
+    """SIGINT caught at the very first chunk boundary of a new run: no checkpoint, ``Interrupted(saved=False)``."""
+    import os
+    import signal
+
+    from jaxbigram import progress
+    from jaxbigram.errors import Interrupted
+
+    class SignalOnStart(progress.Reporter):
+        def __enter__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # StopRequest is already listening: recorded, not raised
+            return super().__enter__()
+
+    cfg = config.load("tiny")
+    reporter = SignalOnStart(start_step=0, total_steps=cfg.train.steps, resumed=False, out=io.StringIO(),
+                             err=io.StringIO())
+    with pytest.raises(Interrupted) as stopped:
+        run_fit(tmp_path, cfg, corpus, reporter=reporter)
+    assert stopped.value.saved is False and stopped.value.step == 0 and stopped.value.exit_code == 130
+    assert steps(tmp_path) == []
