@@ -480,7 +480,7 @@ def _gpt_setup(preset: str, vocab_size: int):
     cfg = config_lib.load(preset)
     model = models.build(cfg.model, vocab_size, cfg.train.block_size)
     state = create_train_state(jax.random.key(0), model, cfg.train)
-    return cfg, model, state, models.num_params(state.params)
+    return cfg, model, state, model.param_count()
 
 
 def bench_gpt_train(preset: str, train_ids, vocab_size: int, steps_per_call: int, calls: int, repeats: int) -> dict:

@@ -98,6 +98,15 @@ def run_main(capsys, argv) -> str:
     return error_line(err)
 
 
+def leaf_count(tree) -> int:
+    """The number of scalars in a pytree of arrays or shapes (an independent parameter count)."""
+    import math
+
+    import jax
+
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def same_tree(a, b) -> bool:
     """Same structure, dtypes and values (bit for bit)."""
     import jax

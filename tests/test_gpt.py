@@ -14,8 +14,8 @@ import pytest
 
 from jaxbigram.data import get_batch, split
 from jaxbigram.sampling import uniforms as _uniforms
-from jaxbigram.models import num_params
 from jaxbigram.models.gpt import GPT, GPTModule
+from conftest import leaf_count
 
 V = 11
 TINY = GPT(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=16)
@@ -49,7 +49,7 @@ def test_interface(tiny_params):
     assert loss.shape == () and loss.dtype == jnp.float32
     c, t, layers = TINY.n_embd, TINY.block_size, TINY.n_layer  # the closed form, with biases
     per_layer = 2 * 2 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
-    assert num_params(tiny_params) == V * c + t * c + layers * per_layer + 2 * c + (c * V + V)
+    assert leaf_count(tiny_params) == V * c + t * c + layers * per_layer + 2 * c + (c * V + V)
 
 
 def test_causal(tiny_params):
@@ -274,4 +274,4 @@ def test_short_training_beats_bigram_optimum(corpus):
 def test_param_count_in_closed_form_equals_the_built_model(bias):
     """The memory check uses ``param_count`` before anything is built: it must be the real count."""
     spec = GPT(vocab_size=13, block_size=6, n_layer=3, n_head=2, n_embd=8, bias=bias)
-    assert spec.param_count() == num_params(jax.eval_shape(spec.init, jax.random.key(0)))
+    assert spec.param_count() == leaf_count(jax.eval_shape(spec.init, jax.random.key(0)))

@@ -11,7 +11,7 @@ from jaxbigram import data, models, sampling
 from jaxbigram.config import ModelConfig
 from jaxbigram.errors import UsageError
 from jaxbigram.models.bigram import Bigram, BigramLanguageModel, generate, logits_table, next_char_cdf
-from conftest import table_params
+from conftest import leaf_count, table_params
 from reference import np_log_softmax, np_mean_cross_entropy, np_softmax
 
 V, B, T = 6, 4, 8
@@ -32,8 +32,8 @@ def test_build_picks_the_bigram_and_counts_its_parameters():
     assert model == Bigram(65) and model.kind == "bigram" and model.has_optimum
     assert hash(model) == hash(Bigram(65))  # a static argument of jitted functions
     params = model.init(jax.random.key(0))
-    assert models.num_params(params) == 65 * 65
-    assert models.num_params(jax.eval_shape(model.init, jax.random.key(0))) == 65 * 65  # shapes only
+    assert leaf_count(params) == 65 * 65
+    assert leaf_count(jax.eval_shape(model.init, jax.random.key(0))) == 65 * 65  # shapes only
     assert model.decay_mask(params) is None  # AdamW decays the whole table, as torch does in the lecture
 
 

@@ -21,10 +21,6 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
 
 from __future__ import annotations
 
-import math
-
-import jax
-
 from ..config import ModelConfig
 from ..errors import UsageError
 from .bigram import Bigram
@@ -48,8 +44,3 @@ def build(cfg: ModelConfig, vocab_size: int, block_size: int):
     if cfg.kind not in REGISTRY:
         raise UsageError("model_unknown", got=cfg.kind, choices=", ".join(REGISTRY))
     return REGISTRY[cfg.kind](cfg, vocab_size, block_size)
-
-
-def num_params(params) -> int:
-    """The number of scalars in ``params`` (arrays or ``jax.ShapeDtypeStruct`` shapes)."""
-    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
