@@ -132,18 +132,23 @@ def _time_step_loop(run, state, warmup: int, steps: int, repeats: int) -> list[f
     return seconds
 
 
-def _time_fused(state, train_ids, batch: int, block: int, steps_per_call: int, calls: int, repeats: int):
+def _time_fused(state, train_ids, batch: int, block: int, steps_per_call: int, calls: int, repeats: int, dp=None):
     """Compile ``train_chunk`` for these sizes, warm it up, then time ``repeats`` × ``calls`` calls of
-    ``steps_per_call`` steps; returns (final state, compile seconds, seconds per repeat)."""
+    ``steps_per_call`` steps; returns (final state, compile seconds, seconds per repeat). With ``dp`` (a
+    ``parallel.DataParallel``) the batches are split over its devices, as ``train`` does."""
     import jax
     import jax.numpy as jnp
 
     from .train import train_chunk
 
     data, key, dropout_key = jnp.asarray(train_ids), jax.random.key(1), jax.random.key(2)
+    sharding = None
+    if dp is not None:
+        state, data, key, dropout_key = dp.replicate((state, data, key, dropout_key))
+        sharding = dp.batch_sharding
     t0 = time.perf_counter()
     compiled = train_chunk.lower(state, data, key, dropout_key, steps_per_call, batch_size=batch, block_size=block,
-                                 max_steps=steps_per_call).compile()
+                                 max_steps=steps_per_call, sharding=sharding).compile()
     compile_s = time.perf_counter() - t0
     state, losses = compiled(state, data, key, dropout_key, steps_per_call)  # warm-up
     losses.block_until_ready()
@@ -484,17 +489,23 @@ def _gpt_setup(preset: str, vocab_size: int):
 
 
 def bench_gpt_train(preset: str, train_ids, vocab_size: int, steps_per_call: int, calls: int, repeats: int) -> dict:
-    """Fused ``train_chunk`` of a GPT preset (its optimizer, clipping and dropout): steps/s, tokens/s, FLOP/s."""
+    """Fused ``train_chunk`` of a GPT preset (its optimizer, clipping and dropout) on the devices ``train`` would
+    split its batches over (``train.devices``): steps/s, tokens/s, FLOP/s."""
+    import jax
+
+    from .parallel import DataParallel, select_devices
+
     cfg, model, state, num_params = _gpt_setup(preset, vocab_size)
     t = cfg.train
+    dp = DataParallel.create(t.batch_size, select_devices(t.devices, t.batch_size, model.split_on_cpu))
     state, compile_s, seconds = _time_fused(state, train_ids, t.batch_size, t.block_size, steps_per_call, calls,
-                                            repeats)
+                                            repeats, dp=dp)
     steps = steps_per_call * calls
     tokens = steps * t.batch_size * t.block_size
     return {"steps_per_s": _median_rate(steps, seconds), "tokens_per_s": _median_rate(tokens, seconds),
             "flops_per_s": _median_rate(tokens * gpt_flops_per_token(model, num_params), seconds),
             "compile_s": compile_s, "num_params": num_params, "raw_s": seconds, "model": model,
-            "params": state.params}
+            "params": jax.device_get(state.params), "devices": dp.num_devices}  # on the host: sampling uses one
 
 
 def bench_gpt_naive_train(preset: str, train_ids, vocab_size: int, steps: int, repeats: int) -> dict:
@@ -596,7 +607,8 @@ def bench_gpt(plan: Plan, corpus, platform: str | None, log) -> dict:
         "gpt_num_params": fused["num_params"], "gpt_train_steps_per_s": fused["steps_per_s"],
         "gpt_train_ms_per_step": 1000.0 / fused["steps_per_s"], "gpt_train_tokens_per_s": fused["tokens_per_s"],
         "gpt_train_flops_per_s": fused["flops_per_s"], "gpt_train_mfu": fused["flops_per_s"] / peak,
-        "gpt_train_compile_s": fused["compile_s"], "gpt_naive_train_steps_per_s": naive["steps_per_s"],
+        "gpt_train_compile_s": fused["compile_s"], "gpt_train_devices": fused["devices"],
+        "gpt_naive_train_steps_per_s": naive["steps_per_s"],
         "gpt_speedup_vs_naive": fused["steps_per_s"] / naive["steps_per_s"]})
     for label, streams, chars in plan.gpt_samples:
         log(f"{plan.gpt_config}: sampling {streams} stream(s) x {chars} characters, compiled and naive")

@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # torch.optim.AdamW's default, as in the lecture
     grad_clip: float = 0.0  # global-norm clipping; 0 disables it
     steps_per_call: int = 1000  # training steps fused into one compiled call
+    devices: int = 0  # devices each batch is split over (data parallel); 0: automatic (parallel.select_devices)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ _RULES = {
     "train.weight_decay": (">= 0", lambda v: v >= 0),
     "train.grad_clip": (">= 0 (0 disables clipping)", lambda v: v >= 0),
     "train.steps_per_call": _int_rule(1),
+    "train.devices": ("between 0 (automatic) and " + str(INT32_MAX), lambda v: 0 <= v <= INT32_MAX),
     "eval.interval": _int_rule(1),
     "eval.iters": _int_rule(1),
     "checkpoint.interval": _int_rule(1),

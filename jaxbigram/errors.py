@@ -81,6 +81,8 @@ MESSAGES = {
     "interrupted_unsaved": "stopped by {signal} at step {step}, before this run trained a step: nothing was written to {path}. To start again: {command}",
     "stopped": "stopped by {signal}{detail}",
     "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
+    "cpu_devices_env": "{env}={got!r} is not a device count: set it to a whole number from 1 to {max}, or unset it (2 CPU devices)",
+    "devices_unavailable": "train.devices = {requested} but JAX has {available} device(s) here: set train.devices to at most {available} (0 picks automatically)",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",
     # platform

@@ -106,6 +106,28 @@ def barrier(name: str) -> None:
 
 # ----------------------------------------------------------------------------- the mesh
 
+def select_devices(requested: int, batch_size: int, split_on_cpu: bool, devices=None, backend: str | None = None
+                   ) -> list:
+    """The devices a run splits its batches over (``train.devices``): the first ``requested`` of ``jax.devices()``,
+    or with 0 (automatic) every device, except on the CPU: there a model whose step is too small to gain from a split
+    (``split_on_cpu`` False: the bigram, microseconds per step) keeps one device per process, and a model that gains
+    (the GPT: XLA runs its small matmuls on one core at a time, so two devices use both cores of a 2-core machine)
+    takes every CPU device when the batch divides evenly over them, else one per process. ``devices`` and
+    ``backend`` default to JAX's."""
+    devices = list(jax.devices() if devices is None else devices)
+    backend = jax.default_backend() if backend is None else backend
+    if requested:
+        if requested > len(devices):
+            raise UsageError("devices_unavailable", requested=requested, available=len(devices))
+        return devices[:requested]
+    if backend != "cpu" or (split_on_cpu and batch_size % len(devices) == 0):
+        return devices
+    first = {}
+    for device in devices:
+        first.setdefault(device.process_index, device)
+    return list(first.values())
+
+
 @dataclass(frozen=True)
 class DataParallel:
     """A 1-D ``data`` mesh and the shardings of a data-parallel run."""

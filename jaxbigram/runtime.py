@@ -4,6 +4,11 @@
 - A persistent XLA compilation cache in ``$XDG_CACHE_HOME/jaxbigram/xla`` (default ``~/.cache/jaxbigram/xla``): the
   second run of a config loads its compiled programs from disk instead of compiling them again. Set
   ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it.
+- JAX's CPU backend gets ``DEFAULT_CPU_DEVICES`` (2) devices instead of 1 (``JAXBIGRAM_CPU_DEVICES=N`` sets another
+  count; an ``XLA_FLAGS`` that sets ``xla_force_host_platform_device_count`` wins). XLA runs a small matmul on about
+  one core, so a GPT step split over two CPU devices (data parallel) uses both cores of a 2-core machine: 33 → 26 ms
+  per gpt-cpu step. Which devices a run uses is ``train.devices`` (``parallel.select_devices``): the bigram stays on
+  one, and one device of two costs nothing (measured).
 - On the CPU, XLA's LLVM back end at ``-O1`` instead of ``-O2``: about 30% less compile time for these small programs,
   and no slower to run (training results are bit-identical). Skipped when ``XLA_FLAGS`` already sets
   ``xla_backend_optimization_level``, when ``JAXBIGRAM_XLA_TUNING=off``, or when an accelerator may be used.
@@ -22,6 +27,9 @@ COMPILE_CACHE_ENV = "JAXBIGRAM_COMPILE_CACHE"
 PLATFORMS = {"cpu": ["cpu"], "gpu": ["cuda", "rocm"], "tpu": ["tpu"]}  # --platform → JAX backends to try, in order
 XLA_TUNING_ENV = "JAXBIGRAM_XLA_TUNING"
 CPU_XLA_FLAGS = ("--xla_backend_optimization_level=1",)
+CPU_DEVICES_ENV = "JAXBIGRAM_CPU_DEVICES"
+DEFAULT_CPU_DEVICES = 2
+MAX_CPU_DEVICES = 1024
 _OFF = {"0", "off", "false", "no", "none"}
 
 
@@ -72,8 +80,39 @@ def tune_xla_for_cpu(platform: str | None = None) -> bool:
     return True
 
 
+def cpu_device_count() -> int:
+    """How many devices JAX's CPU backend gets: ``$JAXBIGRAM_CPU_DEVICES`` (1 to ``MAX_CPU_DEVICES``), else 2."""
+    raw = os.environ.get(CPU_DEVICES_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_CPU_DEVICES
+    try:
+        count = int(raw.strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_CPU_DEVICES:
+        raise UsageError("cpu_devices_env", env=CPU_DEVICES_ENV, got=raw, max=MAX_CPU_DEVICES)
+    return count
+
+
+def expose_cpu_devices() -> int | None:
+    """Give JAX's CPU backend ``cpu_device_count()`` devices; returns the count, or None where ``XLA_FLAGS`` already
+    sets one or JAX has already started (``cli.main`` called from a process that computed before: it keeps what it
+    has)."""
+    count = cpu_device_count()
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # "should be updated before backends are initialized"
+        return None
+    return count
+
+
 def configure(platform: str | None = None, compile_cache: bool = True) -> None:
     """Everything above, in the order JAX needs it. Called by ``cli.main`` before any computation."""
+    expose_cpu_devices()
     tune_xla_for_cpu(platform)
     if compile_cache:
         enable_compile_cache()

@@ -219,7 +219,11 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
-    dp = parallel.DataParallel.create(tcfg.batch_size)  # all devices of all processes; batch split along 'data'
+    dp = parallel.DataParallel.create(  # batches split along 'data' over train.devices (0: see select_devices)
+        tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, model.split_on_cpu))
+    if dp.num_devices > 1:
+        log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
+            f"devices (train.devices = {tcfg.devices or 'automatic'})")
     num_params = model.param_count()
     memory.check_fits(memory.estimate_for_config(  # before anything is built or traced: one line, not an XLA OOM
         cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,

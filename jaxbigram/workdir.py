@@ -18,9 +18,10 @@ from .errors import CheckpointError, UsageError
 
 LOCK_FILE = ".train.lock"  # held by a running `train` (see ``exclusive``)
 DAMAGED = "damaged-checkpoints"
-# what may change when a run is resumed: how long it runs and how often it is looked at; nothing that changes the math
-RESUMABLE_KEYS = {"train.steps", "train.steps_per_call", "eval.interval", "eval.iters", "checkpoint.interval",
-                  "checkpoint.keep", "data.path"}
+# what may change when a run is resumed: how long it runs, how often it is looked at, and how many devices share a
+# batch (the same math; only the order of the gradient's float sums changes); nothing that changes the math
+RESUMABLE_KEYS = {"train.steps", "train.steps_per_call", "train.devices", "eval.interval", "eval.iters",
+                  "checkpoint.interval", "checkpoint.keep", "data.path"}
 
 
 def writable_folder(folder: Path, is_file: str, unwritable: str, **fields) -> Path:

@@ -50,8 +50,9 @@ def main(cfg_path, data_path, workdir, out_path):
         losses, table, batch, rows = chunked_run(cfg, train_np, corpus.tokenizer.vocab_size, jax.devices()[:n])
         out.update({f"losses{n}": losses, f"params{n}": table, f"batch{n}": batch, f"rows{n}": rows})
     os.makedirs(workdir, exist_ok=True)  # fit writes metrics.jsonl into an existing workdir
+    every = config.load(cfg_path, [f"train.devices={jax.device_count()}"])  # a bigram keeps 1 CPU device unless told
     with open(os.devnull, "w") as quiet:
-        result = train.fit(cfg, corpus, Store(workdir), fresh=True, out=quiet, err=quiet)
+        result = train.fit(every, corpus, Store(workdir), fresh=True, out=quiet, err=quiet)
     np.savez(out_path, devices=jax.device_count(), fit_params=np.asarray(logits_table(result.state.params)),
              history=np.asarray([[h["step"], h["train_loss"], h["val_loss"]] for h in result.history]),
              val_loss=result.report["val_loss"], **out)
@@ -59,7 +60,7 @@ def main(cfg_path, data_path, workdir, out_path):
 
 def fit_only(cfg_path, data_path, workdir, out_path):
     """``fit`` on every device of this process (any model): its final params, flattened, and its eval history."""
-    cfg = config.load(cfg_path)
+    cfg = config.load(cfg_path, [f"train.devices={jax.device_count()}"])
     os.makedirs(workdir, exist_ok=True)
     with open(os.devnull, "w") as quiet:
         result = train.fit(cfg, data.load_corpus(data_path), Store(workdir), fresh=True, out=quiet, err=quiet)

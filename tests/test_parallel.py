@@ -19,7 +19,7 @@ from jaxbigram.checkpoint import Store
 from jaxbigram.data import load_corpus
 from jaxbigram.errors import UsageError
 from jaxbigram.models.bigram import logits_table
-from jaxbigram.parallel import DataParallel
+from jaxbigram.parallel import DataParallel, select_devices
 from jaxbigram.train import fit
 from conftest import REPO_ROOT as ROOT, store_params
 DEVICE_COUNTS = (1, 2, 4, 8)  # as in parallel_worker.py
@@ -106,6 +106,33 @@ def test_batch_must_split_evenly_over_devices():
     assert e.value.code == "batch_devices"
     assert "batch_size 10" in str(e.value) and "4 devices" in str(e.value)
     assert DataParallel.create(12, devices=None).num_devices >= 1
+
+
+class _Device:
+    def __init__(self, index, process_index=0):
+        self.id, self.process_index = index, process_index
+
+    def __repr__(self):
+        return f"dev{self.id}@p{self.process_index}"
+
+
+def test_select_devices_follows_train_devices_and_the_model():
+    two = [_Device(0), _Device(1)]
+    # explicit: the first N, or one line when there are fewer
+    assert select_devices(1, 12, True, two, "cpu") == two[:1]
+    assert select_devices(2, 12, False, two, "cpu") == two
+    with pytest.raises(UsageError) as e:
+        select_devices(3, 12, True, two, "cpu")
+    assert e.value.code == "devices_unavailable" and "at most 2" in str(e.value)
+    # automatic on a CPU: the GPT takes both devices, the bigram (a step of microseconds) one
+    assert select_devices(0, 12, True, two, "cpu") == two
+    assert select_devices(0, 12, False, two, "cpu") == two[:1]
+    assert select_devices(0, 5, True, two, "cpu") == two[:1]  # an odd batch cannot split over two: one device
+    # several processes: one device of each for the bigram; on accelerators every device, whatever the model
+    four = [_Device(0, 0), _Device(1, 0), _Device(2, 1), _Device(3, 1)]
+    assert select_devices(0, 16, False, four, "cpu") == [four[0], four[2]]
+    assert select_devices(0, 16, True, four, "cpu") == four
+    assert select_devices(0, 16, False, four, "gpu") == four
 
 
 @pytest.mark.parametrize("n", DEVICE_COUNTS[1:])

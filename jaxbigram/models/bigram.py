@@ -50,6 +50,7 @@ class Bigram:
     kind: ClassVar[str] = "bigram"
     cheap_split_loss: ClassVar[bool] = True  # from its bigram counts, whatever the corpus size
     has_optimum: ClassVar[bool] = True  # the closed-form optimum is the best any (V, V) table can do
+    split_on_cpu: ClassVar[bool] = False  # a step of microseconds: a cross-device all-reduce would cost more
 
     @property
     def module(self) -> BigramLanguageModel:
