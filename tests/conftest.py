@@ -24,6 +24,13 @@ import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"  # before anything imports jax
 
+import jax  # noqa: E402
+
+# Start JAX's CPU backend now, with its one default device, so every in-process test sees the same single device
+# whatever runs first (``cli.main`` would otherwise give a not-yet-started backend two: ``runtime.expose_cpu_devices``).
+# Subprocess tests (``run_cli``) get the CLI's real default of two CPU devices.
+jax.devices()
+
 import shutil
 import subprocess
 import sys

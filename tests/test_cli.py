@@ -129,6 +129,7 @@ def test_resume_with_another_config_is_refused_and_names_the_keys(flags, keys, u
 
 @pytest.mark.parametrize("override, expected", [("train.block_size=2000000", "block_size"),
                                                ("train.batch_size=10000000", "this run needs about"),
+                                               ("train.devices=5", "train.devices = 5 but JAX has 1 device(s)"),
                                                ("train.steps_per_call=3000000000", "train.steps_per_call")])
 def test_fresh_with_an_impossible_config_leaves_the_old_checkpoints(override, expected, untouched, capsys):
     """`untouched` checks that checkpoints/ and metrics.jsonl are exactly as they were (sizes and mtimes)."""
@@ -226,7 +227,16 @@ def test_bad_config_file(row, untouched, tmp_path, capsys):
         assert t in line
 
 
+def test_a_bad_cpu_device_count_in_the_environment_is_one_line(run_cli, tmp_path):
+    proc = run_cli("train", "--config", "tiny", "--workdir", str(tmp_path / "run"),
+                   env={"JAXBIGRAM_CPU_DEVICES": "two", "XLA_FLAGS": None})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith("error: JAXBIGRAM_CPU_DEVICES='two' is not a device count")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("override", ["train.batch_size=0", "train.block_size=-1", "train.steps=0", "eval.iters=0",
+                                      "train.devices=-1",
                                       "train.learning_rate=0", "train.learning_rate=-0.1"])
 def test_out_of_range(override, untouched, capsys):
     key = override.split("=")[0]
@@ -547,9 +557,19 @@ def test_a_fifo_is_refused_without_waiting(command, run_cli, untouched, tmp_path
 @pytest.fixture(scope="module")
 def gpt_run(tmp_path_factory, run_cli):
     workdir = tmp_path_factory.mktemp("gpt") / "run"
-    proc = run_cli("train", "--config", "gpt-tiny", "--workdir", workdir)
+    proc = run_cli("train", "--config", "gpt-tiny", "--workdir", workdir,
+                   env={"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None})  # the CLI's own device defaults
     assert proc.returncode == 0, proc.stderr
     return workdir, proc
+
+
+def test_gpt_on_a_cpu_splits_its_batches_over_two_cpu_devices(gpt_run, run_cli, tmp_path):
+    _, proc = gpt_run
+    assert "2 device(s)" in proc.stderr
+    assert "data parallel: each batch of 8 is split over 2 cpu devices (train.devices = automatic)" in proc.stderr
+    bigram = run_cli("train", "--config", "tiny", "--workdir", tmp_path / "bigram", "--steps", "10",
+                     env={"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None})
+    assert bigram.returncode == 0 and "2 device(s)" in bigram.stderr and "data parallel" not in bigram.stderr
 
 
 def test_gpt_train_reports_the_exact_val_loss_against_the_bigram_baseline(gpt_run):
