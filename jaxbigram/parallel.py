@@ -110,8 +110,8 @@ def select_devices(requested: int, batch_size: int, split_on_cpu: bool, devices=
                    ) -> list:
     """The devices a run splits its batches over (``train.devices``): the first ``requested`` of ``jax.devices()``,
     or with 0 (automatic) every device, except on the CPU: there a model whose step is too small to gain from a split
-    (``split_on_cpu`` False: the bigram, microseconds per step) keeps one device per process, and a model that gains
-    (the GPT: XLA runs its small matmuls on one core at a time, so two devices use both cores of a 2-core machine)
+    (``split_on_cpu`` False: the bigram, a tiny GPT) keeps one device per process, and a model that gains (a GPT of
+    some size: XLA runs its small matmuls on about one core, so two devices use both cores of a 2-core machine)
     takes every CPU device when the batch divides evenly over them, else one per process. ``devices`` and
     ``backend`` default to JAX's."""
     devices = list(jax.devices() if devices is None else devices)

@@ -220,7 +220,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
     dp = parallel.DataParallel.create(  # batches split along 'data' over train.devices (0: see select_devices)
-        tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, model.split_on_cpu))
+        tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, model.split_on_cpu(tcfg.batch_size)))
     if dp.num_devices > 1:
         log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
             f"devices (train.devices = {tcfg.devices or 'automatic'})")

@@ -563,12 +563,15 @@ def gpt_run(tmp_path_factory, run_cli):
     return workdir, proc
 
 
-def test_gpt_on_a_cpu_splits_its_batches_over_two_cpu_devices(gpt_run, run_cli, tmp_path):
-    _, proc = gpt_run
-    assert "2 device(s)" in proc.stderr
-    assert "data parallel: each batch of 8 is split over 2 cpu devices (train.devices = automatic)" in proc.stderr
-    bigram = run_cli("train", "--config", "tiny", "--workdir", tmp_path / "bigram", "--steps", "10",
-                     env={"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None})
+def test_a_gpt_splits_its_batches_over_two_cpu_devices_when_its_step_is_big_enough(gpt_run, run_cli, tmp_path):
+    _, tiny = gpt_run  # gpt-tiny: 0.02 GFLOP per step, faster on one device
+    assert "2 device(s)" in tiny.stderr and "data parallel" not in tiny.stderr
+    defaults = {"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None}
+    wider = run_cli("train", "--config", "gpt-tiny", "--workdir", tmp_path / "wider", "--steps", "2",
+                    "--set", "train.block_size=64", "--set", "train.batch_size=16", env=defaults)  # 0.18 GFLOP
+    assert wider.returncode == 0, wider.stderr
+    assert "data parallel: each batch of 16 is split over 2 cpu devices (train.devices = automatic)" in wider.stderr
+    bigram = run_cli("train", "--config", "tiny", "--workdir", tmp_path / "bigram", "--steps", "10", env=defaults)
     assert bigram.returncode == 0 and "2 device(s)" in bigram.stderr and "data parallel" not in bigram.stderr
 
 

@@ -90,6 +90,15 @@ def test_attention_implementations_agree(tiny_params):
     np.testing.assert_allclose(_logits(TINY, tiny_params, x), explicit, rtol=1e-5, atol=1e-5)
 
 
+def test_split_on_cpu_only_for_steps_worth_an_all_reduce():
+    """The automatic CPU split goes by the step's FLOPs, 6 · params · tokens, against ``cpu_split_min_flops``."""
+    small = GPT(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    flops = 6 * small.param_count() * 8 * 16
+    assert flops < GPT.cpu_split_min_flops and not small.split_on_cpu(8)
+    big_batch = -(-int(GPT.cpu_split_min_flops) // (6 * small.param_count() * 16))  # the first batch over the line
+    assert small.split_on_cpu(big_batch) and not small.split_on_cpu(big_batch - 1)
+
+
 def test_bfloat16_close(tiny_params):
     x = jax.random.randint(jax.random.key(5), (4, 8), 0, V)
     y = jnp.roll(x, -1, axis=1)

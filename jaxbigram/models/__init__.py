@@ -4,8 +4,9 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
 
 - ``kind`` (the ``model.kind`` config value) and ``has_optimum`` (whether the closed-form bigram optimum is the best
   this model can reach: true for the bigram, for any other model it is only a baseline to beat);
-- ``split_on_cpu``: whether its training step gains from splitting a batch over several CPU devices (the GPT) or is
-  too small to (the bigram); ``train.devices = 0`` goes by it (``parallel.select_devices``);
+- ``split_on_cpu(batch_size)``: whether its training step at this batch gains from splitting the batch over several
+  CPU devices (a GPT of some size) or is too small to (the bigram, a tiny GPT); ``train.devices = 0`` goes by it
+  (``parallel.select_devices``);
 - ``init(key) -> params``;
 - ``loss(params, x, y, dropout_key=None) -> scalar``: mean cross-entropy of int ``(B, T)`` batches; pure; dropout only
   when a key is given;

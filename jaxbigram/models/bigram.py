@@ -50,7 +50,10 @@ class Bigram:
     kind: ClassVar[str] = "bigram"
     cheap_split_loss: ClassVar[bool] = True  # from its bigram counts, whatever the corpus size
     has_optimum: ClassVar[bool] = True  # the closed-form optimum is the best any (V, V) table can do
-    split_on_cpu: ClassVar[bool] = False  # a step of microseconds: a cross-device all-reduce would cost more
+
+    def split_on_cpu(self, batch_size: int) -> bool:
+        """Never: a step of microseconds, where a cross-device all-reduce would cost more than it saves."""
+        return False
 
     @property
     def module(self) -> BigramLanguageModel:

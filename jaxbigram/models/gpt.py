@@ -364,7 +364,10 @@ class GPT:
     kind: ClassVar[str] = "gpt"
     cheap_split_loss: ClassVar[bool] = False  # a forward pass over every position
     has_optimum: ClassVar[bool] = False
-    split_on_cpu: ClassVar[bool] = True  # XLA runs its small matmuls on ~one core: two CPU devices use two
+    # a training step of at least this many FLOPs runs faster split over 2 CPU devices than on one (2-core machine,
+    # measured: gpt-cpu 3.7 GFLOP/step 33 -> 26 ms; a 4-layer 32-wide GPT at 12 x 64, 0.26 GFLOP, 91 -> 129 steps/s;
+    # gpt-tiny, 0.02 GFLOP, 191 -> 144 steps/s: slower)
+    cpu_split_min_flops: ClassVar[float] = 1e8
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -394,6 +397,12 @@ class GPT:
     def decay_mask(self, params):
         """True on matrices (ndim >= 2: linear kernels and embeddings), False on biases and LayerNorm scales."""
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+    def split_on_cpu(self, batch_size: int) -> bool:
+        """Whether a training step at ``batch_size`` is big enough (``6 · params · tokens`` FLOPs at least
+        ``cpu_split_min_flops``) to gain from splitting its batch over several CPU devices: XLA runs a small matmul on
+        about one core, two devices use two; for a tiny step the all-reduce costs more than it saves."""
+        return 6.0 * self.param_count() * batch_size * self.block_size >= self.cpu_split_min_flops
 
     def param_count(self) -> int:
         """Parameters, in closed form (known before anything is built or traced): embeddings, per layer two
