@@ -225,10 +225,14 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
         log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
             f"devices (train.devices = {tcfg.devices or 'automatic'})")
     num_params = model.param_count()
-    memory.check_fits(memory.estimate_for_config(  # before anything is built or traced: one line, not an XLA OOM
+    per_device = memory.estimate_for_config(  # before anything is built or traced: one line, not an XLA OOM
         cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,
-        activation_bytes=model.activation_bytes(tcfg.batch_size // dp.num_devices)),
-        memory.available_memory_bytes(jax.local_devices()[0]))
+        activation_bytes=model.activation_bytes(tcfg.batch_size // dp.num_devices))
+    # CPU devices share the host's memory: each holds its own copy of the state, the ids and its activations
+    copies = sum(d.process_index == jax.process_index() for d in dp.mesh.devices.flat) \
+        if jax.default_backend() == "cpu" else 1
+    memory.check_fits({term: size * copies for term, size in per_device.items()},
+                      memory.available_memory_bytes(jax.local_devices()[0]))
     keys = dp.replicate(run_keys(tcfg.seed))
     state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
     meta = run_metadata(cfg, corpus, model, num_params)
