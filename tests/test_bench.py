@@ -46,5 +46,6 @@ def test_bench_measures_every_documented_figure(tmp_path, make_corpus):
         assert report[f"gpt_sample_{label}_same_ids"] is True, label  # compiled sampler == the lecture's, same draws
     assert report["gpt_sample_64_streams_beyond_shape"] == "2x24"
     assert 0 < report["gpt_train_mfu"] <= 1
+    assert report["gpt_train_devices"] == 1  # gpt-tiny: a step too small to split (and one device in-process)
     table = bench.format_table(report)
     assert all(key in table for key in report if key not in ("raw_seconds", "devices"))
