@@ -147,6 +147,11 @@ class DataParallel:
         return self.mesh.size
 
     @property
+    def local_device_count(self) -> int:
+        """Devices of the mesh that belong to this process."""
+        return sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+
+    @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 

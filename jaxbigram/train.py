@@ -229,8 +229,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
         cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,
         activation_bytes=model.activation_bytes(tcfg.batch_size // dp.num_devices))
     # CPU devices share the host's memory: each holds its own copy of the state, the ids and its activations
-    copies = sum(d.process_index == jax.process_index() for d in dp.mesh.devices.flat) \
-        if jax.default_backend() == "cpu" else 1
+    copies = dp.local_device_count if jax.default_backend() == "cpu" else 1
     memory.check_fits({term: size * copies for term, size in per_device.items()},
                       memory.available_memory_bytes(jax.local_devices()[0]))
     keys = dp.replicate(run_keys(tcfg.seed))

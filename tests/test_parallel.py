@@ -105,7 +105,8 @@ def test_batch_must_split_evenly_over_devices():
         DataParallel.create(10, devices=[object()] * 4)
     assert e.value.code == "batch_devices"
     assert "batch_size 10" in str(e.value) and "4 devices" in str(e.value)
-    assert DataParallel.create(12, devices=None).num_devices >= 1
+    dp = DataParallel.create(12, devices=None)
+    assert dp.num_devices >= 1 and dp.local_device_count == dp.num_devices  # one process: every device is local
 
 
 class _Device:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import sampling
+from .. import parallel, sampling
 from ..sampling import SAMPLE_BLOCK
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -97,7 +97,8 @@ class CausalSelfAttention(nn.Module):
         if not dropout and _use_dpa(self.attention):
             q, k, v = self._heads(x)
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+            if return_kv:  # the cache's heads-major layout
+                k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         else:  # explicit softmax (needed for dropout on the attention weights; faster on the CPU), heads-major:
             # (B, H, T, D) operands measured 9% faster per training step than (B, T, H, D) on the CPU (gpt-cpu)
             q, k, v = self._heads(x, heads_major=True)
@@ -445,15 +446,14 @@ class GPT:
             x = np.concatenate([x, np.zeros((pad, t), np.int32)])
             y = np.concatenate([y, np.zeros((pad, t), np.int32)])
             mask = np.concatenate([mask, np.zeros((pad, t), bool)])
-        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        dp = parallel.DataParallel.create(batch_windows, devices)
         local = jax.tree.map(  # this process's copy of parameters replicated over several processes
             lambda a: a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a, params)
-        params = jax.device_put(local, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        params = jax.device_put(local, dp.replicated)
         total = 0.0
         for b in range(n_batches):
             s = slice(b * batch_windows, (b + 1) * batch_windows)
-            total += float(_window_nll(self, params, *jax.device_put((x[s], y[s], mask[s]), rows)))
+            total += float(_window_nll(self, params, *jax.device_put((x[s], y[s], mask[s]), dp.batch_sharding)))
         return total / n_pred
 
     def sample_stream(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
