@@ -3,7 +3,7 @@
 JAX is forced to the CPU here, once, before any test module imports it. Fixtures:
 
 - ``repo_root``: the project's root folder (``Path``).
-- ``make_corpus``: ``jaxbigram.synthetic.make_corpus(path, size_bytes, vocab, seed=...)`` (multilingual synthetic text).
+- ``make_corpus``: ``jaxbigram.bench.synthetic.make_corpus(path, size_bytes, vocab, seed=...)`` (multilingual synthetic text).
 - ``data_path``: tinyshakespeare (``$JAXBIGRAM_DATA``, else ``<repo>/../shared/data/tinyshakespeare/input.txt``, else the
   copy ``run.py train`` downloaded into the user cache); ``corpus``: that file loaded (session-scoped).
 - ``big_corpus_path``: a generated 400 kB text with 1,500 characters from many scripts (session-scoped).
@@ -157,8 +157,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def make_corpus():
-    """``jaxbigram.synthetic.make_corpus(path, size_bytes, vocab, seed=0, ...)``."""
-    from jaxbigram.synthetic import make_corpus
+    """``jaxbigram.bench.synthetic.make_corpus(path, size_bytes, vocab, seed=0, ...)``."""
+    from jaxbigram.bench.synthetic import make_corpus
 
     return make_corpus
 

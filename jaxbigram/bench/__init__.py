@@ -89,7 +89,7 @@ def _jaxbigram(*args: str) -> list[str]:
 
 def _child_env(**extra) -> dict:
     """The environment of a child: this one, with this package importable first (a checkout or an install)."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parent.parent.parent)
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **extra)
 
 
@@ -102,9 +102,9 @@ def _log(message: str) -> None:
 def _train_state(vocab_size: int, seed: int = 0):
     import jax
 
-    from .config import TrainConfig
-    from .models.bigram import Bigram
-    from .train import create_train_state
+    from ..config import TrainConfig
+    from ..models.bigram import Bigram
+    from ..train import create_train_state
 
     return create_train_state(jax.random.key(seed), Bigram(vocab_size), TrainConfig(learning_rate=1e-3))
 
@@ -139,7 +139,7 @@ def _time_fused(state, train_ids, batch: int, block: int, steps_per_call: int, c
     import jax
     import jax.numpy as jnp
 
-    from .train import train_chunk
+    from ..train import train_chunk
 
     data, key, dropout_key = jnp.asarray(train_ids), jax.random.key(1), jax.random.key(2)
     sharding = None
@@ -167,8 +167,8 @@ def bench_naive_train(train_ids, vocab_size: int, shape, steps: int, repeats: in
     import jax
     import jax.numpy as jnp
 
-    from .data import get_batch
-    from .train import step_key, train_step
+    from ..data import get_batch
+    from ..train import step_key, train_step
 
     batch, block = shape
     data = jnp.asarray(train_ids)
@@ -235,7 +235,7 @@ def bench_sampling(params, streams: int, chars: int, repeats: int) -> dict:
     """``generate`` from a trained table: characters per second over all streams (CDF built inside each call)."""
     import jax
 
-    from .models.bigram import generate
+    from ..models.bigram import generate
 
     key = jax.random.key(7)
     generate(params, key, [0], chars, num_samples=streams).block_until_ready()  # compile
@@ -254,7 +254,7 @@ def bench_naive_sampling(params, chars: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from .models.bigram import logits_table
+    from ..models.bigram import logits_table
 
     @partial(jax.jit, static_argnums=2)
     def naive(params, key, n):
@@ -281,7 +281,7 @@ def bench_naive_sampling(params, chars: int, repeats: int) -> dict:
 def data_prep_child(path: str) -> None:
     """In a fresh process (``python -m jaxbigram.bench data-prep PATH``): time ``load_corpus`` twice (the first
     encodes and writes the cache; the second reads it) and print the figures as one JSON line."""
-    from .data import load_corpus
+    from ..data import load_corpus
 
     t0 = time.perf_counter()
     first = load_corpus(path)
@@ -356,7 +356,7 @@ def run(*, quick: bool = False, scaling: bool = False, data: str | None = None, 
         log=_log) -> dict:
     """``bench`` (or ``bench --scaling``): every measurement; returns the flat JSON-ready report documented in
     docs/performance.md."""
-    from .data import load_corpus, resolve_data_path
+    from ..data import load_corpus, resolve_data_path
 
     path, _ = resolve_data_path(data)
     if scaling:
@@ -368,7 +368,7 @@ def run_speed(plan: Plan, corpus, platform: str | None, log) -> dict:
     """Training, sampling, data prep and whole preset runs at the sizes of ``plan``."""
     import jax
 
-    from .data import split
+    from ..data import split
 
     vocab = corpus.tokenizer.vocab_size
     train_ids, _ = split(corpus.ids, 0.1)
@@ -478,9 +478,9 @@ def gpt_flops_per_token(model, num_params: int) -> float:
 def _gpt_setup(preset: str, vocab_size: int):
     import jax
 
-    from . import config as config_lib
-    from . import models
-    from .train import create_train_state
+    from .. import config as config_lib
+    from .. import models
+    from ..train import create_train_state
 
     cfg = config_lib.load(preset)
     model = models.build(cfg.model, vocab_size, cfg.train.block_size)
@@ -493,7 +493,7 @@ def bench_gpt_train(preset: str, train_ids, vocab_size: int, steps_per_call: int
     split its batches over (``train.devices``): steps/s, tokens/s, FLOP/s."""
     import jax
 
-    from .parallel import DataParallel, select_devices
+    from ..parallel import DataParallel, select_devices
 
     cfg, model, state, num_params = _gpt_setup(preset, vocab_size)
     t = cfg.train
@@ -514,8 +514,8 @@ def bench_gpt_naive_train(preset: str, train_ids, vocab_size: int, steps: int, r
     import jax
     import jax.numpy as jnp
 
-    from .data import get_batch
-    from .train import step_key, train_step
+    from ..data import get_batch
+    from ..train import step_key, train_step
 
     cfg, model, state, _ = _gpt_setup(preset, vocab_size)
     t = cfg.train
@@ -540,8 +540,8 @@ def naive_gpt_sample(model, params, key, prompt_ids, max_new_tokens: int, num_sa
     import jax
     import numpy as np
 
-    from .models.gpt import next_ids
-    from .sampling import uniforms
+    from ..models.gpt import next_ids
+    from ..sampling import uniforms
 
     block = model.block_size
 
@@ -591,7 +591,7 @@ def bench_gpt_sampling(model, params, streams: int, chars: int, repeats: int) ->
 def bench_gpt(plan: Plan, corpus, platform: str | None, log) -> dict:
     """The GPT's figures: fused training vs a naive jit-per-step loop, utilisation, sampling vs the lecture's
     re-run-the-model sampler, whole preset runs (wall time, peak memory, exact val loss), the full-size GPT."""
-    from .data import split
+    from ..data import split
 
     vocab = corpus.tokenizer.vocab_size
     train_ids, _ = split(corpus.ids, 0.1)
@@ -671,7 +671,7 @@ def run_scaling(data: str, *, quick: bool = False, size_mb: float = 100.0, vocab
     compiled step at that vocabulary, and a tokenizer round trip of the whole corpus."""
     import numpy as np
 
-    from .data import load_corpus
+    from ..data import load_corpus
 
     if quick:
         size_mb, vocab = 10.0, 2000
