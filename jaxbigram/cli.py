@@ -139,11 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "next to a naive jit-per-step loop, whole preset runs, sampling, data prep and peak memory (medians "
                 "of repeats, after warm-up; see docs/performance.md).",
                 ["python run.py bench --quick", "python run.py bench --json > bench.json",
-                 "python run.py bench --scaling"], "platform", "json")
+                 "python run.py bench --scaling", "python run.py bench --against torch --json"], "platform", "json")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller corpora (about half the time)")
-    p.add_argument("--scaling", action="store_true",
-                   help="instead: a big generated corpus with a big vocabulary through train/eval/sample")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--scaling", action="store_true",
+                      help="instead: a big generated corpus with a big vocabulary through train/eval/sample")
     p.add_argument("--data", default=None, help="text to train on (default: $JAXBIGRAM_DATA, else tinyshakespeare)")
+    mode.add_argument("--against", choices=["torch"], default=None,
+                      help="instead: whole runs of the lecture's bigram and gpt-cpu next to a PyTorch reference of the "
+                           "same loops, alternating (needs the [compare] extra)")
+    p.add_argument("--pairs", type=_int_at_least("--pairs", 1), default=None,
+                   help="with --against: jaxbigram/PyTorch pairs of runs (default 3; --quick: 1)")
     return parser
 
 
@@ -306,7 +312,14 @@ def cmd_bench(args) -> int:
     from .runtime import select_platform
 
     _log(select_platform(args.platform))
-    report = bench.run(quick=args.quick, scaling=args.scaling, data=args.data, platform=args.platform, log=_log)
+    if args.against:
+        from .data import resolve_data_path
+
+        pairs = args.pairs or (1 if args.quick else bench.TorchPlan.pairs)
+        report = bench.run_against_torch(bench.TorchPlan(pairs=pairs), str(resolve_data_path(args.data)[0]),
+                                         args.platform, log=_log)
+    else:
+        report = bench.run(quick=args.quick, scaling=args.scaling, data=args.data, platform=args.platform, log=_log)
     print(json.dumps(report) if args.json else bench.format_table(report))
     return 0
 

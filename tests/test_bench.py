@@ -6,7 +6,10 @@ Sizes are tiny here (the real command takes minutes); nothing about speed is ass
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 from jaxbigram import bench, data
 from conftest import REPO_ROOT
@@ -49,3 +52,41 @@ def test_bench_measures_every_documented_figure(tmp_path, make_corpus):
     assert report["gpt_train_devices"] == 1  # gpt-tiny: a step too small to split (and one device in-process)
     table = bench.format_table(report)
     assert all(key in table for key in report if key not in ("raw_seconds", "devices"))
+
+
+def documented_torch_keys() -> set[str]:
+    page = (REPO_ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    section = page[page.index("<!-- section: vs-torch -->"):page.index("<!-- end: vs-torch -->")]
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.MULTILINE))
+
+
+def test_against_torch_reports_every_documented_key_and_both_sides_learn_alike(data_path):
+    """One pair of tiny whole runs on each side (fresh processes): the keys the issue names, sane values, and the
+    PyTorch reference reaching the same losses as jaxbigram (same model, data, schedule; different random draws)."""
+    plan = bench.TorchPlan(bigram_config="tiny", gpt_config="gpt-tiny", pairs=1)
+    report = bench.run_against_torch(plan, str(data_path), log=lambda message: None)
+
+    assert set(report) == documented_torch_keys()
+    json.dumps(report)
+    assert report["vs_torch_pairs"] == 1 and report["torch_version"] and report["torch_threads"] >= 1
+    for kind in ("bigram", "gpt"):
+        for key in (f"{kind}_vs_torch_step_ratio", f"{kind}_vs_torch_run_ratio", f"{kind}_run_s_median",
+                    f"torch_{kind}_run_s_median"):
+            assert isinstance(report[key], float) and math.isfinite(report[key]) and report[key] > 0, key
+        assert len(report[f"{kind}_vs_torch_run_ratios"]) == 1
+        # an estimate over a handful of tiny batches (5 x 8 x 16 for gpt-tiny) is noisy: agreement within 0.3 nats
+        assert abs(report[f"{kind}_val_estimate"] - report[f"torch_{kind}_val_estimate"]) < 0.3, kind
+    # the exact val pass (every position of the split, the same windows on both sides) is not: within 0.1 nats
+    assert abs(report["gpt_val"] - report["torch_gpt_val"]) < 0.1
+    assert report["gpt_val"] < math.log(65) - 1.0  # both well below the uniform guess
+
+
+def test_against_torch_without_torch_is_one_line(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; from jaxbigram.cli import main; "
+            "sys.exit(main(['bench', '--against', 'torch', '--quick']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: bench --against torch needs the optional package torch")
+    assert "pip install 'jaxbigram[compare]'" in lines[-1] and "Traceback" not in proc.stderr

@@ -30,6 +30,7 @@ call.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar, Iterator
@@ -57,10 +58,44 @@ def _use_dpa(attention: str) -> bool:
     return attention == "dpa" or (attention == "auto" and jax.default_backend() != "cpu")
 
 
+@jax.custom_vjp
+def _matmul_cpu(x, w):
+    """``x @ w`` (``x`` ``(..., in)``, ``w`` ``(in, out)``) whose weight gradient is a row-major GEMM.
+
+    Autodiff writes the weight gradient ``xᵀ · g`` as a product contracting the rows of both operands; XLA's CPU
+    back end runs that layout with its own dot emitter and a transposing copy of ``g``. Here ``xᵀ`` is materialised
+    once (an optimisation barrier keeps XLA from folding the transpose back into the product), so the product is a
+    plain ``(in, n) · (n, out)`` GEMM that XLA hands to its fast library kernels. Same math; float rounding differs.
+    """
+    return jnp.matmul(x, w)
+
+
+def _matmul_cpu_fwd(x, w):
+    return jnp.matmul(x, w), (x, w)
+
+
+def _matmul_cpu_bwd(residuals, g):
+    x, w = residuals
+    rows = x.reshape(-1, x.shape[-1])
+    dw = jax.lax.optimization_barrier(rows.T) @ g.reshape(-1, g.shape[-1])
+    return jnp.matmul(g, w.T), dw.astype(w.dtype)
+
+
+_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
+
+
+def _dot_general_cpu(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``nn.Dense``'s product through ``_matmul_cpu`` (Dense contracts the last axis of ``lhs`` with ``rhs``'s
+    first, no batch axes)."""
+    return _matmul_cpu(lhs, rhs)
+
+
 def _dense(spec: "GPT", **kwargs):
-    """A linear layer of the GPT: float32 params, compute in ``spec.dtype``, zero biases (none without ``bias``)."""
+    """A linear layer of the GPT: float32 params, compute in ``spec.dtype``, zero biases (none without ``bias``).
+    On the CPU its weight gradient is a row-major GEMM (``_matmul_cpu``)."""
+    cpu = jax.default_backend() == "cpu" and os.environ.get("JB_WGRAD", "1") == "1"
     return partial(nn.Dense, use_bias=spec.bias, dtype=_DTYPES[spec.dtype], param_dtype=jnp.float32,
-                   bias_init=nn.initializers.zeros, **kwargs)
+                   bias_init=nn.initializers.zeros, dot_general=_dot_general_cpu if cpu else None, **kwargs)
 
 
 def _residual_init(spec: "GPT"):
