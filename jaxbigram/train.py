@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import jax
@@ -45,9 +46,13 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     return optax.constant_schedule(cfg.learning_rate)
 
 
+@lru_cache(maxsize=64)
 def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransformation:
-    """AdamW with the configured schedule (weight decay on the leaves ``decay_mask`` selects; None: all),
-    optionally after global-norm clipping."""
+    """AdamW with the configured schedule (weight decay on the leaves the function ``decay_mask(params)`` selects;
+    None: all), optionally after global-norm clipping.
+
+    The same arguments return the same object: a train state's optimizer is part of its static structure, so the
+    abstract state a run is planned with and the real one share one compiled ``train_chunk``."""
     adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
                         mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw
@@ -56,8 +61,8 @@ def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransform
 def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.TrainState:
     """Fresh parameters and AdamW state at step 0; ``apply_fn`` is the model's loss (what ``train_step`` calls)."""
     params = model.init(key)
-    state = train_state.TrainState.create(apply_fn=model.loss, params=params,
-                                          tx=make_optimizer(cfg, model.decay_mask(params)))
+    decay_mask = None if model.decay_mask(params) is None else model.decay_mask
+    state = train_state.TrainState.create(apply_fn=model.loss, params=params, tx=make_optimizer(cfg, decay_mask))
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
@@ -142,6 +147,22 @@ def estimate_loss(model, params, key, train_data, val_data, *, iters: int, batch
 
     train_key, val_key = jax.random.split(key)
     return {"train": mean_loss(train_key, train_data), "val": mean_loss(val_key, val_data)}
+
+
+def compile_ahead(jitted, *args, **kwargs) -> threading.Thread:
+    """Compile ``jitted`` for these arguments (arrays or ``ShapeDtypeStruct``s) on a background thread, so XLA
+    compiles it on another core while this thread goes on; a later call with matching arguments finds it compiled.
+    A failure is left for that call to raise. Join the thread before the process ends."""
+
+    def work():
+        try:
+            jitted.lower(*args, **kwargs).compile()
+        except Exception:  # the real call compiles again and reports whatever is wrong
+            pass
+
+    thread = threading.Thread(target=work, name="jaxbigram-compile-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 # ----------------------------------------------------------------------------- the loop driver (side effects)
@@ -233,74 +254,82 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     memory.check_fits({term: size * copies for term, size in per_device.items()},
                       memory.available_memory_bytes(jax.local_devices()[0]))
     keys = dp.replicate(run_keys(tcfg.seed))
+    train_data, val_data = dp.replicate((train_np, val_np))
+    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)
     state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
     meta = run_metadata(cfg, corpus, model, num_params)
     history: list = []
     resumed = None if fresh or not store.steps() else workdir_lib.resume(store, state, meta, log)
-    if resumed is not None:
-        saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
-        state = state.replace(step=jnp.asarray(state.step, jnp.int32))
-        history = [h for h in saved.get("history") or [] if progress.is_eval_row(h)]
-        log(f"resuming from step {int(state.step)} in {store.directory}")
-    else:  # a new run: only now allocate the (possibly V×V×3) state
-        state = dp.replicate(create_train_state(keys["init"], model, tcfg))
-    step = start = int(state.step)
-    if start >= tcfg.steps and resumed is not None:
-        log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; "
-            f"raise --steps to continue")
+    start = 0 if resumed is None else int(resumed[1].step)
+    # XLA compiles the training call on another core while this one builds the state and runs the first estimate
+    ahead = compile_ahead(train_chunk, resumed[1] if resumed else state, train_data, keys["batch"], keys["dropout"],
+                          tcfg.steps_per_call, max_steps=tcfg.steps_per_call, **sizes) if start < tcfg.steps else None
+    try:
+        if resumed is not None:
+            saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
+            state = state.replace(step=jnp.asarray(state.step, jnp.int32))
+            history = [h for h in saved.get("history") or [] if progress.is_eval_row(h)]
+            log(f"resuming from step {int(state.step)} in {store.directory}")
+        else:  # a new run: only now allocate the (possibly V×V×3) state
+            state = dp.replicate(create_train_state(keys["init"], model, tcfg))
+        step = start
+        if start >= tcfg.steps and resumed is not None:
+            log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; "
+                f"raise --steps to continue")
 
-    if reporter is None:
-        lr = jax.jit(learning_rate_schedule(tcfg))
-        reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
-                                     metrics_path=store.workdir / progress.METRICS_FILE, history=history,
-                                     lr_fn=lambda s: float(lr(s)),
-                                     out=out, err=err, enabled=parallel.is_primary())
-    train_data, val_data = dp.replicate((train_np, val_np))
-    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)
-    last = history[-1] if history and history[-1]["step"] == step else None
-    trained_steps, train_seconds, stale = 0, 0.0, fresh
-    with StopRequest() as stop, reporter:
-        while True:  # at a chunk boundary: decide evaluate / checkpoint / stop, once
-            done, stopping = step >= tcfg.steps, stop.signum is not None
-            save_now = step > start and (done or stopping or step % cfg.checkpoint.interval == 0)
-            if (save_now or step % cfg.eval.interval == 0) and (last is None or last["step"] != step):
-                losses = estimate_loss(model, state.params, step_key(keys["eval"], step), train_data, val_data,
-                                       iters=cfg.eval.iters, **sizes)
-                last = {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
-                history = [h for h in history if h["step"] != step] + [last]
-                reporter.eval(last)
-            report = None
-            if done:
-                # the train split exactly only where that is cheap (a bigram's counts); `run.py eval` always does both
-                report = {**exact_report(model, state.params, train_np, val_np, train=model.cheap_split_loss),
-                          "step": step}
-            if save_now:
-                if stale:  # --fresh: the old run goes only now, when the new one writes its first step
-                    store.clear()
-                    stale = False
-                if reporter.metrics is not None:
-                    reporter.metrics.start()  # a new run's log replaces the old one from its first checkpoint
-                store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
-                                         **({"exact": report} if report else {})}, val_loss=last["val_loss"])
-            if done:
-                break
-            if stopping:
-                raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
-            stop_at = _next_boundary(step, tcfg.steps, cfg)
-            t0 = time.perf_counter()
-            state, losses = train_chunk(state, train_data, keys["batch"], keys["dropout"], stop_at - step,
-                                        max_steps=tcfg.steps_per_call, **sizes)
-            losses = np.asarray(losses[: stop_at - step])
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            trained_steps += stop_at - step
-            reporter.chunk(stop_at, losses, seconds)
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                raise UsageError("non_finite", value=float(losses[bad[0]]), step=step + int(bad[0]))
-            step = stop_at
-    rate = trained_steps / train_seconds if train_seconds else 0.0
-    return FitResult(state=state, history=history, report=report, steps_per_second=rate)
+        if reporter is None:
+            lr = jax.jit(learning_rate_schedule(tcfg))
+            reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
+                                         metrics_path=store.workdir / progress.METRICS_FILE, history=history,
+                                         lr_fn=lambda s: float(lr(s)),
+                                         out=out, err=err, enabled=parallel.is_primary())
+        last = history[-1] if history and history[-1]["step"] == step else None
+        trained_steps, train_seconds, stale = 0, 0.0, fresh
+        with StopRequest() as stop, reporter:
+            while True:  # at a chunk boundary: decide evaluate / checkpoint / stop, once
+                done, stopping = step >= tcfg.steps, stop.signum is not None
+                save_now = step > start and (done or stopping or step % cfg.checkpoint.interval == 0)
+                if (save_now or step % cfg.eval.interval == 0) and (last is None or last["step"] != step):
+                    losses = estimate_loss(model, state.params, step_key(keys["eval"], step), train_data, val_data,
+                                           iters=cfg.eval.iters, **sizes)
+                    last = {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
+                    history = [h for h in history if h["step"] != step] + [last]
+                    reporter.eval(last)
+                report = None
+                if done:
+                    # the train split exactly only where that is cheap (a bigram's counts); `run.py eval` always does both
+                    report = {**exact_report(model, state.params, train_np, val_np, train=model.cheap_split_loss),
+                              "step": step}
+                if save_now:
+                    if stale:  # --fresh: the old run goes only now, when the new one writes its first step
+                        store.clear()
+                        stale = False
+                    if reporter.metrics is not None:
+                        reporter.metrics.start()  # a new run's log replaces the old one from its first checkpoint
+                    store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
+                                             **({"exact": report} if report else {})}, val_loss=last["val_loss"])
+                if done:
+                    break
+                if stopping:
+                    raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
+                stop_at = _next_boundary(step, tcfg.steps, cfg)
+                t0 = time.perf_counter()
+                state, losses = train_chunk(state, train_data, keys["batch"], keys["dropout"], stop_at - step,
+                                            max_steps=tcfg.steps_per_call, **sizes)
+                losses = np.asarray(losses[: stop_at - step])
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                trained_steps += stop_at - step
+                reporter.chunk(stop_at, losses, seconds)
+                bad = np.flatnonzero(~np.isfinite(losses))
+                if bad.size:
+                    raise UsageError("non_finite", value=float(losses[bad[0]]), step=step + int(bad[0]))
+                step = stop_at
+        rate = trained_steps / train_seconds if train_seconds else 0.0
+        return FitResult(state=state, history=history, report=report, steps_per_second=rate)
+    finally:
+        if ahead is not None:
+            ahead.join()  # never leave XLA compiling on a thread while the process exits
 
 
 def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), data: str | None = None,

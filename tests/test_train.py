@@ -268,3 +268,18 @@ def test_a_stop_before_the_first_step_writes_nothing_and_says_so(tmp_path, corpu
         run_fit(tmp_path, cfg, corpus, reporter=reporter)
     assert stopped.value.saved is False and stopped.value.step == 0 and stopped.value.exit_code == 130
     assert steps(tmp_path) == []
+
+
+def test_the_training_call_compiles_once_per_run_ahead_of_the_loop(tmp_path, corpus, caplog):
+    """``fit`` compiles ``train_chunk`` on a background thread while it builds the state and runs the first estimate;
+    the loop's call must find that compile (same optimizer object, same shapes and layouts), new run and resume."""
+    (tmp_path / "cfg.toml").write_text(GPT_TINY)
+    cfg = config.replace(config.load(tmp_path / "cfg.toml"), "train", steps=15, steps_per_call=7)
+    jax.clear_caches()
+    for run_cfg in (cfg, config.replace(cfg, "train", steps=30)):  # a new run, then a resume (a restored state)
+        caplog.clear()
+        with jax.log_compiles(True), caplog.at_level("DEBUG", logger="jax"):
+            run_fit(tmp_path, run_cfg, corpus)
+        compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(train_chunk)" in r.getMessage()]
+        assert len(compiles) == 1, compiles
+    assert train.make_optimizer(cfg.train) is train.make_optimizer(cfg.train)
