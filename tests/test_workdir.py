@@ -1,6 +1,7 @@
 """workdir.py: a run's folder — writable or one clear line, one writer at a time (an OS lock), the run's config on
 resume (only RESUMABLE_KEYS may change), compatibility, and damaged steps set aside, never deleted."""
 
+import json
 import os
 
 import jax
@@ -20,7 +21,7 @@ CFG = config.TrainConfig()
 
 def meta(step, vocab="abcde", sha="ab" * 32, cfg=None):
     return {"vocab": vocab, "vocab_size": len(vocab), "data": {"path": "x.txt", "sha256": sha, "length": 100},
-            "step": step, "config": (cfg or config.Config()).to_dict()}
+            "step": step, "history": [], "config": (cfg or config.Config()).to_dict()}
 
 
 def state(seed=0):
@@ -126,7 +127,13 @@ def test_resume_sets_a_damaged_step_aside_and_uses_the_previous_one(store):
 
 
 def test_resume_refuses_another_run_before_reading_its_arrays(store):
-    damage(store, 2)  # an incompatible checkpoint is not damage: nothing is set aside
+    """An incompatible checkpoint is not damage: nothing is set aside. (Its arrays are damaged in a way only reading
+    them shows: truncated files would already fail the metadata check, which reads the arrays' shapes.)"""
+    store.close()
+    meta_file = store.directory / "2" / "meta" / "metadata"
+    saved = json.loads(meta_file.read_text())
+    saved["checksums"]["params/token_embedding_table/embedding"] ^= 1  # as if the array had changed on disk
+    meta_file.write_text(json.dumps(saved))
     with pytest.raises(CheckpointError) as info:
         workdir.resume(store, jax.eval_shape(state), meta(0, sha="cd" * 32), print)
     assert info.value.code == "incompatible"
