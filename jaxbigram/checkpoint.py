@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from . import metadata
-from .errors import CheckpointError, ResourceError
+from .errors import CheckpointError, ResourceError, UsageError
 
 TRASH = "_trash"  # orbax renames the steps it drops here (one atomic rename), then we empty it
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the names of orbax's half-written step directories
@@ -109,7 +109,8 @@ class Store:
     def save(self, step: int, state, meta: dict, val_loss: float) -> None:
         """Write one checkpoint atomically; a step already saved is left as it is.
 
-        A full disk removes the half-written step and raises ResourceError; the previous steps stay intact.
+        A full disk (ResourceError) or a folder this process may not write (UsageError) removes the half-written step
+        and raises one line; the previous steps stay intact.
         """
         if self.read_only:
             raise RuntimeError("a read-only Store cannot save")
@@ -122,14 +123,17 @@ class Store:
                               metrics={"val_loss": float(val_loss)}, force=True)
             self.manager.wait_until_finished()
         except Exception as e:
-            if not _is_disk_full(e):
+            failure = _save_failure(e)
+            if failure is None:
                 raise
             self.close()
             for leftover in self.directory.glob(f"*{TMP_MARK}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
             steps = self.steps()
-            raise ResourceError("disk_full", step=step, directory=self.directory,
-                                resume=f"step {steps[-1]}" if steps else "the start") from None
+            code, reason = failure
+            raise (ResourceError if code == "disk_full" else UsageError)(
+                code, step=step, directory=self.directory, reason=reason,
+                resume=f"step {steps[-1]}" if steps else "the start") from None
         shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def read_meta(self, step: int) -> dict:
@@ -199,14 +203,21 @@ def _listing(steps) -> str:
     return ", ".join(map(str, steps))
 
 
-def _is_disk_full(error: BaseException) -> bool:
+# a save the file system refuses: the message code, by errno and by the text TensorStore puts in its own errors
+_SAVE_FAILURES = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EACCES: "save_denied",
+                  errno.EPERM: "save_denied", errno.EROFS: "save_denied"}
+
+
+def _save_failure(error: BaseException) -> tuple[str, str] | None:
+    """(message code, reason) when a failed save is the file system's refusal (full disk, no permission), else None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
-            return True
+        for number, code in _SAVE_FAILURES.items():
+            if getattr(error, "errno", None) == number or os.strerror(number) in str(error):
+                return code, os.strerror(number)
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def _reason(error: Exception) -> str:

@@ -311,9 +311,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     """
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
-    workdir_lib.ensure_writable(Path(workdir))
-    workdir = Path(workdir).expanduser().absolute()
-    with workdir_lib.exclusive(workdir, parallel.is_primary()):
+    with workdir_lib.held(workdir, parallel.is_primary()) as workdir:
         workdir_lib.check_ours(workdir, fresh)
         probe = Store(workdir, log=log)
         try:

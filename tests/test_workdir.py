@@ -163,11 +163,11 @@ def test_train_refuses_a_step_folder_it_did_not_write(fresh, tmp_path, capsys):
 
     run = tmp_path / "run"
     write((run / "checkpoints" / "5").mkdir(parents=True) or run / "checkpoints" / "5" / "notes.txt", "mine")
-    before = snapshot(run / "checkpoints")  # (train's own .train.lock may appear beside it)
+    before = snapshot(run / "checkpoints")
     line = run_main(capsys, ["train", "--config", TINY, "--workdir", run, "--steps", "1", *["--fresh"] * fresh])
     assert "holds what this program did not write" in line and str(run / "checkpoints" / "5") in line
     assert snapshot(run / "checkpoints") == before
-    assert sorted(p.name for p in run.iterdir()) == [".train.lock", "checkpoints"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # not even a lock file: refused, no trace
 
 
 def test_a_metrics_log_without_checkpoints_is_refused_unless_fresh(tmp_path, capsys):
