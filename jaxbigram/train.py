@@ -277,11 +277,12 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
             if save_now:
                 if stale:  # --fresh: the old run goes only now, when the new one writes its first step
                     store.clear()
+                    if reporter.metrics is not None:
+                        reporter.metrics.start()  # the old run's log goes with its checkpoints
                     stale = False
-                if reporter.metrics is not None:
-                    reporter.metrics.start()  # a new run's log replaces the old one from its first checkpoint
                 store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
                                          **({"exact": report} if report else {})}, val_loss=last["val_loss"])
+                reporter.saved(step)
             if done:
                 break
             if stopping:
