@@ -196,7 +196,7 @@ def run_metadata(cfg: Config, corpus: data_lib.Corpus, model, num_params: int) -
 class FitResult:
     state: train_state.TrainState
     history: list = field(default_factory=list)  # [{step, train_loss, val_loss}]
-    report: dict = field(default_factory=dict)  # exact losses and the optimum at the end
+    report: dict | None = field(default_factory=dict)  # exact losses and the optimum at the end; None: nothing trained
     steps_per_second: float = 0.0
 
 
@@ -246,8 +246,9 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
         state = dp.replicate(create_train_state(keys["init"], model, tcfg))
     step = start = int(state.step)
     if start >= tcfg.steps and resumed is not None:
-        log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; "
-            f"raise --steps to continue")
+        log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; to continue, "
+            f"pass a larger --steps (e.g. --steps {start + tcfg.steps}); `run.py eval` reports its exact losses")
+        return FitResult(state=state, history=history, report=None)
 
     if reporter is None:
         lr = jax.jit(learning_rate_schedule(tcfg))
