@@ -61,7 +61,8 @@ WRONG = [
     ("null", None, "it is null, not an object"),
     *((f"no {key}", edited(valid_meta(), key, DELETE), f"it has no {key!r}")
       for key in ("config", "vocab", "vocab_size", "data", "history", "checksums")),
-    ("step of another folder", edited(valid_meta(), "step", 100), "its step is 100, but it is in the folder of step 200"),
+    ("step of another folder", edited(valid_meta(), "step", 100),
+     "its step is 100, but it is in the folder of step 200"),
     ("step a string", edited(valid_meta(), "step", "200"), "step is a string, not an integer"),
     ("step true", edited(valid_meta(), "step", True), "step is true/false, not an integer"),
     ("vocab a list", edited(valid_meta(), "vocab", list(VOCAB)), "vocab is a list, not a string"),

@@ -257,8 +257,9 @@ def test_a_refused_train_leaves_nothing_it_created(case, tmp_path, run_cli):
         proc = run_cli("train", "--config", TINY, "--workdir", empty, "--set", "train.steps=x")
         fragment = "train.steps must be"
     else:  # the download fails at once (a closed local port): no network is needed to test this
-        proc = run_cli("train", "--workdir", tmp_path / "a" / "run", env={
-            "JAXBIGRAM_DATA": None, "XDG_CACHE_HOME": str(tmp_path / "cache"), "JAXBIGRAM_DATA_URL": "http://127.0.0.1:9/"})
+        offline = {"JAXBIGRAM_DATA": None, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                   "JAXBIGRAM_DATA_URL": "http://127.0.0.1:9/"}
+        proc = run_cli("train", "--workdir", tmp_path / "a" / "run", env=offline)
         fragment = "could not download tinyshakespeare"
     assert_usage_error(proc, fragment)
     assert not (tmp_path / "a").exists() and list(empty.iterdir()) == []
