@@ -3,8 +3,9 @@
 Save, restore (the whole state, or the params only), list steps. Crash safety comes from orbax: a step directory
 appears by one atomic rename of a finished temp directory; half-written temp directories are removed on start; steps
 the keep policy drops are renamed into ``_trash`` (atomic) before being deleted, so a kill never leaves a half-deleted
-step that looks finished. Every array's CRC32 is stored in the metadata and checked on restore. What to do with a
-damaged or incompatible step is the resume logic's business (``workdir.py``), not this module's.
+step that looks finished. Every array's CRC32 is stored in the metadata and checked on restore; the metadata itself is
+checked (``metadata.check``) on every read, before anything uses it. What to do with a damaged or incompatible step
+is the resume logic's business (``workdir.py``), not this module's.
 """
 
 from __future__ import annotations
