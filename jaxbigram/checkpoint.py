@@ -3,8 +3,9 @@
 Save, restore (the whole state, or the params only), list steps. Crash safety comes from orbax: a step directory
 appears by one atomic rename of a finished temp directory; half-written temp directories are removed on start; steps
 the keep policy drops are renamed into ``_trash`` (atomic) before being deleted, so a kill never leaves a half-deleted
-step that looks finished. Every array's CRC32 is stored in the metadata and checked on restore. What to do with a
-damaged or incompatible step is the resume logic's business (``workdir.py``), not this module's.
+step that looks finished. Every array's CRC32 is stored in the metadata and checked on restore; the metadata itself is
+checked (``metadata.check``) on every read, before anything uses it. What to do with a damaged or incompatible step
+is the resume logic's business (``workdir.py``), not this module's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from .errors import CheckpointError, ResourceError
+from . import metadata
+from .errors import CheckpointError, ResourceError, UsageError
 
 TRASH = "_trash"  # orbax renames the steps it drops here (one atomic rename), then we empty it
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the names of orbax's half-written step directories
@@ -45,7 +47,7 @@ class Store:
         self.read_only = read_only
         self.log = log or (lambda message: None)
         self._manager = None
-        _quiet_orbax_orphans()
+        _quiet_orbax()
 
     @property
     def manager(self) -> ocp.CheckpointManager:
@@ -108,7 +110,8 @@ class Store:
     def save(self, step: int, state, meta: dict, val_loss: float) -> None:
         """Write one checkpoint atomically; a step already saved is left as it is.
 
-        A full disk removes the half-written step and raises ResourceError; the previous steps stay intact.
+        A full disk (ResourceError) or a folder this process may not write (UsageError) removes the half-written step
+        and raises one line; the previous steps stay intact.
         """
         if self.read_only:
             raise RuntimeError("a read-only Store cannot save")
@@ -121,20 +124,25 @@ class Store:
                               metrics={"val_loss": float(val_loss)}, force=True)
             self.manager.wait_until_finished()
         except Exception as e:
-            if not _is_disk_full(e):
+            failure = _save_failure(e)
+            if failure is None:
                 raise
             self.close()
             for leftover in self.directory.glob(f"*{TMP_MARK}*"):
                 shutil.rmtree(leftover, ignore_errors=True)
             steps = self.steps()
-            raise ResourceError("disk_full", step=step, directory=self.directory,
-                                resume=f"step {steps[-1]}" if steps else "the start") from None
+            code, reason = failure
+            raise (ResourceError if code == "disk_full" else UsageError)(
+                code, step=step, directory=self.directory, reason=reason,
+                resume=f"step {steps[-1]}" if steps else "the start") from None
         shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def read_meta(self, step: int) -> dict:
-        """The JSON metadata saved with ``step``."""
-        return self._read(step, lambda: self.manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        """The JSON metadata saved with ``step``, checked against the step and its arrays' shapes (``metadata.check``)
+        before anything uses it: metadata of the wrong shape makes the step damaged, like a truncated array."""
+        return self._read(step, lambda: metadata.check(
+            self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta, step,
+            _saved_params(self.directory / str(step) / "state")))
 
     def restore(self, step: int, template):
         """(metadata, TrainState) of ``step``, laid out like ``template`` (shapes from ``jax.eval_shape``); every
@@ -196,25 +204,37 @@ def _listing(steps) -> str:
     return ", ".join(map(str, steps))
 
 
-def _is_disk_full(error: BaseException) -> bool:
+# a save the file system refuses: the message code, by errno and by the text TensorStore puts in its own errors
+_SAVE_FAILURES = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EACCES: "save_denied",
+                  errno.EPERM: "save_denied", errno.EROFS: "save_denied"}
+
+
+def _save_failure(error: BaseException) -> tuple[str, str] | None:
+    """(message code, reason) when a failed save is the file system's refusal (full disk, no permission), else None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
-            return True
+        for number, code in _SAVE_FAILURES.items():
+            if getattr(error, "errno", None) == number or os.strerror(number) in str(error):
+                return code, os.strerror(number)
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def _reason(error: Exception) -> str:
     """One short line out of whatever orbax or TensorStore raised."""
     text = str(error).splitlines()[0] if str(error) else ""
     text = text.split(" See full TensorStore details")[0]
-    return f"{type(error).__name__}: {text[:160]}"
+    kind = "bad metadata" if isinstance(error, metadata.MetadataError) else type(error).__name__
+    return f"{kind}: {text[:160]}"
 
 
-def _quiet_orbax_orphans() -> None:
-    """Keep a failed orbax read from printing tracebacks around our one-line error. Installed once per process.
+def _quiet_orbax() -> None:
+    """The one place that decides what of orbax's own reporting reaches the user: nothing it raises or recovers from,
+    since this module turns every such failure into one line (a damaged step, a full disk). Installed once per process.
+
+    Orbax logs through absl (at ERROR: a full disk's thread tracebacks, an unparsable ``_CHECKPOINT_METADATA`` with its
+    raw bytes) and then raises or carries on: the absl logger lets only CRITICAL through.
 
     When one array of a damaged checkpoint fails to read, orbax abandons its other reads and closes its event loop.
     What is left then reports itself at any time up to exit: abandoned coroutines turn their GeneratorExit into an
@@ -233,7 +253,7 @@ def _quiet_orbax_orphans() -> None:
 
     hook._quiets_orbax = True
     sys.unraisablehook = hook
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's warnings about a damaged step: we say it in one line
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     logging.getLogger("asyncio").addFilter(
         lambda record: not (record.exc_info and _from_orbax(record.exc_info[2], None)))
 
@@ -246,10 +266,6 @@ def _from_orbax(tb, code) -> bool:
     return any(f"{os.sep}orbax{os.sep}" in f for f in files)
 
 
-def _leaf_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def state_checksums(tree) -> dict:
     """CRC32 of every array of ``tree``, keyed by its path (arrays not held whole by this process are skipped)."""
     sums = {}
@@ -258,7 +274,7 @@ def state_checksums(tree) -> dict:
             array = np.asarray(leaf)
             if array.dtype.kind in "iub":  # a step counter may come back as a Python int: compare values, not widths
                 array = array.astype(np.int64)
-            sums[_leaf_name(path)] = zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+            sums[metadata.leaf_name(path)] = zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
     return sums
 
 
@@ -274,15 +290,20 @@ def _verify_checksums(tree, expected: dict | None, params_only: bool) -> None:
             raise ValueError(f"checksum mismatch in {name}")
 
 
-def _read_params(state_dir: Path) -> dict:
-    """The ``params`` subtree of a saved TrainState, restored alone onto the first local device. The shapes come from
-    the state item's own metadata (the manager's step metadata would also parse orbax's per-step metrics file, which
-    readers never need: a damaged one must not make an intact step unreadable)."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+def _saved_params(state_dir: Path):
+    """The shapes and dtypes of a saved TrainState's params, from the state item's own metadata (no array is read; the
+    manager's step metadata would also parse orbax's per-step metrics file, which readers never need: a damaged one
+    must not make an intact step unreadable)."""
     with ocp.PyTreeCheckpointer() as checkpointer:
-        state_metadata = checkpointer.metadata(state_dir).item_metadata
-        target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                                   state_metadata["params"])}
+        return checkpointer.metadata(state_dir).item_metadata["params"]
+
+
+def _read_params(state_dir: Path) -> dict:
+    """The ``params`` subtree of a saved TrainState, restored alone onto the first local device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"params": jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                               _saved_params(state_dir))}
+    with ocp.PyTreeCheckpointer() as checkpointer:
         args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                       partial_restore=True)
         return checkpointer.restore(state_dir, args=args)["params"]

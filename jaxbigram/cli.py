@@ -206,6 +206,8 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     result = train_and_evaluate(args.workdir, config_path=args.config, overrides=overrides, data=args.data,
                                 fresh=args.fresh, out=sys.stdout, err=sys.stderr)
+    if result.report is None:  # the run was already at train.steps: fit's note said so, and how to continue
+        return 0
     print(f"trained to step {result.report['step']} in {time.perf_counter() - started:.1f} s "
           f"({result.steps_per_second:,.0f} steps/s)")
     _print_report(result.report, sys.stdout)

@@ -70,7 +70,10 @@ MESSAGES = {
     "workdir_empty": "--workdir is empty: name a folder for the run, for example --workdir runs/default",
     "workdir_foreign": "workdir {workdir} holds what this program did not write ({what}): nothing was changed there; pass another --workdir",
     "workdir_is_file": "workdir {workdir} is a file: pass a directory with --workdir",
+    "folder_not_writable": "{path} is not writable ({reason}): `train` writes into it; make it writable for this user, or pass another --workdir",
+    "lock_unwritable": "cannot open {path} for writing ({reason}): it is the lock `train` takes while it runs; if no `train` is running there, delete it or make it writable for this user, or pass another --workdir",
     # training
+    "save_denied": "cannot write step {step} in {directory} ({reason}): make it writable for this user and run the same command to resume from {resume} (the earlier checkpoints are intact)",
     "disk_full": "no space left on device while saving step {step} in {directory}: free space and run the same command to resume from {resume} (the earlier checkpoints are intact)",
     "non_finite": "the training loss became {value} at step {step}: lower train.learning_rate or enable train.grad_clip; the last good checkpoint stays the latest",
     "distributed_init": "could not start the multi-process run ({reason}): pass --coordinator HOST:PORT, --num-processes N and --process-id I, or launch under a cluster manager JAX detects (SLURM, Open MPI, TPU pod slice, Kubernetes)",

@@ -1,7 +1,8 @@
 """What a user sees while ``train`` runs: a tqdm bar (or plain lines when stderr is no terminal) and ``metrics.jsonl``.
 
-The ``fit`` driver owns one ``Reporter`` and calls three hooks: ``chunk`` after each fused training call, ``eval`` at
-each evaluation (printed on ``out`` and logged), and the context manager around the loop. All I/O of progress and
+The ``fit`` driver owns one ``Reporter`` and calls four hooks: ``chunk`` after each fused training call, ``eval`` at
+each evaluation (printed on ``out``, logged once its checkpoint is saved), ``saved`` after each checkpoint, and the
+context manager around the loop. All I/O of progress and
 metrics lives here.
 """
 
@@ -60,14 +61,17 @@ def read_metrics(path: str | Path, warn=None) -> list[dict]:
 
 
 class MetricsLog:
-    """``<workdir>/metrics.jsonl``: one JSON object per eval, steps strictly increasing, never a duplicate step.
+    """``<workdir>/metrics.jsonl``: one JSON object per eval, steps strictly increasing, never a duplicate step, and
+    never ahead of the checkpoints: an eval's row is written only once a checkpoint at or after its step is saved
+    (``commit``), so a failed save, a non-finite loss, a signal or a kill leaves no row for a step a resume trains
+    again.
 
-    On resume from step ``s`` the log keeps its rows up to ``s`` (rows past it were logged by a run killed after its
-    last checkpoint: those steps are trained again), completed from ``history`` (the checkpoint's own evals), so a
-    damaged log is rewritten whole. Without a resume (a fresh run) it starts empty, but only once ``start()`` is
-    called: ``fit`` does that when the new run writes its first checkpoint, so a ``--fresh`` run that fails early
-    leaves the old log as it was. A path that is not a regular file (a directory, say) disables the log, with a
-    warning: it is never a reason to stop training.
+    On resume from step ``s`` the log keeps its rows up to ``s`` (rows past it come from an older version, which wrote
+    rows as it evaluated), completed from ``history`` (the checkpoint's own evals), so a damaged log is rewritten
+    whole. Without a resume (a fresh run) it starts empty, but only once ``start()`` is called: ``fit`` does that when
+    the new run writes its first checkpoint (or deletes the old ones), so a ``--fresh`` run that fails early leaves the
+    old log as it was. A path that is not a regular file (a directory, say) disables the log, with a warning: it is
+    never a reason to stop training.
     """
 
     def __init__(self, path: str | Path, resumed_step: int | None, history=(), warn=None):
@@ -81,7 +85,8 @@ class MetricsLog:
         for row in history if resumed_step is not None else ():
             if is_eval_row(row) and row["step"] <= resumed_step:
                 kept.setdefault(row["step"], row)
-        self.rows = [kept[s] for s in sorted(kept)]
+        self.rows = [kept[s] for s in sorted(kept)]  # what the file holds (once started)
+        self.pending: list[dict] = []  # evals whose checkpoint is not saved yet
         self.started = resumed_step is not None
         self._dirty = self.rows != existing or not self._ends_cleanly()
         if self.started:
@@ -105,33 +110,48 @@ class MetricsLog:
             return f.read(1) == b"\n"
 
     def _sync(self) -> None:
-        """Rewrite the file as ``rows`` when it differs (untouched otherwise: a refused resume leaves it as it was)."""
-        if self.disabled or not self._dirty or (not self.rows and not self.path.exists()):
+        """Rewrite the file as ``rows`` when it differs (untouched otherwise: a refused resume leaves it as it was);
+        no rows: no file."""
+        if self.disabled or not self._dirty:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
-            os.replace(tmp, self.path)
+            if self.rows:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
+                os.replace(tmp, self.path)
+            else:
+                self.path.unlink(missing_ok=True)
         except OSError as e:
-            self.disabled = True
-            self.warn(f"warning: cannot write {self.path} ({e.strerror or e}): this run's evals are not logged")
+            self._disable(e)
         self._dirty = False
 
+    def _disable(self, error: OSError) -> None:
+        self.disabled = True
+        self.warn(f"warning: cannot write {self.path} ({error.strerror or error}): this run's evals are not logged")
+
     def append(self, row: dict) -> bool:
-        """Log ``row`` unless its step is already logged (or older than the last); returns whether it was."""
+        """Take ``row`` unless its step is already logged (or older than the last); returns whether it was. It is
+        written by the ``commit`` of a step at or after it."""
         if row["step"] in self.steps or (self.last_step is not None and row["step"] < self.last_step):
             return False
-        self.rows.append(row)
+        self.pending.append(row)
         self.steps.add(row["step"])
         self.last_step = row["step"]
-        if self.started and not self.disabled:
+        return True
+
+    def commit(self, step: int) -> None:
+        """The checkpoint of ``step`` is saved: write the evals up to it."""
+        done = [r for r in self.pending if r["step"] <= step]
+        self.pending = [r for r in self.pending if r["step"] > step]
+        self.rows += done
+        if not self.started:
+            self.start()
+        elif done and not self.disabled:
             try:
                 with self.path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write("".join(json.dumps(r) + "\n" for r in done))
             except OSError as e:
-                self.disabled = True
-                self.warn(f"warning: cannot write {self.path} ({e.strerror or e}): this run's evals are not logged")
-        return True
+                self._disable(e)
 
 
 # ----------------------------------------------------------------------------- progress display
@@ -233,6 +253,11 @@ class Reporter:
               file=self.out, flush=True)
         if self._bar is None and not self.use_bar:
             self._plain()
+
+    def saved(self, step: int) -> None:
+        """After the checkpoint of ``step`` was saved: the evals up to it go into the metrics log."""
+        if self.metrics is not None:
+            self.metrics.commit(step)
 
     # -- rendering
     def rate(self) -> float | None:

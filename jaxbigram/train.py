@@ -217,7 +217,7 @@ def run_metadata(cfg: Config, corpus: data_lib.Corpus, model, num_params: int) -
 class FitResult:
     state: train_state.TrainState
     history: list = field(default_factory=list)  # [{step, train_loss, val_loss}]
-    report: dict = field(default_factory=dict)  # exact losses and the optimum at the end
+    report: dict | None = field(default_factory=dict)  # exact losses and the optimum at the end; None: nothing trained
     steps_per_second: float = 0.0
 
 
@@ -274,8 +274,10 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
             state = dp.replicate(create_train_state(keys["init"], model, tcfg))
         step = start
         if start >= tcfg.steps and resumed is not None:
-            log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; "
-                f"raise --steps to continue")
+            log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; to "
+                f"continue, pass a larger --steps (e.g. --steps {start + tcfg.steps}); `run.py eval` reports its exact "
+                f"losses")
+            return FitResult(state=state, history=history, report=None)
 
         if reporter is None:
             lr = jax.jit(learning_rate_schedule(tcfg))
@@ -303,11 +305,12 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
                 if save_now:
                     if stale:  # --fresh: the old run goes only now, when the new one writes its first step
                         store.clear()
+                        if reporter.metrics is not None:
+                            reporter.metrics.start()  # the old run's log goes with its checkpoints
                         stale = False
-                    if reporter.metrics is not None:
-                        reporter.metrics.start()  # a new run's log replaces the old one from its first checkpoint
                     store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
                                              **({"exact": report} if report else {})}, val_loss=last["val_loss"])
+                    reporter.saved(step)
                 if done:
                     break
                 if stopping:
@@ -340,9 +343,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     """
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
-    workdir_lib.ensure_writable(Path(workdir))
-    workdir = Path(workdir).expanduser().absolute()
-    with workdir_lib.exclusive(workdir, parallel.is_primary()):
+    with workdir_lib.held(workdir, parallel.is_primary()) as workdir:
         workdir_lib.check_ours(workdir, fresh)
         probe = Store(workdir, log=log)
         try:

@@ -18,6 +18,7 @@ from .errors import CheckpointError, UsageError
 
 LOCK_FILE = ".train.lock"  # held by a running `train` (see ``exclusive``)
 DAMAGED = "damaged-checkpoints"
+RUN_FOLDERS = ("checkpoints", DAMAGED)  # what ``train`` writes into, besides the workdir itself
 # what may change when a run is resumed: how long it runs, how often it is looked at, and how many devices share a
 # batch (the same math; only the order of the gradient's float sums changes); nothing that changes the math
 RESUMABLE_KEYS = {"train.steps", "train.steps_per_call", "train.devices", "eval.interval", "eval.iters",
@@ -33,10 +34,17 @@ def writable_folder(folder: Path, is_file: str, unwritable: str, **fields) -> Pa
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(unwritable, reason=e.strerror or str(e), **fields) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-        raise UsageError(unwritable, reason="read-only file system" if read_only else "permission denied", **fields)
+    reason = _unwritable_reason(folder)
+    if reason:
+        raise UsageError(unwritable, reason=reason, **fields)
     return folder
+
+
+def _unwritable_reason(folder: Path) -> str | None:
+    """Why this process cannot create files in ``folder`` (None when it can)."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    return "read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else "permission denied"
 
 
 def ensure_writable(workdir: Path) -> None:
@@ -44,6 +52,37 @@ def ensure_writable(workdir: Path) -> None:
     if str(workdir) in ("", "."):
         raise UsageError("workdir_empty")
     writable_folder(workdir, "workdir_is_file", "workdir_not_writable", workdir=workdir)
+
+
+def check_run_folders(workdir: Path) -> None:
+    """The folders ``train`` writes into (``RUN_FOLDERS``), where they exist, must be folders it can write into:
+    checked before anything is trained, so a save never fails on them after minutes of training."""
+    for folder in (workdir / name for name in RUN_FOLDERS):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError("workdir_foreign", workdir=workdir, what=f"{folder} is not a folder")
+        if folder.is_dir() and _unwritable_reason(folder):
+            raise UsageError("folder_not_writable", path=folder, reason=_unwritable_reason(folder))
+
+
+@contextlib.contextmanager
+def held(workdir: str | Path, primary: bool = True):
+    """``train``'s hold on its run folder, yielding its absolute path: the folder created if needed, it and the folders
+    ``train`` writes into checked writable, its lock taken (``exclusive``). If the command then fails, the folders this
+    created are removed again while they are still empty: a refused ``train`` leaves nothing behind."""
+    absolute = Path(workdir).expanduser().absolute()
+    created = [p for p in (absolute, *absolute.parents) if not p.exists()]  # innermost first
+    try:
+        ensure_writable(Path(workdir))
+        check_run_folders(absolute)
+        with exclusive(absolute, primary):
+            yield absolute
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        raise
 
 
 def check_ours(workdir: Path, fresh: bool) -> None:
@@ -65,19 +104,45 @@ def check_ours(workdir: Path, fresh: bool) -> None:
 @contextlib.contextmanager
 def exclusive(workdir: Path, primary: bool = True):
     """Hold ``<workdir>/.train.lock`` (an OS lock, released even on kill -9) so two ``train`` runs never share a
-    workdir: they would clean up each other's half-written saves. Only the primary process takes it."""
+    workdir: they would clean up each other's half-written saves. Only the primary process takes it. A lock file this
+    call created is removed again if the command fails (while still locked, so no one else holds it)."""
     if not primary:
         yield
         return
-    with open(workdir / LOCK_FILE, "a+") as handle:
+    path = workdir / LOCK_FILE
+    created = not path.exists()
+    handle = _locked(path)
+    try:
+        yield
+    except BaseException:
+        if created:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _locked(path: Path):
+    """``path`` opened and flock-ed (one line if it cannot be opened for writing, or another ``train`` holds it).
+    A lock file removed by its holder between our open and our flock is opened again: a lock must be on the file the
+    path names now."""
+    while True:
+        try:
+            handle = open(path, "a+")
+        except OSError as e:
+            raise UsageError("lock_unwritable", path=path, reason=e.strerror or str(e)) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UsageError("workdir_busy", workdir=workdir) from None
+            handle.close()
+            raise UsageError("workdir_busy", workdir=path.parent) from None
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
 
 
 def newest_meta(store, log) -> dict | None:

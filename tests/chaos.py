@@ -163,13 +163,14 @@ def final_state(workdir: Path, step: int):
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from jaxbigram.checkpoint import Store, _leaf_name
+    from jaxbigram.checkpoint import Store
+    from jaxbigram.metadata import leaf_name
     import jax
 
     store = Store(workdir, read_only=True)
     restored = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     store.close()
-    return {_leaf_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(restored.state)[0]}
+    return {leaf_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(restored.state)[0]}
 
 
 def run_chaos(kills: int = 20, steps: int = 3000, seed: int = 1337, data: str | None = None,

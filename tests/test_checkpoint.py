@@ -1,6 +1,7 @@
 """checkpoint.py: the Store — exact TrainState round trip, metadata, params alone, step lookup errors, checksums,
 retention (latest N plus the best), clear, and read-only stores that never write."""
 
+import errno
 import json
 import os
 
@@ -10,13 +11,13 @@ import pytest
 
 from jaxbigram import config
 from jaxbigram.checkpoint import Store
-from jaxbigram.errors import CheckpointError
+from jaxbigram.errors import CheckpointError, JaxbigramError
 from jaxbigram.models.bigram import Bigram
 from jaxbigram.train import create_train_state, train_step
 from conftest import same_tree, snapshot
 
 V = 9
-VOCAB = "\n !aéxz日😀"  # V characters, some non-ASCII
+VOCAB = "\n !axzé日😀"  # V characters in code-point order, some non-ASCII
 CFG = config.TrainConfig(learning_rate=0.1, lr_schedule="cosine", warmup_steps=1, steps=10)
 
 
@@ -39,7 +40,7 @@ def template():
 
 def meta(step=0, vocab=VOCAB, sha="ab" * 32):
     return {"vocab": vocab, "vocab_size": len(vocab), "data": {"path": "x.txt", "sha256": sha, "length": 100},
-            "step": step, "config": config.Config().to_dict()}
+            "step": step, "history": [], "config": config.Config().to_dict()}
 
 
 def without_checksums(m):  # the store adds a CRC32 per array of the state
@@ -158,27 +159,30 @@ def test_truncated_arrays_are_a_corrupt_checkpoint_and_readers_touch_nothing(sto
     assert snapshot(store.workdir) == before
 
 
-def test_a_full_disk_removes_the_half_written_step_and_names_where_to_resume(store, state, monkeypatch):
-    """orbax writes its temp directory, then the disk fills up: one ResourceError line naming the step and the step
-    to resume from, no temp directory left, and the earlier steps restore intact."""
-    import errno
-
-    from jaxbigram.errors import ResourceError
-
+@pytest.mark.parametrize("number, code, text", [
+    (errno.ENOSPC, "disk_full", "no space left on device while saving step 30"),
+    (errno.EACCES, "save_denied", "cannot write step 30 in {directory} (Permission denied): make it writable"),
+    (errno.EROFS, "save_denied", "cannot write step 30 in {directory} (Read-only file system)")],
+    ids=["full disk", "permission denied", "read-only"])
+def test_a_refused_save_removes_the_half_written_step_and_names_where_to_resume(number, code, text, store, state,
+                                                                                monkeypatch):
+    """orbax writes its temp directory, then the file system refuses (the disk fills up, the folder became read-only):
+    one line naming the step and the step to resume from, no temp directory left, and the earlier steps restore
+    intact."""
     store.save(10, state, meta(10), val_loss=2.0)
     store.save(20, state, meta(20), val_loss=1.0)
     manager = store.manager
 
-    def full_disk(step, *args, **kwargs):
+    def refused(step, *args, **kwargs):
         (store.directory / f"{step}.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(number, os.strerror(number))
 
-    monkeypatch.setattr(manager, "save", full_disk)
-    with pytest.raises(ResourceError) as info:
+    monkeypatch.setattr(manager, "save", refused)
+    with pytest.raises(JaxbigramError) as info:
         store.save(30, state, meta(30), val_loss=0.5)
     message = str(info.value)
-    assert info.value.code == "disk_full" and "\n" not in message
-    assert "while saving step 30" in message and "resume from step 20" in message
+    assert info.value.code == code and "\n" not in message
+    assert text.format(directory=store.directory) in message and "resume from step 20" in message
     assert not list(store.directory.glob("*.orbax-checkpoint-tmp*"))
     reader = Store(store.workdir, read_only=True)
     try:

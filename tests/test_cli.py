@@ -399,18 +399,19 @@ def test_eval_iters_too_big_is_one_line(untouched, capsys):
     assert "eval.iters" in line
 
 
-def test_steps_below_the_current_step_is_a_note(tiny_workdir_copy, capsys):
-    before = store_params(tiny_workdir_copy)[0]
-    assert main(["train", "--workdir", str(tiny_workdir_copy), "--steps", "100"]) == 0
-    err = capsys.readouterr().err
-    notes = [line for line in err.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 1 and "already at step 200" in notes[0] and "nothing to train" in notes[0], err
-    assert "Traceback" not in err and "error:" not in err
-    np.testing.assert_array_equal(jax_leaf(store_params(tiny_workdir_copy)[0]), jax_leaf(before))
-
-
-def jax_leaf(params):
-    return np.asarray(params["token_embedding_table"]["embedding"])
+@pytest.mark.parametrize("steps", [[], ["--steps", "200"], ["--steps", "100"]], ids=["as trained", "equal", "below"])
+def test_a_finished_run_says_once_there_is_nothing_to_train(steps, tiny_workdir_copy, capsys):
+    """One note saying how to continue; no rate line for steps never trained, no report again, nothing written."""
+    before = snapshot(tiny_workdir_copy)
+    assert main(["train", "--workdir", str(tiny_workdir_copy), *steps]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: ")]
+    target = int(steps[1]) if steps else 200
+    assert notes == [f"note: the run is already at step 200 (train.steps = {target}): nothing to train; to continue, "
+                     f"pass a larger --steps (e.g. --steps {200 + target}); `run.py eval` reports its exact losses"]
+    assert captured.out == "" and "trained to step" not in captured.err and "steps/s" not in captured.err
+    assert "Traceback" not in captured.err and "error:" not in captured.err
+    assert snapshot(tiny_workdir_copy) == before
 
 
 def test_eval_json_of_an_unscorable_split_is_null_with_a_note(tmp_path, capsys):

@@ -173,6 +173,71 @@ def test_keep_policy_survives_restarts(tmp_path):
     assert steps == sorted({300, 400, best})  # keep = 2 latest, plus the best by val loss
 
 
+# ----------------------------------------------------------------------------- what orbax itself reports
+
+def _stderr_is_ours(err: str) -> None:
+    """Only jaxbigram's own lines: none of orbax's (absl) log lines or thread tracebacks, and no raw NUL byte."""
+    assert "absl" not in err and "Traceback" not in err and "\0" not in err, err
+    ours = ("jax ", "data: ", "resuming from ", "progress: ", "sampling from ", "warning: ", "note: ", "error: ",
+            "checkpoints: ")
+    assert all(line.startswith(ours) for line in err.splitlines() if line.strip()), err
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "info"])
+def test_a_zeroed_checkpoint_metadata_file_is_not_reported_by_orbax(command, tiny_workdir_copy, run_cli):
+    """orbax's own per-step ``_CHECKPOINT_METADATA`` full of NUL bytes: orbax logs that it cannot parse it (with the
+    raw bytes) and carries on without it; the step is intact, so every command works and prints none of that."""
+    path = tiny_workdir_copy / "checkpoints" / "200" / "_CHECKPOINT_METADATA"
+    path.write_bytes(b"\0" * path.stat().st_size)
+    args = {"train": ["--steps", "300"], "sample": ["--max-new-tokens", "5"]}.get(command, [])
+    proc = run_cli(command, "--workdir", tiny_workdir_copy, *args)
+    assert proc.returncode == 0, proc.stderr
+    _stderr_is_ours(proc.stderr)
+    if command == "train":
+        assert "resuming from step 200" in proc.stderr and steps_of(tiny_workdir_copy) == [200, 300]
+
+
+# Runs run.py with every array write of a save refused by the file system (errno FAIL_ERRNO), inside orbax's writer
+# threads, as a full disk or a folder made read-only during the run would.
+_REFUSED_WRITES = """
+import os, runpy, sys
+from orbax.checkpoint._src.serialization import serialization
+
+async def refuse(*args, **kwargs):
+    number = int(os.environ["FAIL_ERRNO"])
+    raise OSError(number, os.strerror(number))
+
+serialization.async_serialize_from_host = refuse
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("errno_name, expected", [
+    ("ENOSPC", "no space left on device while saving step 300 in {ckpt}: free space and run the same command to "
+               "resume from step 200 (the earlier checkpoints are intact)"),
+    ("EACCES", "cannot write step 300 in {ckpt} (Permission denied): make it writable for this user and run the same "
+               "command to resume from step 200 (the earlier checkpoints are intact)")])
+def test_a_save_the_file_system_refuses_is_one_line(errno_name, expected, tiny_workdir_copy, compile_cache):
+    """orbax's writer threads fail: one error line (none of orbax's thread tracebacks), the half-written step gone,
+    the earlier checkpoints intact, and metrics.jsonl without a row for any step after the last saved one."""
+    import errno
+
+    workdir = tiny_workdir_copy
+    log = (workdir / "metrics.jsonl").read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAXBIGRAM_DATA=DATA,
+               FAIL_ERRNO=str(getattr(errno, errno_name)), JAX_COMPILATION_CACHE_DIR=compile_cache)
+    proc = subprocess.run([sys.executable, "-c", _REFUSED_WRITES, str(ROOT / "run.py"), "train", "--workdir",
+                           str(workdir), "--steps", "300", "--set", "eval.interval=50"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    _stderr_is_ours(proc.stderr)
+    assert error_line(proc.stderr) == "error: " + expected.format(ckpt=workdir / "checkpoints")
+    assert "step 250:" in proc.stdout and "step 300:" in proc.stdout  # evaluated, but never saved
+    assert steps_of(workdir) == [100, 200] and not list((workdir / "checkpoints").glob("*tmp*"))
+    assert (workdir / "metrics.jsonl").read_bytes() == log  # no row for 250 or 300
+
+
 # ----------------------------------------------------------------------------- signals at any other moment
 
 def _popen(argv, compile_cache, **kwargs):

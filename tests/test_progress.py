@@ -72,15 +72,19 @@ def _row(step, loss=1.0):
 def test_metrics_log_rules(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(_row(s)) + "\n" for s in (0, 100, 200, 300)) + '{"step": 4')
-    log = progress.MetricsLog(path, resumed_step=200)  # a run killed after logging step 300, checkpointed at 200
+    log = progress.MetricsLog(path, resumed_step=200)  # an older version's log, past its last checkpoint (200)
     assert [r["step"] for r in _read(path)] == [0, 100, 200]
     assert not log.append(_row(200, -1.0))  # never a duplicate step
-    assert log.append(_row(300, 3.0))
+    assert log.append(_row(300, 3.0)) and log.append(_row(400, 4.0))
+    assert [r["step"] for r in _read(path)] == [0, 100, 200]  # never ahead of the checkpoints
+    log.commit(300)  # the checkpoint of step 300 is saved
     assert [r["step"] for r in _read(path)] == [0, 100, 200, 300]
     fresh = progress.MetricsLog(path, resumed_step=None)  # a fresh run replaces the log only once it starts
     fresh.append(_row(0))
     assert [r["step"] for r in _read(path)] == [0, 100, 200, 300]
-    fresh.start()
+    fresh.start()  # (its first checkpoint is being saved): the old log goes
+    assert not path.exists()
+    fresh.commit(0)
     assert [r["step"] for r in _read(path)] == [0]
 
 

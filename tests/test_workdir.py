@@ -1,7 +1,12 @@
 """workdir.py: a run's folder — writable or one clear line, one writer at a time (an OS lock), the run's config on
 resume (only RESUMABLE_KEYS may change), compatibility, and damaged steps set aside, never deleted."""
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,7 +17,7 @@ from jaxbigram.checkpoint import Store
 from jaxbigram.errors import CheckpointError, UsageError
 from jaxbigram.models.bigram import Bigram
 from jaxbigram.train import create_train_state
-from conftest import same_tree, write
+from conftest import DATA, assert_usage_error, same_tree, snapshot, write
 
 V = 5
 CFG = config.TrainConfig()
@@ -20,7 +25,7 @@ CFG = config.TrainConfig()
 
 def meta(step, vocab="abcde", sha="ab" * 32, cfg=None):
     return {"vocab": vocab, "vocab_size": len(vocab), "data": {"path": "x.txt", "sha256": sha, "length": 100},
-            "step": step, "config": (cfg or config.Config()).to_dict()}
+            "step": step, "history": [], "config": (cfg or config.Config()).to_dict()}
 
 
 def state(seed=0):
@@ -126,7 +131,13 @@ def test_resume_sets_a_damaged_step_aside_and_uses_the_previous_one(store):
 
 
 def test_resume_refuses_another_run_before_reading_its_arrays(store):
-    damage(store, 2)  # an incompatible checkpoint is not damage: nothing is set aside
+    """An incompatible checkpoint is not damage: nothing is set aside. (Its arrays are damaged in a way only reading
+    them shows: truncated files would already fail the metadata check, which reads the arrays' shapes.)"""
+    store.close()
+    meta_file = store.directory / "2" / "meta" / "metadata"
+    saved = json.loads(meta_file.read_text())
+    saved["checksums"]["params/token_embedding_table/embedding"] ^= 1  # as if the array had changed on disk
+    meta_file.write_text(json.dumps(saved))
     with pytest.raises(CheckpointError) as info:
         workdir.resume(store, jax.eval_shape(state), meta(0, sha="cd" * 32), print)
     assert info.value.code == "incompatible"
@@ -156,11 +167,11 @@ def test_train_refuses_a_step_folder_it_did_not_write(fresh, tmp_path, capsys):
 
     run = tmp_path / "run"
     write((run / "checkpoints" / "5").mkdir(parents=True) or run / "checkpoints" / "5" / "notes.txt", "mine")
-    before = snapshot(run / "checkpoints")  # (train's own .train.lock may appear beside it)
+    before = snapshot(run / "checkpoints")
     line = run_main(capsys, ["train", "--config", TINY, "--workdir", run, "--steps", "1", *["--fresh"] * fresh])
     assert "holds what this program did not write" in line and str(run / "checkpoints" / "5") in line
     assert snapshot(run / "checkpoints") == before
-    assert sorted(p.name for p in run.iterdir()) == [".train.lock", "checkpoints"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # not even a lock file: refused, no trace
 
 
 def test_a_metrics_log_without_checkpoints_is_refused_unless_fresh(tmp_path, capsys):
@@ -177,3 +188,100 @@ def test_a_metrics_log_without_checkpoints_is_refused_unless_fresh(tmp_path, cap
     capsys.readouterr()
     assert "another program" not in (run / "metrics.jsonl").read_text()
     assert (run / "checkpoints" / "1").is_dir()
+
+
+
+# ----------------------------------------------------------------------------- permissions, and refusals leave no trace
+
+# As root, a command first drops the capabilities that let root ignore file permissions (from the bounding set, so the
+# program it execs has none), staying uid 0: it is then stopped by permissions like any other user. (Not another uid:
+# the interpreter may live where another user may not read it.) In its own process: the test process has threads.
+_WITHOUT_PERMISSION_OVERRIDE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+    if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP
+        sys.exit(f"cannot drop capability {capability}: errno {ctypes.get_errno()}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def train_bound_by_permissions(workdir: Path, *args) -> subprocess.CompletedProcess:
+    """``run.py train --workdir workdir *args`` in a subprocess that file permissions stop, even when the tests run
+    as root (as another user, chmod alone stops it)."""
+    from conftest import REPO_ROOT
+
+    python = [sys.executable, "-c", _WITHOUT_PERMISSION_OVERRIDE] if os.geteuid() == 0 else [sys.executable]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXBIGRAM_DATA=DATA, JAXBIGRAM_COMPILE_CACHE="off")
+    return subprocess.run([*python, str(REPO_ROOT / "run.py"), "train", "--workdir", str(workdir), *args],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("what", ["the lock file", "checkpoints/", "damaged-checkpoints/", "the workdir"])
+def test_what_train_cannot_write_is_refused_before_training(what, tiny_workdir, tmp_path):
+    """Found before a step is trained (not at the first save, after minutes of training): one line naming the path
+    and what to do; nothing in the workdir changes (no step, no metrics row)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_workdir, run)
+    (run / workdir.DAMAGED).mkdir()
+    target, mode, expected = {
+        "the lock file": (run / workdir.LOCK_FILE, 0o444,
+                          f"cannot open {run / workdir.LOCK_FILE} for writing (Permission denied): it is the lock"),
+        "checkpoints/": (run / "checkpoints", 0o555, f"{run / 'checkpoints'} is not writable (permission denied)"),
+        "damaged-checkpoints/": (run / workdir.DAMAGED, 0o555,
+                                 f"{run / workdir.DAMAGED} is not writable (permission denied)"),
+        "the workdir": (run, 0o555, f"workdir {run} is not writable (permission denied): pass a writable --workdir"),
+    }[what]
+    target.chmod(mode)
+    before = snapshot(run)
+    try:
+        line = assert_usage_error(train_bound_by_permissions(run, "--steps", "300"), expected)
+    finally:
+        target.chmod(0o755)
+    assert "make it writable" in line or "pass a writable --workdir" in line
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("case", ["a new folder, data missing", "an existing empty folder, bad config",
+                                  "offline, no data given"])
+def test_a_refused_train_leaves_nothing_it_created(case, tmp_path, run_cli):
+    """Not the lock file, not the folder (nor its parents) it made for the run."""
+    from conftest import TINY
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if case == "a new folder, data missing":
+        proc = run_cli("train", "--workdir", tmp_path / "a" / "b" / "run", "--data", tmp_path / "missing.txt")
+        fragment = "does not exist"
+    elif case == "an existing empty folder, bad config":
+        proc = run_cli("train", "--config", TINY, "--workdir", empty, "--set", "train.steps=x")
+        fragment = "train.steps must be"
+    else:  # the download fails at once (a closed local port): no network is needed to test this
+        offline = {"JAXBIGRAM_DATA": None, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                   "JAXBIGRAM_DATA_URL": "http://127.0.0.1:9/"}
+        proc = run_cli("train", "--workdir", tmp_path / "a" / "run", env=offline)
+        fragment = "could not download tinyshakespeare"
+    assert_usage_error(proc, fragment)
+    assert not (tmp_path / "a").exists() and list(empty.iterdir()) == []
+
+
+def test_a_lock_file_removed_by_its_holder_is_never_locked(tmp_path, monkeypatch):
+    """A failed `train` removes the lock file it created: one who opened that file just before must not count its
+    flock as the lock (a third could then lock a new file at the same path): it opens the path again."""
+    lock = tmp_path / workdir.LOCK_FILE
+    real_flock, calls = workdir.fcntl.flock, []
+
+    def flock_after_removal(handle, operation):
+        calls.append(operation)
+        if len(calls) == 1:
+            lock.unlink()  # its holder gave up between our open and our flock
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(workdir.fcntl, "flock", flock_after_removal)
+    with workdir.exclusive(tmp_path):
+        assert lock.exists() and len(calls) == 2
+        monkeypatch.setattr(workdir.fcntl, "flock", real_flock)
+        with pytest.raises(UsageError) as info:  # and it is held: another is refused
+            with workdir.exclusive(tmp_path):
+                pass
+        assert info.value.code == "workdir_busy"
