@@ -3,9 +3,11 @@
 - ``select_platform``: pin JAX to cpu / gpu / tpu, with a one-line error when that platform has no device.
 - A persistent XLA compilation cache in ``$XDG_CACHE_HOME/jaxbigram/xla`` (default ``~/.cache/jaxbigram/xla``): the
   second run of a config loads its compiled programs from disk instead of compiling them again. Set
-  ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it.
+  ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it. A folder that cannot be used (a file,
+  below a file, not writable, a name too long) is one ``note:`` line, and the run compiles without a cache.
 - JAX's CPU backend gets ``DEFAULT_CPU_DEVICES`` (2) devices instead of 1 (``JAXBIGRAM_CPU_DEVICES=N`` sets another
-  count; an ``XLA_FLAGS`` that sets ``xla_force_host_platform_device_count`` wins). XLA runs a small matmul on about
+  count; an ``XLA_FLAGS`` that sets ``xla_force_host_platform_device_count`` wins, and its value is checked before
+  JAX starts, since XLA would abort the process on a bad one: ``check_xla_flags``). XLA runs a small matmul on about
   one core, so a GPT step split over two CPU devices (data parallel) uses both cores of a 2-core machine: 33 → 26 ms
   per gpt-cpu step. Which devices a run uses is ``train.devices`` (``parallel.select_devices``): the bigram stays on
   one, and one device of two costs nothing (measured).
@@ -19,9 +21,11 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, message
+from .paths import check_user_path, prepare_folder, user_cache_dir
 
 COMPILE_CACHE_ENV = "JAXBIGRAM_COMPILE_CACHE"
 PLATFORMS = {"cpu": ["cpu"], "gpu": ["cuda", "rocm"], "tpu": ["tpu"]}  # --platform → JAX backends to try, in order
@@ -31,6 +35,7 @@ CPU_DEVICES_ENV = "JAXBIGRAM_CPU_DEVICES"
 DEFAULT_CPU_DEVICES = 2
 MAX_CPU_DEVICES = 1024
 _OFF = {"0", "off", "false", "no", "none"}
+DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
 
 
 def compile_cache_dir() -> Path | None:
@@ -38,14 +43,30 @@ def compile_cache_dir() -> Path | None:
     raw = os.environ.get(COMPILE_CACHE_ENV)
     if raw is not None:
         return None if raw.strip().lower() in _OFF or not raw.strip() else Path(raw).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxbigram" / "xla"
+    base = user_cache_dir()
+    return None if base is None else base / "jaxbigram" / "xla"
 
 
-def enable_compile_cache() -> Path | None:
-    """Turn on JAX's persistent compilation cache for every program (even quick ones); returns its folder."""
+def _compile_cache_problem(path: Path) -> str | None:
+    """Why the compile cache cannot live in ``path`` (created if needed), or None when it can."""
+    try:
+        check_user_path(path, COMPILE_CACHE_ENV, "compile cache")
+    except UsageError as e:
+        return str(e)
+    reason = prepare_folder(path)
+    return None if reason is None else message("compile_cache_unusable", path=path, reason=reason)
+
+
+def enable_compile_cache(log=None) -> Path | None:
+    """Turn on JAX's persistent compilation cache for every program (even quick ones); returns its folder, or None
+    when it is off or its folder cannot be used (then says so on ``log``: JAX would warn at every compile)."""
     path = compile_cache_dir()
     if path is None:
+        return None
+    problem = _compile_cache_problem(path)
+    if problem is not None:
+        if log is not None:
+            log(message("note_uncached", problem=problem))
         return None
     import jax
 
@@ -94,12 +115,22 @@ def cpu_device_count() -> int:
     return count
 
 
+def check_xla_flags() -> None:
+    """Refuse, with one line, an ``XLA_FLAGS`` whose ``--xla_force_host_platform_device_count`` (the flag jaxbigram
+    reads and sets) is not a count from 1 to ``MAX_CPU_DEVICES``: XLA would abort the process on it. Other XLA flags
+    are XLA's own business."""
+    for match in re.finditer(rf"(?:^|\s)--?{DEVICE_COUNT_FLAG}(?:=(\S*))?(?=\s|$)", os.environ.get("XLA_FLAGS", "")):
+        value = match.group(1)
+        if value is None or not value.isdigit() or not 1 <= int(value) <= MAX_CPU_DEVICES:
+            raise UsageError("xla_device_count", got=value or "", max=MAX_CPU_DEVICES)
+
+
 def expose_cpu_devices() -> int | None:
     """Give JAX's CPU backend ``cpu_device_count()`` devices; returns the count, or None where ``XLA_FLAGS`` already
     sets one or JAX has already started (``cli.main`` called from a process that computed before: it keeps what it
     has)."""
     count = cpu_device_count()
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
         return None
     import jax
 
@@ -110,12 +141,14 @@ def expose_cpu_devices() -> int | None:
     return count
 
 
-def configure(platform: str | None = None, compile_cache: bool = True) -> None:
-    """Everything above, in the order JAX needs it. Called by ``cli.main`` before any computation."""
+def configure(platform: str | None = None, compile_cache: bool = True, log=None) -> None:
+    """Everything above, in the order JAX needs it. Called by ``cli.main`` before any computation; notes go to
+    ``log``."""
+    check_xla_flags()
     expose_cpu_devices()
     tune_xla_for_cpu(platform)
     if compile_cache:
-        enable_compile_cache()
+        enable_compile_cache(log)
 
 
 def select_platform(name: str | None) -> str:
