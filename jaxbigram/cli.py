@@ -71,9 +71,10 @@ def _flags(*names: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=errors.program(), description="jaxbigram: the character-level language models of \"let's "
-                                                         "build GPT\" (the bigram, and its GPT) in functional JAX/Flax.",
-                     formatter_class=_Formatter, epilog=_epilog("train", "sample --seed 1337"))
+    description = ("jaxbigram: the character-level language models of \"let's build GPT\" (the bigram, and its GPT) "
+                   "in functional JAX/Flax.")
+    parser = _Parser(prog=errors.program(), description=description, formatter_class=_Formatter,
+                     epilog=_epilog("train", "sample --seed 1337"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot,bench}",
                                 parser_class=_Parser)
 
@@ -284,13 +285,14 @@ def cmd_info(args) -> int:
         print(f"best:        val loss {info['best_val_loss']:.4f} (estimate) at step {info['best_step']}")
     if info["metrics"]:
         m = info["metrics"]
-        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {printable_path(m['path'])}; best val loss "
-              f"{m['best_val_loss']:.4f} (estimate) at step {m['best_step']}")
+        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {printable_path(m['path'])}; best val "
+              f"loss {m['best_val_loss']:.4f} (estimate) at step {m['best_step']}")
     if info["exact"]:
         print(f"exact:       val loss {info['exact']['val_loss']:.4f} nats at step {info['exact']['step']}, "
               f"bigram optimum {info['exact']['optimum_val_loss']:.4f}")
     print(f"vocab:       {info['vocab_size']} characters: {info['vocab']!r}")
-    print(f"data:        {printable_path(info['data']['path'])} (sha256 {info['data']['sha256']}, {info['data']['length']:,} characters)")
+    print(f"data:        {printable_path(info['data']['path'])} (sha256 {info['data']['sha256']}, "
+          f"{info['data']['length']:,} characters)")
     print("config:")
     for section, values in info["config"].items():
         print(f"  [{section}] " + ", ".join(f"{k}={v!r}" for k, v in values.items()))

@@ -107,7 +107,7 @@ MESSAGES = {
     "plot_out_is_file": "--out {out} is a file: pass a folder for the PNGs with --out DIR",
     "plot_out_unwritable": "cannot write the PNGs into {out} ({reason}): pass a writable folder with --out DIR",
     "extra_missing": "`{program} {command}` needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
-    "xla_device_count": "XLA_FLAGS sets --xla_force_host_platform_device_count={got}, not a device count: set it to a whole number from 1 to {max}, or remove it from XLA_FLAGS",
+    "xla_flag_value": "XLA_FLAGS sets --{flag}={got}: set it to a whole number from {low} to {high}, or remove it from XLA_FLAGS",
     # notes and warnings: printed (on stderr) as they are, the command goes on
     "compile_cache_unusable": "the compile cache folder {path} cannot be used ({reason}): set JAXBIGRAM_COMPILE_CACHE to a writable folder, or to off",
     "note_uncached": "note: compiling without a cache: {problem}",

@@ -58,9 +58,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         pass
     # When a process never joins, JAX's C++ client aborts the whole process with a stack trace at its deadline. So
     # ours comes first: a watchdog prints the one-line error and exits 2; JAX's deadline is set later than ours.
-    line = "error: " + message(
-        "distributed_timeout", timeout=timeout_s, n=num_processes or "all", me=process_id if process_id is not None else "?",
-        reason=f"coordinator {coordinator or 'detected from the cluster'}") + "\n"
+    line = "error: " + message("distributed_timeout", timeout=timeout_s, n=num_processes or "all",
+                               me=process_id if process_id is not None else "?",
+                               reason=f"coordinator {coordinator or 'detected from the cluster'}") + "\n"
     watchdog = threading.Timer(timeout_s, lambda: (os.write(2, line.encode("utf-8", "replace")), os._exit(2)))
     watchdog.daemon = True
     watchdog.start()
