@@ -180,9 +180,9 @@ class _MessageFormatter(string.Formatter):
     def format_field(self, value, format_spec):
         if format_spec == "shell":
             return shell_word(value)
-        if isinstance(value, (str, bytes, os.PathLike)):
-            return format(printable_path(value), format_spec)
-        return super().format_field(value, format_spec)
+        if isinstance(value, (bytes, os.PathLike)):
+            value = os.fsdecode(value)
+        return printable_path(super().format_field(value, format_spec))
 
 
 _FORMATTER = _MessageFormatter()
