@@ -67,7 +67,8 @@ def _first_file(absolute: bytes) -> bytes:
 def check_user_path(path, flag: str, what: str, room: int = 0) -> None:
     """Refuse with one line (naming ``flag``: the option or variable the path came from) a path no file operation
     can use: not UTF-8 or with a NUL byte, a name over NAME_MAX bytes, a whole path (made absolute, plus ``room``
-    bytes for what a command writes below it) over PATH_MAX, a symlink loop, a file where a folder should be."""
+    bytes for what a command writes below it) over PATH_MAX, a symlink loop, a file where a folder should be, a
+    folder on the way this user may not enter."""
     check_path_encodable(path, flag, what)
     absolute = os.path.abspath(os.fsencode(path))
     name_max, path_max = _limits(absolute)
@@ -82,7 +83,7 @@ def check_user_path(path, flag: str, what: str, room: int = 0) -> None:
                                                  f"{path_max - 1}", **fields)
     try:
         os.stat(absolute)
-    except (FileNotFoundError, PermissionError):  # not there yet, or not ours to see: the command says what to do
+    except FileNotFoundError:  # not there yet: the command says what to do
         return
     except OSError as e:
         if e.errno == errno.ENOTDIR:

@@ -120,8 +120,9 @@ def test_an_unusable_compile_cache_is_one_note_and_the_run_goes_on(case, run_cli
     assert (tmp_path / "afile").read_text() == "x"
 
 
-def test_a_compile_cache_another_user_cannot_write_is_one_note(tiny_workdir, tmp_path_factory):
-    """As an unprivileged user (root ignores permissions): a cache folder they cannot write into."""
+def test_folders_another_user_cannot_use(tiny_workdir, tmp_path_factory):
+    """As an unprivileged user (root ignores permissions): a compile cache folder they cannot write into is one note;
+    a workdir below a folder they may not enter is one error line."""
     import shutil
     import subprocess
     import sys
@@ -146,5 +147,11 @@ def test_a_compile_cache_another_user_cannot_write_is_one_note(tiny_workdir, tmp
                                                f"{public / 'cache'} cannot be used (permission denied): set "
                                                f"JAXBIGRAM_COMPILE_CACHE to a writable folder, or to off")
         assert len(proc.stderr.splitlines()) == 2 and not list((public / "cache").iterdir())
+        (public / "private").mkdir(mode=0o700)  # a folder on the way the user may not enter: one line, no traceback
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                               str(Path(__file__).resolve().parent.parent / "run.py"), "info", "--workdir",
+                               str(public / "private" / "run")], cwd=public, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert_usage_error(proc, "workdir path", "cannot be used (Permission denied): use another path for --workdir")
     finally:
         shutil.rmtree(public, ignore_errors=True)
