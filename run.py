@@ -15,4 +15,4 @@ if __name__ == "__main__":
         signal.signal(_signum, _stop_before_start)
     from jaxbigram.cli import console_main
 
-    console_main()
+    console_main("python run.py")

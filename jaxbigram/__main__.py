@@ -2,4 +2,4 @@
 
 from .cli import console_main
 
-console_main()
+console_main("python -m jaxbigram")

@@ -7,13 +7,14 @@ import argparse
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-from .errors import MESSAGES, Interrupted, JaxbigramError, UsageError
+from . import errors
+from .errors import Interrupted, JaxbigramError, UsageError, message, printable_path, shell_join, shell_word
+from .workdir import WORKDIR_ROOM, resumable_keys_text
 
 DEFAULT_WORKDIR = "runs/default"
 
@@ -36,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _epilog(*examples: str) -> str:
-    return "example:\n" + "\n".join(f"  {e}" for e in examples)
+    """The help's examples: each a command line after the program's name."""
+    return "example:\n" + "\n".join(f"  {errors.program()} {e}" for e in examples)
 
 
 def _int_at_least(flag: str, low: int = 0):
@@ -69,9 +71,10 @@ def _flags(*names: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="run.py", description="jaxbigram: the character-level language models of \"let's build "
-                                                "GPT\" (the bigram, and its GPT) in functional JAX/Flax.",
-                     formatter_class=_Formatter, epilog=_epilog("python run.py train", "python run.py sample --seed 1337"))
+    description = ("jaxbigram: the character-level language models of \"let's build GPT\" (the bigram, and its GPT) "
+                   "in functional JAX/Flax.")
+    parser = _Parser(prog=errors.program(), description=description, formatter_class=_Formatter,
+                     epilog=_epilog("train", "sample --seed 1337"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot,bench}",
                                 parser_class=_Parser)
 
@@ -80,10 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=_Formatter, parents=[_flags(*shared)])
 
     p = command("train", "train (or resume) a model", "Train a model; resumes from the newest checkpoint in --workdir "
-                "with the run's own config (a --config or --set may then change only the step count and the "
-                "eval/checkpoint cadence).",
-                ["python run.py train --config configs/lecture.toml --workdir runs/lecture",
-                 "python run.py train --config gpt-cpu --workdir runs/gpt-cpu"], "workdir", "platform")
+                f"with the run's own config (a --config or --set may then change only {resumable_keys_text()}).",
+                ["train --config configs/lecture.toml --workdir runs/lecture",
+                 "train --config gpt-cpu --workdir runs/gpt-cpu"], "workdir", "platform")
     p.add_argument("--config", default=None,
                    help="TOML file or preset name (default: the checkpoint's config when resuming, else 'default')")
     p.add_argument("--data", default=None, help="UTF-8 text file (default: the text a resumed run was trained on, "
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS", help="how long every process has to join a multi-process run")
 
     p = command("sample", "generate text from a checkpoint", "Generate text from a trained checkpoint; prints only the "
-                "text on stdout.", ["python run.py sample --seed 1337 --prompt 'ROMEO:' --max-new-tokens 200"],
+                "text on stdout.", ["sample --seed 1337 --prompt 'ROMEO:' --max-new-tokens 200"],
                 "workdir", "step", "platform")
     p.add_argument("--seed", type=_int_at_least("--seed"), default=1337, help="sampling seed")
     prompt = p.add_mutually_exclusive_group()
@@ -123,23 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("eval", "exact train/val loss of a checkpoint", "Exact loss over every position of the train and val "
                 "splits, bits/char, and the closed-form bigram optimum (a bigram's floor, any other model's "
-                "baseline).", ["python run.py eval --json"], "workdir", "step", "platform", "json")
+                "baseline).", ["eval --json"], "workdir", "step", "platform", "json")
     p.add_argument("--data", default=None, help="text file (default: the one the checkpoint was trained on)")
 
     command("info", "describe a run's checkpoints", "Model, parameters, checkpoint steps, best val loss, config, "
-            "vocabulary and data source of a run.", ["python run.py info --workdir runs/default"], "workdir", "json")
+            "vocabulary and data source of a run.", ["info --workdir runs/default"], "workdir", "json")
 
     p = command("plot", "draw loss curves (and the learned bigram) as PNGs", "Write loss.png (train/val loss by step, "
                 "closed-form bigram optimum dashed) and, for a bigram, bigram.png (the V×V table of next-character "
-                "probabilities). Needs the [plot] extra.", ["python run.py plot --workdir runs/default --out docs"],
+                "probabilities). Needs the [plot] extra.", ["plot --workdir runs/default --out docs"],
                 "workdir", "step")
     p.add_argument("--out", default=None, help="directory for the PNGs (default: the workdir)")
 
     p = command("bench", "measure training, sampling and data-prep speed", "Benchmark this machine: fused training "
                 "next to a naive jit-per-step loop, whole preset runs, sampling, data prep and peak memory (medians "
                 "of repeats, after warm-up; see docs/performance.md).",
-                ["python run.py bench --quick", "python run.py bench --json > bench.json",
-                 "python run.py bench --scaling", "python run.py bench --against torch --json"], "platform", "json")
+                ["bench --quick", "bench --json > bench.json", "bench --scaling", "bench --against torch --json"],
+                "platform", "json")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller corpora (about half the time)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--scaling", action="store_true",
@@ -158,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_report(report: dict, out) -> None:
     def loss(split):
         if report[f"{split}_loss"] is None:
-            return f"{split}: `run.py eval` computes it"
+            return f"{split}: `{errors.program()} eval` computes it"
         return f"{split} {report[f'{split}_loss']:.4f} nats ({report[f'{split}_bpc']:.4f} bits/char)"
 
     def gap(split):
@@ -177,14 +179,19 @@ def _log(message: str) -> None:
 
 # ----------------------------------------------------------------------------- subcommands
 
+# each path flag: what its messages call the path, and how many bytes a command writes below it
+_PATH_FLAGS = {"--workdir": ("workdir", WORKDIR_ROOM), "--data": ("data", 0), "--config": ("config", 0),
+               "--prompt-file": ("prompt file", 0), "--out": ("output folder", len("/bigram.png"))}
+
+
 def _check_paths(args, *flags: str) -> None:
-    """Refuse, with one line, a path flag that orbax/TensorStore or a JSON checkpoint could not hold (not UTF-8)."""
-    from .data import check_path_encodable
+    """Refuse, with one line, a path flag no file operation could use (``paths.check_user_path``), before any work."""
+    from .paths import check_user_path
 
     for flag in flags:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
-            check_path_encodable(value, flag, what=flag.lstrip("-").replace("-", " "))
+            check_user_path(Path(value).expanduser(), flag, *_PATH_FLAGS[flag])
 
 
 def cmd_train(args) -> int:
@@ -211,8 +218,8 @@ def cmd_train(args) -> int:
     print(f"trained to step {result.report['step']} in {time.perf_counter() - started:.1f} s "
           f"({result.steps_per_second:,.0f} steps/s)")
     _print_report(result.report, sys.stdout)
-    _log(f"checkpoints: {Path(args.workdir).absolute() / 'checkpoints'}  "
-         f"(next: python run.py sample --workdir {shlex.quote(args.workdir)})")
+    _log(f"checkpoints: {printable_path(Path(args.workdir).absolute() / 'checkpoints')}  "
+         f"(next: {errors.program()} sample --workdir {shell_word(args.workdir)})")
     return 0
 
 
@@ -236,7 +243,7 @@ def cmd_sample(args) -> int:
     if args.top_k is not None and not 1 <= args.top_k <= vocab:
         raise UsageError("top_k", vocab=vocab, got=args.top_k)
     prompt_ids = [0] if text is None else ckpt.tokenizer.encode_prompt(text)
-    _log(f"sampling from step {ckpt.step} of {ckpt.workdir} ({ckpt.model.kind}; {backend})")
+    _log(f"sampling from step {ckpt.step} of {printable_path(ckpt.workdir)} ({ckpt.model.kind}; {backend})")
     base_key = jax.random.key(reduce_seed(args.seed))
     out = sys.stdout
     for i in range(args.num_samples):
@@ -279,7 +286,7 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
-    print(f"workdir:     {info['workdir']}")
+    print(f"workdir:     {printable_path(info['workdir'])}")
     params = f", {info['num_params']:,} parameters" if info["num_params"] else ""
     print(f"model:       {info['model']}{params}")
     print(f"checkpoints: steps {', '.join(map(str, info['steps']))} (latest {info['latest_step']})")
@@ -287,13 +294,14 @@ def cmd_info(args) -> int:
         print(f"best:        val loss {info['best_val_loss']:.4f} (estimate) at step {info['best_step']}")
     if info["metrics"]:
         m = info["metrics"]
-        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {m['path']}; best val loss "
-              f"{m['best_val_loss']:.4f} (estimate) at step {m['best_step']}")
+        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {printable_path(m['path'])}; best val "
+              f"loss {m['best_val_loss']:.4f} (estimate) at step {m['best_step']}")
     if info["exact"]:
         print(f"exact:       val loss {info['exact']['val_loss']:.4f} nats at step {info['exact']['step']}, "
               f"bigram optimum {info['exact']['optimum_val_loss']:.4f}")
     print(f"vocab:       {info['vocab_size']} characters: {info['vocab']!r}")
-    print(f"data:        {info['data']['path']} (sha256 {info['data']['sha256']}, {info['data']['length']:,} characters)")
+    print(f"data:        {printable_path(info['data']['path'])} (sha256 {info['data']['sha256']}, "
+          f"{info['data']['length']:,} characters)")
     print("config:")
     for section, values in info["config"].items():
         print(f"  [{section}] " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
@@ -305,7 +313,7 @@ def cmd_plot(args) -> int:
 
     _check_paths(args, "--workdir", "--out")
     for path in make_plots(args.workdir, args.out, args.step, warn=_log):
-        print(path)
+        print(printable_path(path))
     return 0
 
 
@@ -340,9 +348,7 @@ def _signal_name(signum: int) -> str:
 def resume_command(argv: list[str], keep_fresh: bool = False) -> str:
     """The command that continues an interrupted ``train``: the same one, without ``--fresh`` once the new run has
     saved a checkpoint (``keep_fresh`` when it has not: then nothing changed yet)."""
-    args = [a for a in argv if keep_fresh or a != "--fresh"]
-    program = "python run.py" if Path(sys.argv[0]).name in ("run.py", "__main__.py", "-c", "") else "jaxbigram"
-    return f"{program} {shlex.join(args)}"
+    return f"{errors.program()} {shell_join(a for a in argv if keep_fresh or a != '--fresh')}"
 
 
 def _stop_now(context: dict):
@@ -357,8 +363,8 @@ def _stop_now(context: dict):
             sys.stdout.flush()
         except Exception:  # a flush the signal interrupted; the text so far is all there is
             pass
-        line = MESSAGES["stopped"].format(signal=_signal_name(signum),
-                                          detail=_stopped_detail(context.get("command"), context["argv"]))
+        line = message("stopped", signal=_signal_name(signum),
+                       detail=_stopped_detail(context.get("command"), context["argv"]))
         os.write(2, (line + "\n").encode("utf-8", "replace"))
         os._exit(128 + signum)
 
@@ -369,18 +375,21 @@ def _stopped_detail(command: str | None, argv) -> str:
     """What a stop outside the training loop left behind, said truthfully for each command."""
     if command == "train":
         workdir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--workdir"), DEFAULT_WORKDIR)
-        return (f": every checkpoint in {workdir} is complete (a step is written whole or not at all); "
-                f"to continue: {resume_command(argv)}")
+        return (f": every checkpoint in {printable_path(workdir)} is complete (a step is written whole or not at "
+                f"all); to continue: {resume_command(argv)}")
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: returns the process exit code (0 ok, 2 bad input, 128+N on signal N).
+def main(argv: list[str] | None = None, program: str | None = None) -> int:
+    """Entry point: returns the process exit code (0 ok, 2 bad input, 128+N on signal N). ``program`` is the command
+    the user ran, as messages name it (``python run.py``, ``jaxbigram``, ``python -m jaxbigram``; default: as before).
 
     SIGINT and SIGTERM end the command at once with one line (``_stop_now``), except inside the training loop,
     which finishes its chunk, saves and raises ``Interrupted``; either way the exit code is 128 + N.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    if program is not None:
+        errors.set_program(program)
     context = {"argv": argv}
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -388,22 +397,22 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, _stop_now(context))
         args = build_parser().parse_args(argv)
         context["command"] = args.command
-        if args.command != "info":
-            from .runtime import configure
+        from . import runtime
 
-            # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
-            configure(getattr(args, "platform", None), compile_cache=args.command != "bench")
+        if args.command == "info":  # it starts no computation: only XLA_FLAGS, which XLA would abort on
+            runtime.check_xla_flags()
+        else:  # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
+            runtime.configure(getattr(args, "platform", None), compile_cache=args.command != "bench", log=_log)
         return COMMANDS[args.command](args)
     except JaxbigramError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(MESSAGES["interrupted" if e.saved else "interrupted_unsaved"].format(
-            signal=_signal_name(e.signum), step=e.step, path=e.path, command=resume_command(argv, not e.saved)),
-            file=sys.stderr)
+        print(message("interrupted" if e.saved else "interrupted_unsaved", signal=_signal_name(e.signum),
+                      step=e.step, path=e.path, command=resume_command(argv, not e.saved)), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # main called from Python code that had not set the handlers (tests, notebooks)
-        print(MESSAGES["stopped"].format(signal="SIGINT", detail=_stopped_detail(context.get("command"), argv)),
+        print(message("stopped", signal="SIGINT", detail=_stopped_detail(context.get("command"), argv)),
               file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -411,17 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # XLA running out of device or host memory despite the estimate: one line, not a trace
         if "RESOURCE_EXHAUSTED" not in str(e) and "Out of memory" not in str(e):
             raise
-        print(f"error: {MESSAGES['xla_oom'].format(reason=str(e).splitlines()[0][:200])}", file=sys.stderr)
+        print(f"error: {message('xla_oom', reason=str(e).splitlines()[0][:200])}", file=sys.stderr)
         return 2
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def console_main() -> None:
-    """``jaxbigram`` and ``python run.py``: run, then exit with signals ignored, so that a Ctrl-C while the
-    interpreter shuts down (JAX's and orbax's exit hooks) cannot print a traceback after the command's last line."""
-    code = main()
+def console_main(program: str = "jaxbigram") -> None:
+    """``jaxbigram``, ``python run.py`` and ``python -m jaxbigram`` (each passes its ``program``): run, then exit with
+    signals ignored, so that a Ctrl-C while the interpreter shuts down (JAX's and orbax's exit hooks) cannot print a
+    traceback after the command's last line."""
+    code = main(program=program)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     sys.stdout.flush()

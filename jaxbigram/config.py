@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +234,7 @@ def presets() -> dict[str, Path]:
 def resolve(name_or_path: str | Path) -> Path:
     """A config file: an existing path as given, else a preset by name (``gpt-cpu`` or ``configs/gpt-cpu.toml``)."""
     path = Path(name_or_path)
-    if path.exists():  # whatever it is: reading it then says what is wrong with it
+    if os.path.exists(path):  # whatever it is: reading it then says what is wrong with it
         return path
     known = presets()
     stem = path.stem if path.suffix == ".toml" else path.name
@@ -250,11 +251,10 @@ def _read_config(path: Path) -> dict:
     """The parsed TOML of a config file, refusing (one line each) a missing path, a directory, anything that is not a
     regular file (checked before opening: a FIFO would block, /dev/zero never ends), a file over CONFIG_MAX_BYTES,
     non-UTF-8 or invalid TOML. A leading UTF-8 byte-order mark is ignored (TOML has none; Windows editors write one)."""
-    from .data import _read_regular, printable_path, strip_bom  # lazily: data imports JAX
+    from .data import _read_regular, strip_bom  # lazily: data imports JAX
 
-    shown = printable_path(path)
     try:
-        payload = _read_regular(path, _CONFIG_CODES, {"path": shown, "what": "config file", "flag": "--config"},
+        payload = _read_regular(path, _CONFIG_CODES, {"path": path, "what": "config file", "flag": "--config"},
                                 CONFIG_MAX_BYTES)
     except UsageError as e:
         if e.code != "config_empty":
@@ -263,7 +263,7 @@ def _read_config(path: Path) -> dict:
     try:
         return tomllib.loads(strip_bom(payload)[0].decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError("config_syntax", path=shown, reason=str(e)) from None
+        raise UsageError("config_syntax", path=path, reason=str(e)) from None
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:

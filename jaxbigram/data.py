@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import DownloadError, UsageError
+from .paths import check_path_encodable, check_user_path, user_cache_dir
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -118,7 +119,7 @@ def _utf8_codepoints(payload: bytes, path, chunk: int, offset: int = 0):
         try:
             text = decoder.decode(view[start:start + chunk], final=start + chunk >= len(payload))
         except UnicodeDecodeError as e:
-            raise UsageError("data_not_utf8", path=printable_path(path), offset=offset + start - pending + e.start) from None
+            raise UsageError("data_not_utf8", path=path, offset=offset + start - pending + e.start) from None
         yield _codepoints(text)
 
 
@@ -154,10 +155,10 @@ def encode_utf8(payload: bytes, path="<bytes>", chunk: int = ENCODE_CHUNK_BYTES,
 
 # ----------------------------------------------------------------------------- where the text comes from
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/jaxbigram`` (default ``~/.cache/jaxbigram``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxbigram"
+def cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/jaxbigram`` (default ``~/.cache/jaxbigram``); None when there is no user cache."""
+    base = user_cache_dir()
+    return None if base is None else base / "jaxbigram"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -202,53 +203,26 @@ def resolve_data_path(flag: str | None = None, *, recorded: str | None = None, c
     2. ``recorded``: the text a checkpoint was trained on, when that file still exists (resume, eval);
     3. ``$JAXBIGRAM_DATA``; 4. the config's ``data.path``;
     5. tinyshakespeare in the user cache, downloaded (sha256-checked) on first use.
+
+    A path given by the user (1, 3, 4) is checked first (``paths.check_user_path``), naming where it came from.
     """
-    if flag:
-        return Path(flag).expanduser(), "--data"
-    if recorded and Path(recorded).is_file():
+    if not flag and recorded and _is_regular(Path(recorded)):
         return Path(recorded), "checkpoint"
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
-    if config_path:
-        return Path(config_path).expanduser(), "config"
+    for given, source, origin in ((flag, "--data", "--data"), (os.environ.get(DATA_ENV), f"${DATA_ENV}", DATA_ENV),
+                                  (config_path, "config", "data.path")):
+        if given:
+            path = Path(given).expanduser()
+            check_user_path(path, origin, "data")
+            return path, source
+    if cache_dir() is None:
+        raise UsageError("data_no_cache")
     cached = cache_dir() / "tinyshakespeare" / "input.txt"
-    if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
+    if _is_regular(cached) and hashlib.sha256(cached.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
         return cached, "cache"
     return download_tinyshakespeare(cached, os.environ.get(DATA_URL_ENV) or TINYSHAKESPEARE_URL), "download"
 
 
 # ----------------------------------------------------------------------------- reading files safely
-
-def printable_path(path) -> str:
-    """``path`` (str, bytes or PathLike) as one printable line, whatever its bytes: bytes that are not UTF-8 are shown
-    as ``\\xff`` escapes and control characters (a newline in a file name) as ``\\n``-style escapes, so an error
-    message naming the path stays one line and can always be encoded."""
-    try:
-        raw = os.fsencode(path)
-    except (TypeError, ValueError):
-        raw = str(path).encode("utf-8", "backslashreplace")
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def check_path_encodable(path, flag: str, what: str = "path") -> None:
-    """Refuse a path that is not valid UTF-8 (or holds a NUL byte) with one line naming ``flag``.
-
-    A file name on Linux may be any bytes; Python hands undecodable ones over as lone surrogates, which cannot be
-    written into JSON metadata as UTF-8 and which orbax/TensorStore cannot open. Call it on --data, --workdir, --out,
-    --prompt-file (``flag`` is the option to name, e.g. ``"--workdir"``).
-    """
-    try:
-        raw = os.fsencode(path)
-    except (TypeError, ValueError):
-        raw = None
-    if raw is None or b"\0" in raw:
-        raise UsageError("path_nul", what=what, path=printable_path(path), flag=flag)
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError("path_not_utf8", what=what, path=printable_path(path), flag=flag) from None
-
 
 def _file_kind(mode: int) -> str:
     for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
@@ -288,7 +262,7 @@ def _stat_regular(path, codes: dict, fields: dict) -> os.stat_result:
 def check_regular_file(path, flag: str, what: str = "file") -> os.stat_result:
     """Refuse (one line naming ``flag``) a path that does not exist, is a directory, or is not a regular file (a FIFO,
     a device such as /dev/zero, a socket); returns its ``os.stat``. Nothing is opened."""
-    return _stat_regular(path, _FILE_CODES, {"path": printable_path(path), "what": what, "flag": flag})
+    return _stat_regular(path, _FILE_CODES, {"path": path, "what": what, "flag": flag})
 
 
 def _read_regular(path, codes: dict, fields: dict, max_bytes: int | None) -> bytes:
@@ -322,14 +296,14 @@ def _check_fits_in_memory(path, size: int) -> None:
 
     available = available_memory_bytes()
     if available is not None and 2 * size > available:
-        raise UsageError("data_too_big", path=printable_path(path), size=human_bytes(size),
+        raise UsageError("data_too_big", path=path, size=human_bytes(size),
                          need=human_bytes(2 * size), available=human_bytes(available))
 
 
 def read_bytes(path: Path) -> bytes:
     """The bytes of the data file ``path``: a regular, non-empty file (never a FIFO, device or socket) whose bytes
     and ids fit in the memory available. Each refusal is one UsageError naming the path and --data."""
-    fields = {"path": printable_path(path)}
+    fields = {"path": path}
     st = _stat_regular(path, _DATA_CODES, fields)
     _check_fits_in_memory(path, st.st_size)
     return _read_regular(path, _DATA_CODES, fields, None)
@@ -350,7 +324,7 @@ def decode_utf8(payload: bytes, path: Path) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError("data_not_utf8", path=printable_path(path), offset=e.start + 3 * bom) from None
+        raise UsageError("data_not_utf8", path=path, offset=e.start + 3 * bom) from None
 
 
 def read_text_file(path, what: str = "prompt file", flag: str = "--prompt-file",
@@ -362,7 +336,7 @@ def read_text_file(path, what: str = "prompt file", flag: str = "--prompt-file",
     naming ``what``, the path and ``flag``.
     """
     check_path_encodable(path, flag, what)
-    fields = {"path": printable_path(path), "what": what, "flag": flag}
+    fields = {"path": path, "what": what, "flag": flag}
     payload = _read_regular(path, _FILE_CODES, fields, max_bytes)
     body, bom = strip_bom(payload)
     try:
@@ -404,6 +378,8 @@ def _cache_paths(source: Path, sha256: str) -> list[tuple[Path, Path]]:
     """
     stem = f"{source.name}.jaxbigram-{sha256[:16]}"
     beside = (source.parent / f"{stem}.ids.npy", source.parent / f"{stem}.vocab.json")
+    if cache_dir() is None:
+        return [beside]
     cached = (cache_dir() / "ids" / f"{sha256}.ids.npy", cache_dir() / "ids" / f"{sha256}.vocab.json")
     return [beside, cached]
 
@@ -481,7 +457,7 @@ def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
     sha256 = hashlib.sha256(payload).hexdigest()
     body, bom = strip_bom(payload)
     if not body:
-        raise UsageError("data_empty", path=printable_path(path))
+        raise UsageError("data_empty", path=path)
     candidates = _cache_paths(path, sha256) if use_cache else []
     for ids_path, vocab_path in candidates:
         hit = _read_cache(ids_path, vocab_path, sha256)
@@ -489,7 +465,7 @@ def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
             return Corpus(ids=hit[1], tokenizer=hit[0], path=str(path), sha256=sha256, bom_stripped=bom)
     tokenizer, ids = encode_utf8(body, path, offset=3 * bom)
     for ids_path, vocab_path in candidates:
-        if _writable_dir(ids_path.parent) or not ids_path.parent.exists():
+        if _writable_dir(ids_path.parent) or not os.path.exists(ids_path.parent):
             if _write_cache(ids_path, vocab_path, tokenizer, ids, sha256):
                 break
     return Corpus(ids=ids, tokenizer=tokenizer, path=str(path), sha256=sha256, bom_stripped=bom)
@@ -505,9 +481,9 @@ def check_sizes(corpus: Corpus, train_ids, val_ids, block_size: int) -> None:
     """Refuse corpora too short for ``block_size`` windows, with a message saying what to change."""
     need = block_size + 2
     if len(corpus.ids) > MAX_INDEX:
-        raise UsageError("data_too_long", path=printable_path(corpus.path), n=len(corpus.ids), limit=MAX_INDEX)
+        raise UsageError("data_too_long", path=corpus.path, n=len(corpus.ids), limit=MAX_INDEX)
     if len(corpus.ids) < need:
-        raise UsageError("data_too_short", path=printable_path(corpus.path), n=len(corpus.ids), need=need)
+        raise UsageError("data_too_short", path=corpus.path, n=len(corpus.ids), need=need)
     if len(train_ids) < need:
         raise UsageError("train_too_short", n=len(train_ids), need=need)
     if len(val_ids) < need:

@@ -1,9 +1,21 @@
-"""Every message a user can cause, in one place, and the error types that carry them.
+"""Every message a user can cause, in one place, the error types that carry them, and how a value is shown in one.
 
 Code raises ``UsageError(CODE, **fields)`` (bad input: flags, config, data, prompt), ``CheckpointError`` (a checkpoint
 missing, damaged or from another run), ``DownloadError`` (the dataset could not be fetched) or ``ResourceError`` (a
-run that cannot fit). All are ``JaxbigramError``: ``cli.main`` prints ``error: <text>`` and exits 2.
+run that cannot fit). All are ``JaxbigramError``: ``cli.main`` prints ``error: <text>`` and exits 2. Notes and
+warnings are ``message(CODE, **fields)``, printed by the caller.
+
+Every message is formatted by ``message``: each field is shown on one printable line (``printable_path``: a newline,
+a tab, an escape character or a byte that is not UTF-8 in a file name is escaped), ``{program}`` is the command the
+user ran (``python run.py``, ``jaxbigram`` or ``python -m jaxbigram``: ``set_program``), and ``{field:shell}`` is a
+field quoted as one shell word, to paste into a command.
 """
+
+from __future__ import annotations
+
+import os
+import shlex
+import string
 
 MESSAGES = {
     # data
@@ -19,6 +31,7 @@ MESSAGES = {
     "data_too_big": "data file {path} ({size}) needs about {need} of memory to load but only {available} is available: use a smaller text or free memory",
     "data_too_long": "data file {path} has {n} characters, more than JAX's int32 indices reach ({limit}): use a shorter text",
     "download_failed": "could not download tinyshakespeare from {url} ({reason}): pass a local text file with --data PATH or set JAXBIGRAM_DATA=PATH",
+    "data_no_cache": "no text to train on: no --data, no JAXBIGRAM_DATA, and no user cache folder to download tinyshakespeare into (HOME and XDG_CACHE_HOME are unset): pass a text file with --data PATH or set JAXBIGRAM_DATA=PATH",
     "download_checksum": "downloaded tinyshakespeare has sha256 {got}, expected {want}: retry, or pass a local copy with --data PATH or JAXBIGRAM_DATA=PATH",
     # any other file read (prompt file, ...): {what} names it, {flag} the option that passes it
     "file_missing": "{what} {path} does not exist: pass an existing file with {flag}",
@@ -31,6 +44,9 @@ MESSAGES = {
     # paths
     "path_not_utf8": "{what} path {path} is not valid UTF-8 (checkpoints store paths as UTF-8 text and orbax/TensorStore cannot open it): rename it, or pass a symlink with a UTF-8 name, with {flag}",
     "path_nul": "{what} path {path} contains a NUL byte: pass a valid path with {flag}",
+    "path_too_long": "{what} path {path} is too long ({detail}): use a shorter path for {flag}",
+    "path_not_dir": "{what} path {path} goes through {file}, which is a file, not a folder: use another path for {flag}",
+    "path_unusable": "{what} path {path} cannot be used ({reason}): use another path for {flag}",
     # memory
     "xla_oom": "the run ran out of memory ({reason}): lower train.batch_size, train.block_size, eval.iters or the model size",
     "too_big": "this run needs about {need} of memory but only {available} is available; the biggest part is {term} ({size}): {advice}",
@@ -53,17 +69,17 @@ MESSAGES = {
     "top_k": "--top-k must be between 1 and the vocabulary size {vocab}, got {got}",
     "top_p": "--top-p must be in (0, 1], got {got}",
     "negative": "{flag} must be >= {low}, got {got}",
-    "prompt_unknown": "the prompt has characters outside the model's vocabulary: {chars}; the vocabulary is stored in the checkpoint (see `run.py info`): use only those characters",
-    "eval_unknown_chars": "{path} has {n} characters outside the checkpoint's vocabulary ({chars}): evaluate on text written in the model's characters (see `run.py info`)",
+    "prompt_unknown": "the prompt has characters outside the model's vocabulary: {chars}; the vocabulary is stored in the checkpoint (see `{program} info`): use only those characters",
+    "eval_unknown_chars": "{path} has {n} characters outside the checkpoint's vocabulary ({chars}): evaluate on text written in the model's characters (see `{program} info`)",
     "prompt_file": "cannot read prompt file {path} ({reason}): pass an existing UTF-8 text file with --prompt-file",
     "prompt_empty": "the prompt is empty: pass at least one character, or leave --prompt out to start from the first vocabulary character",
     # checkpoints
-    "no_checkpoint": "no checkpoint in {workdir}: run `python run.py train --workdir {workdir}` first",
+    "no_checkpoint": "no checkpoint in {workdir}: run `{program} train --workdir {workdir:shell}` first",
     "no_step": "no checkpoint for step {step} in {workdir}: available steps are {steps}",
     "corrupt_checkpoint": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): use --step with an older step ({steps}); `train` in that workdir resumes from the newest intact step",
     "step_moved": "checkpoint step {step} in {workdir} was removed while it was being read (a running `train` keeps only its newest steps): pass --step with one of {steps}, or leave --step out for the newest",
     "incompatible": "the checkpoint in {workdir} was trained on {what}: pass --fresh to start a new run there, or use another --workdir",
-    "config_changed": "the run in {workdir} was trained with other settings ({keys}): resume without --config/--set (the checkpoint's config is the run's config; only train.steps, train.steps_per_call, eval.*, checkpoint.interval/keep and data.path may change), or start a new run with --fresh or another --workdir",
+    "config_changed": "the run in {workdir} was trained with other settings ({keys}): resume without --config/--set (the checkpoint's config is the run's config; only {resumable} may change), or start a new run with --fresh or another --workdir",
     "model_unknown": "unknown model.kind {got!r}: choose one of {choices}",
     "workdir_not_writable": "workdir {workdir} is not writable ({reason}): pass a writable --workdir",
     "workdir_busy": "another `train` is running in {workdir}: wait for it, stop it (Ctrl-C saves a checkpoint), or pass another --workdir",
@@ -93,8 +109,92 @@ MESSAGES = {
     "platform_unavailable": "platform {got!r} is not available on this machine ({reason}): use --platform cpu or install the matching jax plugin",
     "plot_out_is_file": "--out {out} is a file: pass a folder for the PNGs with --out DIR",
     "plot_out_unwritable": "cannot write the PNGs into {out} ({reason}): pass a writable folder with --out DIR",
-    "extra_missing": "{what} needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
+    "extra_missing": "`{program} {command}` needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
+    "xla_flag_value": "XLA_FLAGS sets --{flag}={got}: set it to a whole number from {low} to {high}, or remove it from XLA_FLAGS",
+    # notes and warnings: printed (on stderr) as they are, the command goes on
+    "compile_cache_unusable": "the compile cache folder {path} cannot be used ({reason}): set JAXBIGRAM_COMPILE_CACHE to a writable folder, or to off",
+    "note_uncached": "note: compiling without a cache: {problem}",
+    "warn_step_set_aside": "warning: checkpoint step {step} is damaged ({reason}); moved it to {target}; trying the previous one",
+    "warn_metrics_unreadable": "warning: cannot read {path} ({reason}); the metrics log is ignored",
+    "warn_metrics_damaged": "warning: skipped {n} damaged line(s) of {path}",
+    "warn_metrics_not_regular": "warning: {path} is not a regular file: this run's evals are not logged there",
+    "warn_metrics_unwritable": "warning: cannot write {path} ({reason}): this run's evals are not logged",
+    "note_other_text": "note: {path} (from {source}) is not the text step {step} was trained on (sha256 {sha256}…, trained on {trained_sha256}… at {trained_path})",
 }
+
+_program = "python run.py"
+
+
+def set_program(name: str) -> None:
+    """The command the user ran, as every message and hint names it: ``python run.py``, ``jaxbigram`` or
+    ``python -m jaxbigram`` (set once, by the entry point)."""
+    global _program
+    _program = name
+
+
+def program() -> str:
+    """The command the user ran (see ``set_program``)."""
+    return _program
+
+
+def _escaped(value, quote: str = "") -> tuple[str, bool]:
+    """``value`` (str, bytes or PathLike) with each character that is not printable, and each byte that is not
+    UTF-8, as a backslash escape (``\\n``, ``\\x1b``, ``\\xff``), the characters in ``quote`` backslash-escaped;
+    and whether anything but ``quote`` was escaped."""
+    try:
+        text = os.fsdecode(value)
+    except (TypeError, ValueError):
+        text = str(value)
+    out, escaped = [], False
+    for c in text:
+        if "\udc80" <= c <= "\udcff":  # a byte that is not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{ord(c) - 0xdc00:02x}")
+        elif not c.isprintable():
+            out.append(c.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append("\\" + c if c in quote else c)
+            continue
+        escaped = True
+    return "".join(out), escaped
+
+
+def printable_path(path) -> str:
+    """``path`` (str, bytes or PathLike; any value) as one printable line, whatever its bytes: bytes that are not
+    UTF-8 are shown as ``\\xff`` escapes and control characters (a newline in a file name) as ``\\n``-style
+    escapes, so a message naming the path stays one line and can always be encoded."""
+    return _escaped(path)[0]
+
+
+def shell_word(value) -> str:
+    """``value`` as one word to paste into a POSIX shell: ``shlex.quote`` of a printable value, else bash's ``$'…'``
+    with backslash escapes (still one line)."""
+    shown, escaped = _escaped(value, quote="\\'")
+    return f"$'{shown}'" if escaped else shlex.quote(printable_path(value))
+
+
+def shell_join(words) -> str:
+    """A command line of ``words``, each quoted by ``shell_word``."""
+    return " ".join(shell_word(w) for w in words)
+
+
+class _MessageFormatter(string.Formatter):
+    """Every field on one printable line; ``{field:shell}`` quoted as one shell word."""
+
+    def format_field(self, value, format_spec):
+        if format_spec == "shell":
+            return shell_word(value)
+        if isinstance(value, (bytes, os.PathLike)):
+            value = os.fsdecode(value)
+        return printable_path(super().format_field(value, format_spec))
+
+
+_FORMATTER = _MessageFormatter()
+
+
+def message(code: str, /, **fields) -> str:
+    """The text of ``MESSAGES[code]`` with ``fields`` (each on one printable line) and ``{program}`` filled in."""
+    return _FORMATTER.format(MESSAGES[code], program=_program, **fields)
+
 
 
 class JaxbigramError(Exception):
@@ -103,7 +203,7 @@ class JaxbigramError(Exception):
     def __init__(self, code: str, /, **fields):
         self.code = code
         self.fields = fields
-        super().__init__(MESSAGES[code].format(**fields))
+        super().__init__(message(code, **fields))
 
 
 class UsageError(JaxbigramError):

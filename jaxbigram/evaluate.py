@@ -14,7 +14,7 @@ from . import config as config_lib
 from . import data as data_lib
 from . import models, progress
 from .checkpoint import Store
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, UsageError, message
 from .optimum import bigram_counts, optimum_report
 
 LN2 = math.log(2.0)
@@ -94,8 +94,8 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, data: str 
     corpus = data_lib.load_corpus(path)
     same = corpus.sha256 == recorded["sha256"]
     if not same and log is not None:
-        log(f"note: {path} (from {source}) is not the text step {ckpt.step} was trained on "
-            f"(sha256 {corpus.sha256[:12]}…, trained on {recorded['sha256'][:12]}… at {recorded['path']})")
+        log(message("note_other_text", path=path, source=source, step=ckpt.step, sha256=corpus.sha256[:12],
+                    trained_sha256=recorded["sha256"][:12], trained_path=recorded["path"]))
     if corpus.tokenizer.chars == ckpt.tokenizer.chars:
         ids = corpus.ids
     else:  # another text: encode it with the checkpoint's vocabulary

@@ -17,6 +17,7 @@ the price of an all-gather of the rows a batch needs.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .errors import MESSAGES, UsageError
+from .errors import UsageError, message
 
 DATA_AXIS = "data"
 
@@ -57,10 +58,10 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         pass
     # When a process never joins, JAX's C++ client aborts the whole process with a stack trace at its deadline. So
     # ours comes first: a watchdog prints the one-line error and exits 2; JAX's deadline is set later than ours.
-    message = "error: " + MESSAGES["distributed_timeout"].format(
-        timeout=timeout_s, n=num_processes or "all", me=process_id if process_id is not None else "?",
-        reason=f"coordinator {coordinator or 'detected from the cluster'}") + "\n"
-    watchdog = threading.Timer(timeout_s, lambda: (os.write(2, message.encode("utf-8", "replace")), os._exit(2)))
+    line = "error: " + message("distributed_timeout", timeout=timeout_s, n=num_processes or "all",
+                               me=process_id if process_id is not None else "?",
+                               reason=f"coordinator {coordinator or 'detected from the cluster'}") + "\n"
+    watchdog = threading.Timer(timeout_s, lambda: (os.write(2, line.encode("utf-8", "replace")), os._exit(2)))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -80,8 +81,10 @@ def is_primary() -> bool:
 
 def silence_non_primary() -> None:
     """On every process but the primary, send stdout and stderr (Python's and the C++ libraries') to /dev/null;
-    uncaught errors still reach the original stderr, prefixed with the process index."""
+    uncaught errors still reach the original stderr, prefixed with the process index. On the primary, the C++
+    libraries' stdout goes to stderr (``results_only_on_stdout``)."""
     if is_primary():
+        results_only_on_stdout()
         return
     index = jax.process_index()
     real_err = os.fdopen(os.dup(2), "w")
@@ -94,6 +97,18 @@ def silence_non_primary() -> None:
         real_err.flush()
 
     sys.excepthook = hook
+
+
+def results_only_on_stdout() -> None:
+    """Keep stdout for results: file descriptor 1 (where C++ libraries print) becomes stderr, and Python's
+    ``sys.stdout`` keeps the original stdout. Gloo, JAX's cross-process CPU collectives, prints "[Gloo] Rank 0 is
+    connected to 1 peer ranks. …" with ``std::cout`` each time it connects a group of devices, with no switch to
+    turn it off."""
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = io.TextIOWrapper(os.fdopen(stdout, "wb"), encoding=sys.stdout.encoding, errors=sys.stdout.errors,
+                                  line_buffering=sys.stdout.line_buffering)
 
 
 def barrier(name: str) -> None:

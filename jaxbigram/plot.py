@@ -54,7 +54,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("extra_missing", what="`run.py plot`", package="matplotlib", extra="plot") from None
+        raise UsageError("extra_missing", command="plot", package="matplotlib", extra="plot") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import message
+
 METRICS_FILE = "metrics.jsonl"
 PLAIN_EVERY_S = 30.0  # without a terminal: a plain line at each eval, and at least this often in between
 
@@ -43,7 +45,7 @@ def read_metrics(path: str | Path, warn=None) -> list[dict]:
         lines = path.read_bytes().decode("utf-8", "replace").splitlines()
     except OSError as e:
         if warn is not None:
-            warn(f"warning: cannot read {path} ({e.strerror or e}); the metrics log is ignored")
+            warn(message("warn_metrics_unreadable", path=path, reason=e.strerror or e))
         return []
     rows, skipped = [], 0
     for line in lines:
@@ -56,7 +58,7 @@ def read_metrics(path: str | Path, warn=None) -> list[dict]:
         elif line.strip():
             skipped += 1
     if skipped and warn is not None:
-        warn(f"warning: skipped {skipped} damaged line(s) of {path}")
+        warn(message("warn_metrics_damaged", n=skipped, path=path))
     return rows
 
 
@@ -79,7 +81,7 @@ class MetricsLog:
         self.warn = warn or (lambda message: None)
         self.disabled = self.path.exists() and not self.path.is_file()
         if self.disabled:
-            self.warn(f"warning: {self.path} is not a regular file: this run's evals are not logged there")
+            self.warn(message("warn_metrics_not_regular", path=self.path))
         existing = [] if self.disabled else read_metrics(self.path, self.warn)
         kept = {r["step"]: r for r in existing if resumed_step is not None and r["step"] <= resumed_step}
         for row in history if resumed_step is not None else ():
@@ -127,7 +129,7 @@ class MetricsLog:
 
     def _disable(self, error: OSError) -> None:
         self.disabled = True
-        self.warn(f"warning: cannot write {self.path} ({error.strerror or error}): this run's evals are not logged")
+        self.warn(message("warn_metrics_unwritable", path=self.path, reason=error.strerror or error))
 
     def append(self, row: dict) -> bool:
         """Take ``row`` unless its step is already logged (or older than the last); returns whether it was. It is

@@ -3,15 +3,18 @@
 - ``select_platform``: pin JAX to cpu / gpu / tpu, with a one-line error when that platform has no device.
 - A persistent XLA compilation cache in ``$XDG_CACHE_HOME/jaxbigram/xla`` (default ``~/.cache/jaxbigram/xla``): the
   second run of a config loads its compiled programs from disk instead of compiling them again. Set
-  ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it.
+  ``JAXBIGRAM_COMPILE_CACHE`` to another folder, or to ``off`` to disable it. A folder that cannot be used (a file,
+  below a file, not writable, a name too long) is one ``note:`` line, and the run compiles without a cache.
 - JAX's CPU backend gets ``DEFAULT_CPU_DEVICES`` (2) devices instead of 1 (``JAXBIGRAM_CPU_DEVICES=N`` sets another
-  count; an ``XLA_FLAGS`` that sets ``xla_force_host_platform_device_count`` wins). XLA runs a small matmul on about
+  count; an ``XLA_FLAGS`` that sets ``xla_force_host_platform_device_count`` wins, and its value is checked before
+  JAX starts, since XLA would abort the process on a bad one: ``check_xla_flags``). XLA runs a small matmul on about
   one core, so a GPT step split over two CPU devices (data parallel) uses both cores of a 2-core machine: 33 → 26 ms
   per gpt-cpu step. Which devices a run uses is ``train.devices`` (``parallel.select_devices``): the bigram stays on
   one, and one device of two costs nothing (measured).
 - On the CPU, XLA's LLVM back end at ``-O1`` instead of ``-O2``: about 30% less compile time for these small programs,
   and no slower to run (training results are bit-identical). Skipped when ``XLA_FLAGS`` already sets
-  ``xla_backend_optimization_level``, when ``JAXBIGRAM_XLA_TUNING=off``, or when an accelerator may be used.
+  ``xla_backend_optimization_level`` (its value checked likewise), when ``JAXBIGRAM_XLA_TUNING=off``, or when an
+  accelerator may be used.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, message
+from .paths import check_user_path, prepare_folder, user_cache_dir
 
 COMPILE_CACHE_ENV = "JAXBIGRAM_COMPILE_CACHE"
 PLATFORMS = {"cpu": ["cpu"], "gpu": ["cuda", "rocm"], "tpu": ["tpu"]}  # --platform → JAX backends to try, in order
@@ -31,6 +36,9 @@ CPU_DEVICES_ENV = "JAXBIGRAM_CPU_DEVICES"
 DEFAULT_CPU_DEVICES = 2
 MAX_CPU_DEVICES = 1024
 _OFF = {"0", "off", "false", "no", "none"}
+DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
+OPT_LEVEL_FLAG = "xla_backend_optimization_level"
+OWNED_XLA_FLAGS = {DEVICE_COUNT_FLAG: (1, MAX_CPU_DEVICES), OPT_LEVEL_FLAG: (0, 3)}  # flag → its whole-number range
 
 
 def compile_cache_dir() -> Path | None:
@@ -38,14 +46,30 @@ def compile_cache_dir() -> Path | None:
     raw = os.environ.get(COMPILE_CACHE_ENV)
     if raw is not None:
         return None if raw.strip().lower() in _OFF or not raw.strip() else Path(raw).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxbigram" / "xla"
+    base = user_cache_dir()
+    return None if base is None else base / "jaxbigram" / "xla"
 
 
-def enable_compile_cache() -> Path | None:
-    """Turn on JAX's persistent compilation cache for every program (even quick ones); returns its folder."""
+def _compile_cache_problem(path: Path) -> str | None:
+    """Why the compile cache cannot live in ``path`` (created if needed), or None when it can."""
+    try:
+        check_user_path(path, COMPILE_CACHE_ENV, "compile cache")
+    except UsageError as e:
+        return str(e)
+    reason = prepare_folder(path)
+    return None if reason is None else message("compile_cache_unusable", path=path, reason=reason)
+
+
+def enable_compile_cache(log=None) -> Path | None:
+    """Turn on JAX's persistent compilation cache for every program (even quick ones); returns its folder, or None
+    when it is off or its folder cannot be used (then says so on ``log``: JAX would warn at every compile)."""
     path = compile_cache_dir()
     if path is None:
+        return None
+    problem = _compile_cache_problem(path)
+    if problem is not None:
+        if log is not None:
+            log(message("note_uncached", problem=problem))
         return None
     import jax
 
@@ -74,7 +98,7 @@ def tune_xla_for_cpu(platform: str | None = None) -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get(XLA_TUNING_ENV, "on").strip().lower() in _OFF:
         return False
-    if "xla_backend_optimization_level" in flags or _accelerator_possible(platform):
+    if OPT_LEVEL_FLAG in flags or _accelerator_possible(platform):
         return False
     os.environ["XLA_FLAGS"] = " ".join([flags, *CPU_XLA_FLAGS]).strip()
     return True
@@ -94,12 +118,23 @@ def cpu_device_count() -> int:
     return count
 
 
+def check_xla_flags() -> None:
+    """Refuse, with one line, an ``XLA_FLAGS`` that gives a flag jaxbigram itself reads and sets (``OWNED_XLA_FLAGS``)
+    a value that is not a whole number in its range: XLA would print its usage and abort the process. Other XLA
+    flags are XLA's own business."""
+    for flag, (low, high) in OWNED_XLA_FLAGS.items():
+        for match in re.finditer(rf"(?:^|\s)--?{flag}(?:=(\S*))?(?=\s|$)", os.environ.get("XLA_FLAGS", "")):
+            value = match.group(1)
+            if value is None or not value.isdigit() or not low <= int(value) <= high:
+                raise UsageError("xla_flag_value", flag=flag, got=value or "", low=low, high=high)
+
+
 def expose_cpu_devices() -> int | None:
     """Give JAX's CPU backend ``cpu_device_count()`` devices; returns the count, or None where ``XLA_FLAGS`` already
     sets one or JAX has already started (``cli.main`` called from a process that computed before: it keeps what it
     has)."""
     count = cpu_device_count()
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
         return None
     import jax
 
@@ -110,12 +145,14 @@ def expose_cpu_devices() -> int | None:
     return count
 
 
-def configure(platform: str | None = None, compile_cache: bool = True) -> None:
-    """Everything above, in the order JAX needs it. Called by ``cli.main`` before any computation."""
+def configure(platform: str | None = None, compile_cache: bool = True, log=None) -> None:
+    """Everything above, in the order JAX needs it. Called by ``cli.main`` before any computation; notes go to
+    ``log``."""
+    check_xla_flags()
     expose_cpu_devices()
     tune_xla_for_cpu(platform)
     if compile_cache:
-        enable_compile_cache()
+        enable_compile_cache(log)
 
 
 def select_platform(name: str | None) -> str:

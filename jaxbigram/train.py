@@ -26,7 +26,7 @@ from . import memory, models, parallel, progress
 from . import workdir as workdir_lib
 from .checkpoint import Store
 from .config import Config, TrainConfig
-from .errors import Interrupted, UsageError
+from .errors import Interrupted, UsageError, printable_path, program
 from .evaluate import exact_report
 
 
@@ -269,14 +269,14 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
             saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
             state = state.replace(step=jnp.asarray(state.step, jnp.int32))
             history = [h for h in saved.get("history") or [] if progress.is_eval_row(h)]
-            log(f"resuming from step {int(state.step)} in {store.directory}")
+            log(f"resuming from step {int(state.step)} in {printable_path(store.directory)}")
         else:  # a new run: only now allocate the (possibly V×V×3) state
             state = dp.replicate(create_train_state(keys["init"], model, tcfg))
         step = start
         if start >= tcfg.steps and resumed is not None:
             log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; to "
-                f"continue, pass a larger --steps (e.g. --steps {start + tcfg.steps}); `run.py eval` reports its exact "
-                f"losses")
+                f"continue, pass a larger --steps (e.g. --steps {start + tcfg.steps}); `{program()} eval` reports its "
+                f"exact losses")
             return FitResult(state=state, history=history, report=None)
 
         if reporter is None:
@@ -354,7 +354,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
         recorded = (saved or {}).get("data", {}).get("path")
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=cfg.data.path)
         corpus = data_lib.load_corpus(path)
-        log(f"data: {data_lib.printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters, "
+        log(f"data: {printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters, "
             f"vocab {corpus.tokenizer.vocab_size}, sha256 {corpus.sha256[:12]}…)")
         if corpus.bom_stripped:
             log("note: removed the UTF-8 byte-order mark at the start of the text (it is not a character)")

@@ -14,37 +14,36 @@ import time
 from pathlib import Path
 
 from . import config as config_lib
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, UsageError, message
+from .paths import IS_FILE, prepare_folder, unwritable_reason
 
 LOCK_FILE = ".train.lock"  # held by a running `train` (see ``exclusive``)
 DAMAGED = "damaged-checkpoints"
 RUN_FOLDERS = ("checkpoints", DAMAGED)  # what ``train`` writes into, besides the workdir itself
 # what may change when a run is resumed: how long it runs, how often it is looked at, and how many devices share a
-# batch (the same math; only the order of the gradient's float sums changes); nothing that changes the math
-RESUMABLE_KEYS = {"train.steps", "train.steps_per_call", "train.devices", "eval.interval", "eval.iters",
-                  "checkpoint.interval", "checkpoint.keep", "data.path"}
+# batch (the same math; only the order of the gradient's float sums changes); nothing that changes the math. The one
+# list: the refusal, `train --help` and the docs say it as ``resumable_keys_text()``
+RESUMABLE_KEYS = ("train.steps", "train.steps_per_call", "train.devices", "eval.interval", "eval.iters",
+                  "checkpoint.interval", "checkpoint.keep", "data.path")
+# the longest path a run writes below its workdir is about 110 bytes
+# (checkpoints/<step>.orbax-checkpoint-tmp-<time>/state/ocdbt.process_<i>/d/<32 hex>); with a margin:
+WORKDIR_ROOM = 160
+
+
+def resumable_keys_text() -> str:
+    """``RESUMABLE_KEYS`` as a sentence: "train.steps, …, checkpoint.keep and data.path"."""
+    return ", ".join(RESUMABLE_KEYS[:-1]) + " and " + RESUMABLE_KEYS[-1]
 
 
 def writable_folder(folder: Path, is_file: str, unwritable: str, **fields) -> Path:
     """``folder``, created if needed; a UsageError (code ``is_file`` or ``unwritable``, with ``fields`` and a
     ``reason``) if it is a file or cannot be written into."""
-    if folder.exists() and not folder.is_dir():
+    problem = prepare_folder(folder)
+    if problem == IS_FILE:
         raise UsageError(is_file, **fields)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(unwritable, reason=e.strerror or str(e), **fields) from None
-    reason = _unwritable_reason(folder)
-    if reason:
-        raise UsageError(unwritable, reason=reason, **fields)
+    if problem is not None:
+        raise UsageError(unwritable, reason=problem, **fields)
     return folder
-
-
-def _unwritable_reason(folder: Path) -> str | None:
-    """Why this process cannot create files in ``folder`` (None when it can)."""
-    if os.access(folder, os.W_OK | os.X_OK):
-        return None
-    return "read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else "permission denied"
 
 
 def ensure_writable(workdir: Path) -> None:
@@ -60,8 +59,8 @@ def check_run_folders(workdir: Path) -> None:
     for folder in (workdir / name for name in RUN_FOLDERS):
         if folder.exists() and not folder.is_dir():
             raise UsageError("workdir_foreign", workdir=workdir, what=f"{folder} is not a folder")
-        if folder.is_dir() and _unwritable_reason(folder):
-            raise UsageError("folder_not_writable", path=folder, reason=_unwritable_reason(folder))
+        if folder.is_dir() and unwritable_reason(folder):
+            raise UsageError("folder_not_writable", path=folder, reason=unwritable_reason(folder))
 
 
 @contextlib.contextmanager
@@ -163,7 +162,7 @@ def run_config(saved: dict | None, config_path, overrides, workdir: Path) -> con
     given = config_lib.load(config_path, overrides, base=None if config_path else saved["config"])
     changed = [k for k in config_lib.differences(saved["config"], given.to_dict()) if k not in RESUMABLE_KEYS]
     if changed:
-        raise UsageError("config_changed", workdir=workdir, keys=", ".join(changed))
+        raise UsageError("config_changed", workdir=workdir, keys=", ".join(changed), resumable=resumable_keys_text())
     return given
 
 
@@ -201,6 +200,5 @@ def set_aside(store, step: int, error: CheckpointError, log) -> Path:
     target = store.workdir / DAMAGED / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(store.directory / str(step), target)
-    log(f"warning: checkpoint step {step} is damaged ({error.fields['reason']}); moved it to {target}; "
-        f"trying the previous one")
+    log(message("warn_step_set_aside", step=step, reason=error.fields["reason"], target=target))
     return target

@@ -9,6 +9,8 @@ import json
 import re
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 
 from jaxbigram import data, workdir as workdir_lib
 from jaxbigram.cli import main
-from conftest import DATA, TINY, assert_usage_error, error_line, run_main, snapshot, store_params, write
+from conftest import DATA, REPO_ROOT, TINY, assert_usage_error, error_line, run_main, snapshot, store_params, write
 
 
 # ----------------------------------------------------------------------------- the happy path
@@ -335,7 +337,8 @@ def test_workdir_not_writable(kind, tmp_path, capsys):
     blocker = write(tmp_path / "file", "x")
     workdir = blocker / "run" if kind == "under a regular file" else blocker
     line = run_main(capsys, ["train", "--config", TINY, "--data", DATA, "--workdir", workdir])
-    assert str(workdir) in line and ("not writable" in line if kind == "under a regular file" else "is a file" in line)
+    expected = f"goes through {blocker}, which is a file" if kind == "under a regular file" else "is a file"
+    assert str(workdir) in line and expected in line and "--workdir" in line
     assert blocker.read_text() == "x"
 
 
@@ -367,6 +370,33 @@ def test_subprocess(case, run_cli, untouched, damaged, tmp_path):
     if case.startswith("unavailable"):
         platform = "tpu" if case == "unavailable platform" else "gpu"
         assert f"platform '{platform}' is not available" in line and "--platform cpu" in line
+
+
+# the three ways to run jaxbigram: (command line, the program its messages name); the installed `jaxbigram` script is
+# pip's wrapper around cli:console_main, run here as that wrapper runs it (the script itself may not be installed)
+ENTRY_POINTS = {
+    "run.py": ([sys.executable, str(REPO_ROOT / "run.py")], "python run.py"),
+    "python -m jaxbigram": ([sys.executable, "-m", "jaxbigram"], "python -m jaxbigram"),
+    "jaxbigram script": ([sys.executable, "-c", "import sys; from jaxbigram.cli import console_main; "
+                          "sys.argv[0] = 'jaxbigram'; sys.exit(console_main())"], "jaxbigram"),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_each_entry_point_names_itself_in_usage_hints_and_messages(entry, tmp_path):
+    command, program = ENTRY_POINTS[entry]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+
+    def run(*args):
+        return subprocess.run([*command, *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    help_text = run("sample", "--help").stdout
+    assert help_text.startswith(f"usage: {program} sample ") and f"example:\n  {program} sample --seed" in help_text
+    assert assert_usage_error(run("info", "--bogus")) == f"error: {program}: unrecognized arguments: --bogus (see --help)"
+    line = assert_usage_error(run("info", "--workdir", tmp_path / "none"))
+    assert f"run `{program} train --workdir {tmp_path / 'none'}` first" in line
+    assert "run.py" not in line or program == "python run.py"
 
 
 # ----------------------------------------------------------------------------- hostile values and run folders
@@ -543,6 +573,81 @@ def test_an_empty_workdir_is_one_line(capsys):
     assert "--workdir is empty" in line
 
 
+LONG_NAME = "n" * 300
+# every path a user can give: (argv with PATH where the path goes, the environment) — checked before any work
+PATH_INPUTS = {
+    "train --workdir": (["train", "--config", TINY, "--data", DATA, "--workdir", "PATH"], {}),
+    "sample --workdir": (["sample", "--workdir", "PATH"], {}),
+    "eval --workdir": (["eval", "--workdir", "PATH"], {}),
+    "info --workdir": (["info", "--workdir", "PATH"], {}),
+    "plot --workdir": (["plot", "--workdir", "PATH"], {}),
+    "train --data": (["train", "--config", TINY, "--workdir", "UNTOUCHED", "--data", "PATH"], {}),
+    "train --config": (["train", "--config", "PATH", "--workdir", "UNTOUCHED", "--data", DATA], {}),
+    "sample --prompt-file": (["sample", "--workdir", "UNTOUCHED", "--prompt-file", "PATH"], {}),
+    "plot --out": (["plot", "--workdir", "UNTOUCHED", "--out", "PATH"], {}),
+    "$JAXBIGRAM_DATA": (["train", "--config", TINY, "--workdir", "UNTOUCHED", "--fresh"], {"JAXBIGRAM_DATA": "PATH"}),
+}
+PATH_KINDS = {"a name over 255 bytes": ("path_too_long", "is too long"),
+              "a path over 4095 bytes": ("path_too_long", "is too long"),
+              "a symlink loop": ("path_unusable", "Too many levels of symbolic links"),
+              "below a regular file": ("path_not_dir", "which is a file, not a folder")}
+
+
+def _unusable_path(tmp_path, kind):
+    afile = write(tmp_path / "afile", "x")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return {"a name over 255 bytes": tmp_path / LONG_NAME / "x",
+            "a path over 4095 bytes": tmp_path.joinpath(*["d" * 250] * 17),
+            "a symlink loop": tmp_path / "loop" / "x", "below a regular file": afile / "x"}[kind]
+
+
+@pytest.mark.parametrize("kind", PATH_KINDS)
+@pytest.mark.parametrize("where", PATH_INPUTS)
+def test_every_path_a_user_gives_is_checked_before_use(where, kind, untouched, tmp_path, capsys, monkeypatch):
+    """ENAMETOOLONG, ELOOP, ENOTDIR: one named line naming the flag or variable, exit 2, nothing touched."""
+    path = _unusable_path(tmp_path, kind)
+    argv, env = PATH_INPUTS[where]
+    argv = [{"PATH": path, "UNTOUCHED": untouched}.get(a, a) for a in argv]
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(path) if value == "PATH" else value)
+    line = run_main(capsys, argv)
+    assert PATH_KINDS[kind][1] in line and where.split()[-1].lstrip("$") in line
+    assert len(line) < 700  # a path too long to use is shown elided
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "loop"]  # nothing was created
+
+
+HOSTILE_NAME = "new\nline\tx\x1b[31my"  # a newline, a tab, an escape sequence
+
+
+def _assert_one_line_each(text: str) -> None:
+    """Nothing of the hostile name broke a line or reached the terminal raw; where it is shown, it is escaped."""
+    assert "\t" not in text and "\x1b" not in text
+    assert not any(line.startswith("line") for line in text.splitlines())
+
+
+def test_a_workdir_whose_name_has_control_characters_is_named_on_one_line(tmp_path, capsys):
+    workdir = tmp_path / HOSTILE_NAME
+    for command in ("sample", "eval", "info", "plot"):
+        line = run_main(capsys, [command, "--workdir", workdir])
+        assert "no checkpoint in" in line and "new\\nline\\tx\\x1b[31my" in line
+        assert "--workdir $'" in line  # the command to run is quoted for the shell
+    assert main(["train", "--config", TINY, "--data", DATA, "--workdir", str(workdir)]) == 0
+    captured = capsys.readouterr()
+    _assert_one_line_each(captured.out + captured.err)
+    assert "new\\nline\\tx\\x1b[31my" in captured.err  # the data and checkpoints lines, the next: hint
+    for command in ("sample", "eval", "info", "plot"):
+        assert main([command, "--workdir", str(workdir)]) == 0, command
+        captured = capsys.readouterr()
+        _assert_one_line_each(captured.err + ("" if command == "sample" else captured.out))
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "info", "plot"])
+def test_a_workdir_whose_name_is_not_utf8_is_one_line(command, tmp_path, capsys):
+    workdir = tmp_path / os.fsdecode(b"new\nr\xffn")
+    line = run_main(capsys, [command, "--workdir", workdir])
+    assert "workdir path" in line and "new\\nr\\xffn" in line and "not valid UTF-8" in line
+
+
 @pytest.mark.parametrize("command", ["train", "sample"])
 def test_a_fifo_is_refused_without_waiting(command, run_cli, untouched, tmp_path):
     fifo = tmp_path / "pipe.txt"
@@ -579,7 +684,7 @@ def test_a_gpt_splits_its_batches_over_two_cpu_devices_when_its_step_is_big_enou
 def test_gpt_train_reports_the_exact_val_loss_against_the_bigram_baseline(gpt_run):
     _, proc = gpt_run
     assert "step 200: train loss" in proc.stdout
-    assert re.search(r"exact loss at step 200: train: `run.py eval` computes it, val \d\.\d{4} nats", proc.stdout)
+    assert re.search(r"exact loss at step 200: train: `python run.py eval` computes it, val \d\.\d{4} nats", proc.stdout)
     assert "vs the bigram baseline" in proc.stdout
 
 

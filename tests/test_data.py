@@ -258,6 +258,27 @@ def test_resolve_data_path_uses_the_verified_cache(tmp_path, monkeypatch, data_p
     assert data.resolve_data_path(None) == (cached, "cache")
 
 
+@pytest.mark.parametrize("source", ["--data", "JAXBIGRAM_DATA", "data.path"])
+def test_resolve_data_path_checks_the_path_it_was_given_naming_where_it_came_from(source, tmp_path, monkeypatch):
+    too_long = str(tmp_path / ("n" * 300) / "input.txt")
+    monkeypatch.setenv(data.DATA_ENV, too_long if source == "JAXBIGRAM_DATA" else "")
+    with pytest.raises(UsageError) as info:
+        data.resolve_data_path(too_long if source == "--data" else None,
+                               config_path=too_long if source == "data.path" else "")
+    assert info.value.code == "path_too_long" and str(info.value).endswith(f"use a shorter path for {source}")
+
+
+def test_without_any_text_or_user_cache_folder_it_says_what_to_pass(monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setattr(data, "user_cache_dir", lambda: None)  # no HOME, no passwd entry, no XDG_CACHE_HOME
+    with pytest.raises(UsageError) as info:
+        data.resolve_data_path(None)
+    assert info.value.code == "data_no_cache" and "--data PATH" in str(info.value)
+    assert data._cache_paths(data.Path("/texts/input.txt"), "0" * 64) == [  # the cache beside the text only
+        (data.Path(f"/texts/input.txt.jaxbigram-{'0' * 16}.ids.npy"),
+         data.Path(f"/texts/input.txt.jaxbigram-{'0' * 16}.vocab.json"))]
+
+
 def write_text(path):
     path.write_text("some text\n")
     return path

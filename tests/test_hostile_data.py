@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxbigram import config, data, memory
-from jaxbigram.errors import JaxbigramError
+from jaxbigram.errors import JaxbigramError, printable_path
 
 BAD_NAME = os.fsdecode(b"corpus-\xff\xfe.txt")  # not UTF-8: Python holds it as lone surrogates
 
@@ -157,13 +157,13 @@ def test_a_corpus_longer_than_int32_indices_is_refused():
 # ----------------------------------------------------------------------------- 2. paths that are not UTF-8
 
 def test_printable_path_renders_any_path_on_one_encodable_line():
-    assert data.printable_path("/tmp/plain ✓.txt") == "/tmp/plain ✓.txt"
-    assert data.printable_path(BAD_NAME) == "corpus-\\xff\\xfe.txt"
-    assert data.printable_path(b"/tmp/x\xff") == "/tmp/x\\xff"
-    assert data.printable_path("a\nb\tc\x1b") == "a\\nb\\tc\\x1b"
+    assert printable_path("/tmp/plain ✓.txt") == "/tmp/plain ✓.txt"
+    assert printable_path(BAD_NAME) == "corpus-\\xff\\xfe.txt"
+    assert printable_path(b"/tmp/x\xff") == "/tmp/x\\xff"
+    assert printable_path("a\nb\tc\x1b") == "a\\nb\\tc\\x1b"
     from pathlib import Path
 
-    assert data.printable_path(Path(BAD_NAME)) == "corpus-\\xff\\xfe.txt"
+    assert printable_path(Path(BAD_NAME)) == "corpus-\\xff\\xfe.txt"
 
 
 def test_load_corpus_refuses_a_path_that_is_not_utf8_with_one_printable_line(tmp_path):

@@ -173,6 +173,7 @@ def test_two_processes_train_together_like_one(runs):
         assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
         assert out1 == "" and "Traceback" not in err1  # only the primary process prints
         assert "2 device(s) [CpuDevice(id=0), CpuDevice(id=" in err0  # one global mesh over both processes
+        assert "[Gloo]" not in out0  # gloo's C++ connection lines go to stderr: stdout holds only results
     first, second = runs["pair"]
     assert f"step {HALF}: train loss" in first[0][1]
     assert f"resuming from step {HALF}" in second[0][2] and f"step {STEPS}: train loss" in second[0][1]

@@ -8,6 +8,8 @@ import pytest
 from jaxbigram import runtime
 from jaxbigram.errors import UsageError
 
+from conftest import assert_usage_error
+
 
 def test_xla_cpu_tuning_only_where_it_belongs(monkeypatch):
     for name in ("XLA_FLAGS", runtime.XLA_TUNING_ENV, "JAX_PLATFORM_NAME"):
@@ -70,3 +72,86 @@ def test_select_platform_names_the_backend_and_refuses_unknown_names():
         runtime.select_platform("quantum")
     assert info.value.code == "platform_unknown" and "cpu, gpu or tpu" in str(info.value)
     # an unavailable platform (tpu, gpu here) is checked through run.py in test_cli.py: it changes jax's config
+
+
+@pytest.mark.parametrize("flags, bad", [("", None), ("--xla_force_host_platform_device_count=4", None),
+                                        ("--xla_cpu_use_thunk_runtime=false --xla_backend_optimization_level=3", None),
+                                        ("--xla_force_host_platform_device_count=abc", "abc"),
+                                        ("--xla_force_host_platform_device_count=0", "0"),
+                                        ("--xla_force_host_platform_device_count=-2", "-2"),
+                                        ("--xla_force_host_platform_device_count=", ""),
+                                        ("--xla_force_host_platform_device_count", ""),
+                                        ("--a=1 --xla_force_host_platform_device_count=99999", "99999"),
+                                        ("--xla_backend_optimization_level=fast", "fast")])
+def test_check_xla_flags_refuses_a_bad_value_of_the_flags_jaxbigram_sets(flags, bad, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    if bad is None:
+        runtime.check_xla_flags()
+        return
+    with pytest.raises(UsageError) as info:
+        runtime.check_xla_flags()
+    assert info.value.code == "xla_flag_value" and f"={bad}: set it to a whole number from" in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["info", "sample"])
+def test_a_bad_xla_device_count_is_one_line_before_jax_starts(command, run_cli, tmp_path):
+    proc = run_cli(command, "--workdir", tmp_path / "none",
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=abc"})
+    line = assert_usage_error(proc, "XLA_FLAGS sets --xla_force_host_platform_device_count=abc")
+    assert proc.stderr.strip() == line
+
+
+def _cache_cases(tmp_path) -> dict:
+    """Environments whose compile cache folder cannot be used."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    return {"a file": {runtime.COMPILE_CACHE_ENV: str(afile)},
+            "below a file": {runtime.COMPILE_CACHE_ENV: str(afile / "xla")},
+            "XDG_CACHE_HOME a file": {runtime.COMPILE_CACHE_ENV: None, "XDG_CACHE_HOME": str(afile)},
+            "a name too long": {runtime.COMPILE_CACHE_ENV: str(tmp_path / ("n" * 300))}}
+
+
+@pytest.mark.parametrize("case", ["a file", "below a file", "XDG_CACHE_HOME a file", "a name too long"])
+def test_an_unusable_compile_cache_is_one_note_and_the_run_goes_on(case, run_cli, tiny_workdir, tmp_path):
+    proc = run_cli("sample", "--workdir", tiny_workdir, "--max-new-tokens", "20", env=_cache_cases(tmp_path)[case])
+    assert proc.returncode == 0 and len(proc.stdout) == 1 + 20 + 1, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: compiling without a cache: ")]
+    assert len(notes) == 1 and len(proc.stderr.splitlines()) == 2, proc.stderr  # the note, then "sampling from…"
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_folders_another_user_cannot_use(tiny_workdir, tmp_path_factory):
+    """As an unprivileged user (root ignores permissions): a compile cache folder they cannot write into is one note;
+    a workdir below a folder they may not enter is one error line."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    public = Path(tempfile.mkdtemp(prefix="jaxbigram-public-"))
+    try:
+        public.chmod(0o755)
+        run = shutil.copytree(tiny_workdir, public / "run")
+        for path in [run, *run.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (public / "cache").mkdir(mode=0o755)  # root's: others may read, not write
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", runtime.COMPILE_CACHE_ENV: str(public / "cache")}
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                               str(Path(__file__).resolve().parent.parent / "run.py"), "sample", "--workdir", str(run),
+                               "--max-new-tokens", "20"], cwd=public, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr.splitlines()[0] == (f"note: compiling without a cache: the compile cache folder "
+                                               f"{public / 'cache'} cannot be used (permission denied): set "
+                                               f"JAXBIGRAM_COMPILE_CACHE to a writable folder, or to off")
+        assert len(proc.stderr.splitlines()) == 2 and not list((public / "cache").iterdir())
+        (public / "private").mkdir(mode=0o700)  # a folder on the way the user may not enter: one line, no traceback
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                               str(Path(__file__).resolve().parent.parent / "run.py"), "info", "--workdir",
+                               str(public / "private" / "run")], cwd=public, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert_usage_error(proc, "workdir path", "cannot be used (Permission denied): use another path for --workdir")
+    finally:
+        shutil.rmtree(public, ignore_errors=True)

@@ -717,14 +717,6 @@ def run_scaling(data: str, *, quick: bool = False, size_mb: float = 100.0, vocab
         report["train_steps_per_s"] = speed["steps_per_s"]
     return report
 
-
-if __name__ == "__main__":  # the data-prep child of bench_data_prep
-    if sys.argv[1:2] == ["data-prep"] and len(sys.argv) == 3:
-        data_prep_child(sys.argv[2])
-    else:
-        sys.exit("usage: python -m jaxbigram.bench data-prep PATH (a child of `run.py bench`)")
-
-
 # ----------------------------------------------------------------------------- side by side with PyTorch
 
 @dataclass(frozen=True)
