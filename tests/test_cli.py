@@ -438,7 +438,7 @@ def test_a_finished_run_says_once_there_is_nothing_to_train(steps, tiny_workdir_
     notes = [line for line in captured.err.splitlines() if line.startswith("note: ")]
     target = int(steps[1]) if steps else 200
     assert notes == [f"note: the run is already at step 200 (train.steps = {target}): nothing to train; to continue, "
-                     f"pass a larger --steps (e.g. --steps {200 + target}); `run.py eval` reports its exact losses"]
+                     f"pass a larger --steps (e.g. --steps {200 + target}); `python run.py eval` reports its exact losses"]
     assert captured.out == "" and "trained to step" not in captured.err and "steps/s" not in captured.err
     assert "Traceback" not in captured.err and "error:" not in captured.err
     assert snapshot(tiny_workdir_copy) == before
