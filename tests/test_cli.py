@@ -413,28 +413,31 @@ def jax_leaf(params):
     return np.asarray(params["token_embedding_table"]["embedding"])
 
 
-def test_eval_json_of_an_unscorable_split_is_null_with_a_note(tmp_path, capsys):
-    """A checkpoint evaluated on a text whose train split has too few characters to score: valid JSON (null, never
-    NaN), and one note on stderr."""
+@pytest.mark.parametrize("preset", ["tiny", "gpt-tiny"])
+def test_eval_json_of_an_unscorable_split_is_null_with_a_note(preset, tmp_path, capsys):
+    """A checkpoint, bigram or GPT, evaluated on a text whose splits have too few characters to score (one character:
+    neither split; ten: the val split has one): valid JSON (null, never NaN), one note on stderr, and the text
+    output says nan."""
     text = Path(DATA).read_text(encoding="utf-8")[:20000]
     source = write(tmp_path / "text.txt", text)
     workdir = tmp_path / "run"
-    assert main(["train", "--config", TINY, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
+    assert main(["train", "--config", preset, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
     capsys.readouterr()
-    vocab = store_params(workdir)[1]["vocab"]
-    tiny = write(tmp_path / "tiny.txt", "".join(sorted(vocab))[:1] * 1)  # one character: no pair in any split
-    code = main(["eval", "--workdir", str(workdir), "--json", "--data", str(tiny)])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
 
     def refuse(constant):
         raise AssertionError(f"{constant} in the JSON")
 
-    report = json.loads(captured.out, parse_constant=refuse)
-    nulls = [k for k, v in report.items() if v is None]
-    assert "val_loss" in nulls
-    notes = [line for line in captured.err.splitlines() if line.startswith("note: ") and "cannot be scored" in line]
-    assert len(notes) == 1 and "null" in notes[0] and "Traceback" not in captured.err
+    for length, unscored in ((1, {"train_loss", "val_loss"}), (10, {"val_loss"})):
+        short = write(tmp_path / f"short-{length}.txt", text[:length])  # 10 characters: 9 train, 1 val
+        code = main(["eval", "--workdir", str(workdir), "--json", "--data", str(short)])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        report = json.loads(captured.out, parse_constant=refuse)
+        assert {k for k in ("train_loss", "val_loss") if report[k] is None} == unscored
+        notes = [line for line in captured.err.splitlines() if line.startswith("note: ") and "cannot be scored" in line]
+        assert len(notes) == 1 and "null" in notes[0] and "Traceback" not in captured.err
+        assert main(["eval", "--workdir", str(workdir), "--data", str(short)]) == 0
+        assert "val nan nats (nan bits/char)" in capsys.readouterr().out
 
 
 def test_a_byte_order_mark_is_not_a_character(tmp_path, capsys):
