@@ -236,8 +236,8 @@ def test_a_bad_cpu_device_count_in_the_environment_is_one_line(run_cli, tmp_path
 
 
 @pytest.mark.parametrize("override", ["train.batch_size=0", "train.block_size=-1", "train.steps=0", "eval.iters=0",
-                                      "train.devices=-1",
-                                      "train.learning_rate=0", "train.learning_rate=-0.1"])
+                                      "train.devices=-1", "model.n_layer=200000", "model.n_layer=3000000000",
+                                      "model.n_head=3000000000", "train.learning_rate=0", "train.learning_rate=-0.1"])
 def test_out_of_range(override, untouched, capsys):
     key = override.split("=")[0]
     line = run_main(capsys, ["train", "--config", TINY, "--workdir", untouched, "--data", DATA, "--set", override])
