@@ -616,6 +616,22 @@ def test_gpt_eval_info_and_plot(gpt_run, run_cli, tmp_path):
     assert (tmp_path / "loss.png").is_file() and not (tmp_path / "bigram.png").exists()  # the heatmap is bigram's
 
 
+def test_a_gpt_with_a_context_of_one_character_trains_samples_and_evaluates(tmp_path, capsys):
+    """train.block_size = 1 (flax's one-row position embedding): every command works, and the sample is the prompt
+    followed by characters of the vocabulary."""
+    source = write(tmp_path / "text.txt", Path(DATA).read_text(encoding="utf-8")[:1000])
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", "gpt-tiny", "--workdir", str(workdir), "--data", str(source), "--steps", "2",
+                 "--set", "train.block_size=1", "--set", "eval.iters=2"]) == 0
+    capsys.readouterr()
+    vocab = set(store_params(workdir)[1]["vocab"])
+    assert main(["sample", "--workdir", str(workdir), "--prompt", "Citizen:", "--max-new-tokens", "30"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Citizen:") and len(out) == len("Citizen:") + 30 + 1 and set(out[:-1]) <= vocab
+    assert main(["eval", "--workdir", str(workdir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_loss"] > 0
+
+
 def test_gpt_run_refuses_a_bigram_config_on_resume(gpt_run, run_cli):
     workdir, _ = gpt_run
     proc = run_cli("train", "--config", "tiny", "--workdir", workdir)
