@@ -224,12 +224,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import jax
-
-    from .config import reduce_seed
     from .data import read_text_file
     from .evaluate import load_checkpoint
     from .runtime import select_platform
+    from .sampling import sample_text
 
     _check_paths(args, "--workdir", "--prompt-file")
     if not (args.temperature > 0 and math.isfinite(args.temperature)):
@@ -244,16 +242,13 @@ def cmd_sample(args) -> int:
         raise UsageError("top_k", vocab=vocab, got=args.top_k)
     prompt_ids = [0] if text is None else ckpt.tokenizer.encode_prompt(text)
     _log(f"sampling from step {ckpt.step} of {printable_path(ckpt.workdir)} ({ckpt.model.kind}; {backend})")
-    base_key = jax.random.key(reduce_seed(args.seed))
     out = sys.stdout
     for i in range(args.num_samples):
         if args.num_samples > 1:
             out.write(("" if i == 0 else "\n") + f"---------- sample {i + 1} of {args.num_samples} ----------\n")
-        out.write(ckpt.tokenizer.decode(prompt_ids))
-        for chunk in ckpt.model.sample_stream(ckpt.params, jax.random.fold_in(base_key, i), prompt_ids,
-                                              args.max_new_tokens, args.temperature, args.top_k or 0,
-                                              args.top_p or 1.0):
-            out.write(ckpt.tokenizer.decode(chunk[0]))
+        for text in sample_text(ckpt.model, ckpt.params, ckpt.tokenizer, args.seed, prompt_ids, args.max_new_tokens,
+                                args.temperature, args.top_k or 0, args.top_p or 1.0, index=i):
+            out.write(text)
             out.flush()
         out.write("\n")
     out.flush()

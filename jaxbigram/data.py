@@ -490,6 +490,34 @@ def check_sizes(corpus: Corpus, train_ids, val_ids, block_size: int) -> None:
         raise UsageError("val_too_short", n=len(val_ids), need=need)
 
 
+def min_text_length(block_size: int, val_fraction: float) -> int:
+    """The fewest characters a text needs to pass ``check_sizes``: both splits hold ``block_size + 2`` ids (each
+    split's length never decreases as the text grows, so a binary search finds it)."""
+    need = block_size + 2
+
+    def fits(n: int) -> bool:
+        train = int((1.0 - val_fraction) * n)  # split's own arithmetic
+        return min(train, n - train) >= need
+
+    low, high = need, 2 * need
+    while not fits(high):
+        low, high = high, 2 * high
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid + 1, high)
+    return low
+
+
+def check_length_for(corpus: Corpus, command: str, uses: dict[str, tuple[int, float]]) -> None:
+    """Refuse, in one line and before any work, a text too short for one of ``command``'s ``uses`` (what → its
+    ``(block_size, val_fraction)``), naming the length it needs: as ``train`` would refuse it (``check_sizes``)."""
+    needs = {what: min_text_length(*use) for what, use in uses.items()}
+    largest = max(needs, key=needs.get)
+    if len(corpus.ids) < needs[largest]:
+        raise UsageError("text_too_short_for", command=command, need=needs[largest], what=largest,
+                         block=uses[largest][0], path=printable_path(corpus.path), n=len(corpus.ids))
+
+
 # ----------------------------------------------------------------------------- batches (pure)
 
 def get_batch(key: jax.Array, data: jax.Array, batch_size: int, block_size: int) -> tuple[jax.Array, jax.Array]:

@@ -27,6 +27,7 @@ MESSAGES = {
     "data_too_short": "data file {path} has {n} characters, fewer than block_size + 2 = {need}: use a longer text or a smaller train.block_size",
     "val_too_short": "the validation split has {n} characters, fewer than block_size + 2 = {need}: raise data.val_fraction, lower train.block_size, or use a longer text",
     "train_too_short": "the train split has {n} characters, fewer than block_size + 2 = {need}: lower data.val_fraction or train.block_size, or use a longer text",
+    "text_too_short_for": "`{command}` needs a text of at least {need} characters ({what} uses block_size {block}, and the train and val splits must each hold block_size + 2 characters); {path} has {n}: pass a longer text with --data PATH",
     "data_not_regular": "data path {path} is {kind}, not a regular file (reading it could block or never end): pass a regular text file with --data PATH",
     "data_too_big": "data file {path} ({size}) needs about {need} of memory to load but only {available} is available: use a smaller text or free memory",
     "data_too_long": "data file {path} has {n} characters, more than JAX's int32 indices reach ({limit}): use a shorter text",

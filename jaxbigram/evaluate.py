@@ -23,11 +23,14 @@ LN2 = math.log(2.0)
 def exact_report(model, params, train_ids: np.ndarray, val_ids: np.ndarray, train: bool = True) -> dict:
     """Exact losses over every position of both splits (of val only when ``train`` is false: train's losses are then
     None), in nats and bits per character, next to the closed-form bigram optimum: for a bigram the gap to it is
-    what training left on the table; for any other model the optimum is the baseline it must beat."""
+    what training left on the table; for any other model the optimum is the baseline it must beat.
+
+    A split of fewer than 2 ids has no character pair to score: its loss is NaN whatever the model (this is the one
+    place that decides it; ``split_loss`` is only called with a pair to predict)."""
     report = {"model": model.kind}
     report.update(optimum_report(bigram_counts(train_ids, model.vocab_size), bigram_counts(val_ids, model.vocab_size)))
     for split, ids in (("train", train_ids if train else None), ("val", val_ids)):
-        loss = None if ids is None else model.split_loss(params, ids)
+        loss = None if ids is None else model.split_loss(params, ids) if len(ids) >= 2 else math.nan
         report[f"{split}_loss"] = loss
         report[f"{split}_bpc"] = None if loss is None else loss / LN2
         report[f"gap_{split}"] = None if loss is None else loss - report[f"optimum_{split}_loss"]

@@ -1,5 +1,6 @@
 """Sampling primitives every model shares: temperature / top-k / top-p filters, pre-drawn uniforms, and the exact
-inverse-CDF draw. Pure and jit-friendly; the models' own samplers (``models/*.py``) are built from these.
+inverse-CDF draw. Pure and jit-friendly; the models' own samplers (``models/*.py``) are built from these. At the
+edge, ``sample_text`` turns a model's id stream into the text ``run.py sample`` prints.
 
 A draw is ``next = #{j : cdf[j] <= u}`` with ``u`` uniform in [0, 1): an exact draw from the categorical distribution
 whose CDF is ``cdf``. Uniforms come in blocks of ``SAMPLE_BLOCK`` per stream, block ``b`` from ``fold_in(key, b)``, so
@@ -8,8 +9,12 @@ a generation streamed chunk by chunk draws exactly the same numbers as one call.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import jax
 import jax.numpy as jnp
+
+from .config import reduce_seed
 
 SAMPLE_BLOCK = 8192
 
@@ -77,3 +82,18 @@ def uniforms(key, num_streams: int, first_block, num_new: int) -> jax.Array:
     if rest:
         parts.append(jax.random.uniform(jax.random.fold_in(key, first_block + full), (rest, num_streams)))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def sample_key(seed: int, index: int) -> jax.Array:
+    """The key of sample ``index`` (0, 1, …) drawn with ``seed``: ``fold_in(key(seed % 2**32), index)``."""
+    return jax.random.fold_in(jax.random.key(reduce_seed(seed)), index)
+
+
+def sample_text(model, params, tokenizer, seed: int, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0,
+                top_p=1.0, index: int = 0) -> Iterator[str]:
+    """Sample ``index`` of ``seed`` as text, piece by piece: the decoded prompt, then the new characters chunk by chunk
+    as ``model.sample_stream`` yields them (one stream; the same seed and index give the same text)."""
+    yield tokenizer.decode(prompt_ids)
+    for chunk in model.sample_stream(params, sample_key(seed, index), prompt_ids, max_new_tokens, temperature, top_k,
+                                     top_p):
+        yield tokenizer.decode(chunk[0])

@@ -11,8 +11,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from jaxbigram import bench, data
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_main, write
 
 
 def documented_keys() -> set[str]:
@@ -90,3 +92,26 @@ def test_against_torch_without_torch_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: bench --against torch needs the optional package torch")
     assert "pip install 'jaxbigram[compare]'" in lines[-1] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flags", [["--quick"], []])
+def test_a_text_too_short_for_the_bench_is_one_line_before_anything_is_timed(flags, tmp_path, monkeypatch, capsys):
+    """1 character, 10, one short of what the bench's largest window (512x256 training, block 256) needs: one
+    ``error:`` line naming that length; a text of exactly that length gets past the check to the first timing."""
+    class Timed(Exception):
+        pass
+
+    def timed(*args, **kwargs):
+        raise Timed
+
+    monkeypatch.setattr(bench, "bench_train", timed)
+    need = data.min_text_length(bench.FULL.large_shape[1], 0.1)
+    for n in (1, 10, need - 1):
+        path = write(tmp_path / f"{n}.txt", ("To be, or not to be " * need)[:n])
+        line = run_main(capsys, ["bench", *flags, "--data", path])
+        assert line == (f"error: `bench` needs a text of at least {need} characters (its 512x256 training uses "
+                        f"block_size 256, and the train and val splits must each hold block_size + 2 characters); "
+                        f"{path} has {n}: pass a longer text with --data PATH")
+    with pytest.raises(Timed):
+        bench.run(quick=not flags, data=str(write(tmp_path / "enough.txt", ("To be, or not to be " * need)[:need])),
+                  log=lambda message: None)

@@ -238,8 +238,8 @@ def test_a_bad_cpu_device_count_in_the_environment_is_one_line(run_cli, tmp_path
 
 
 @pytest.mark.parametrize("override", ["train.batch_size=0", "train.block_size=-1", "train.steps=0", "eval.iters=0",
-                                      "train.devices=-1",
-                                      "train.learning_rate=0", "train.learning_rate=-0.1"])
+                                      "train.devices=-1", "model.n_layer=200000", "model.n_layer=3000000000",
+                                      "model.n_head=3000000000", "train.learning_rate=0", "train.learning_rate=-0.1"])
 def test_out_of_range(override, untouched, capsys):
     key = override.split("=")[0]
     line = run_main(capsys, ["train", "--config", TINY, "--workdir", untouched, "--data", DATA, "--set", override])
@@ -444,28 +444,31 @@ def test_a_finished_run_says_once_there_is_nothing_to_train(steps, tiny_workdir_
     assert snapshot(tiny_workdir_copy) == before
 
 
-def test_eval_json_of_an_unscorable_split_is_null_with_a_note(tmp_path, capsys):
-    """A checkpoint evaluated on a text whose train split has too few characters to score: valid JSON (null, never
-    NaN), and one note on stderr."""
+@pytest.mark.parametrize("preset", ["tiny", "gpt-tiny"])
+def test_eval_json_of_an_unscorable_split_is_null_with_a_note(preset, tmp_path, capsys):
+    """A checkpoint, bigram or GPT, evaluated on a text whose splits have too few characters to score (one character:
+    neither split; ten: the val split has one): valid JSON (null, never NaN), one note on stderr, and the text
+    output says nan."""
     text = Path(DATA).read_text(encoding="utf-8")[:20000]
     source = write(tmp_path / "text.txt", text)
     workdir = tmp_path / "run"
-    assert main(["train", "--config", TINY, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
+    assert main(["train", "--config", preset, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
     capsys.readouterr()
-    vocab = store_params(workdir)[1]["vocab"]
-    tiny = write(tmp_path / "tiny.txt", "".join(sorted(vocab))[:1] * 1)  # one character: no pair in any split
-    code = main(["eval", "--workdir", str(workdir), "--json", "--data", str(tiny)])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
 
     def refuse(constant):
         raise AssertionError(f"{constant} in the JSON")
 
-    report = json.loads(captured.out, parse_constant=refuse)
-    nulls = [k for k, v in report.items() if v is None]
-    assert "val_loss" in nulls
-    notes = [line for line in captured.err.splitlines() if line.startswith("note: ") and "cannot be scored" in line]
-    assert len(notes) == 1 and "null" in notes[0] and "Traceback" not in captured.err
+    for length, unscored in ((1, {"train_loss", "val_loss"}), (10, {"val_loss"})):
+        short = write(tmp_path / f"short-{length}.txt", text[:length])  # 10 characters: 9 train, 1 val
+        code = main(["eval", "--workdir", str(workdir), "--json", "--data", str(short)])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        report = json.loads(captured.out, parse_constant=refuse)
+        assert {k for k in ("train_loss", "val_loss") if report[k] is None} == unscored
+        notes = [line for line in captured.err.splitlines() if line.startswith("note: ") and "cannot be scored" in line]
+        assert len(notes) == 1 and "null" in notes[0] and "Traceback" not in captured.err
+        assert main(["eval", "--workdir", str(workdir), "--data", str(short)]) == 0
+        assert "val nan nats (nan bits/char)" in capsys.readouterr().out
 
 
 def test_a_byte_order_mark_is_not_a_character(tmp_path, capsys):
@@ -717,6 +720,22 @@ def test_gpt_eval_info_and_plot(gpt_run, run_cli, tmp_path):
     plot = run_cli("plot", "--workdir", workdir, "--out", tmp_path)
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "loss.png").is_file() and not (tmp_path / "bigram.png").exists()  # the heatmap is bigram's
+
+
+def test_a_gpt_with_a_context_of_one_character_trains_samples_and_evaluates(tmp_path, capsys):
+    """train.block_size = 1 (flax's one-row position embedding): every command works, and the sample is the prompt
+    followed by characters of the vocabulary."""
+    source = write(tmp_path / "text.txt", Path(DATA).read_text(encoding="utf-8")[:1000])
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", "gpt-tiny", "--workdir", str(workdir), "--data", str(source), "--steps", "2",
+                 "--set", "train.block_size=1", "--set", "eval.iters=2"]) == 0
+    capsys.readouterr()
+    vocab = set(store_params(workdir)[1]["vocab"])
+    assert main(["sample", "--workdir", str(workdir), "--prompt", "Citizen:", "--max-new-tokens", "30"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Citizen:") and len(out) == len("Citizen:") + 30 + 1 and set(out[:-1]) <= vocab
+    assert main(["eval", "--workdir", str(workdir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_loss"] > 0
 
 
 def test_gpt_run_refuses_a_bigram_config_on_resume(gpt_run, run_cli):

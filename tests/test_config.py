@@ -1,11 +1,14 @@
 """config.py: presets (by path or by name), validation with one clear message naming the key, --set overrides, and
 the differences between two configs."""
 
+import dataclasses
+import re
 
 import pytest
 
 from jaxbigram import config
 from jaxbigram.errors import UsageError
+from conftest import REPO_ROOT
 
 
 def load_text(tmp_path, text, overrides=()):
@@ -195,3 +198,79 @@ def test_differences_names_every_changed_key():
     assert config.differences(a, b) == ["model.n_layer", "train.steps", "eval.iters"]
     assert config.differences(a, a) == []
     assert config.differences({}, a) == []  # missing sections are the defaults
+
+
+# ----------------------------------------------------------------------------- every key's range, stated once
+
+def _fields() -> dict[str, str]:
+    """``section.key`` → its annotation (``int``, ``float``, ``str``, ``bool``) for every config key."""
+    return {f"{section}.{f.name}": f.type for section, cls in config._SECTION_CLASSES.items()
+            for f in dataclasses.fields(cls)}
+
+
+def _documented() -> dict[str, str]:
+    """``section.key`` → the "allowed" column of docs/config.md's tables."""
+    rows, section = {}, None
+    for line in (REPO_ROOT / "docs" / "config.md").read_text(encoding="utf-8").splitlines():
+        if heading := re.match(r"## \[(\w+)\]", line):
+            section = heading.group(1)
+        elif section and (row := re.match(r"\| `(\w+)` \| \w+ \| [^|]* \| ([^|]*) \|", line)):
+            rows[f"{section}.{row.group(1)}"] = row.group(2).strip()
+    return rows
+
+
+def _bounds(text: str) -> list[tuple[str, float]]:
+    """``between 1 and 64`` / ``> 0 and < 1`` / ``>= 0 (…)`` → [(op, value), ...], read independently of config."""
+    text = re.split(r" \(|, ", text)[0]
+    if m := re.fullmatch(r"between (\S+) and (\S+)", text):
+        return [(">=", float(m.group(1))), ("<=", float(m.group(2)))]
+    return [(op, float(v)) for op, v in re.findall(r"(>=|<=|>|<) (\S+)", text)]
+
+
+def test_every_key_is_documented_and_every_numeric_key_has_one_range():
+    fields = _fields()
+    assert set(_documented()) == set(fields)
+    assert set(config.RANGES) == {k for k, t in fields.items() if t in ("int", "float")}
+
+
+def test_the_documented_ranges_are_the_ranges_the_code_enforces():
+    """For every numeric key, docs/config.md states ``Range.text``, and the values at and just past each bound it
+    states are accepted and refused (one line quoting the same text) by validation itself."""
+    fields, documented = _fields(), _documented()
+    # keys that must move together for an extreme value to pass the other checks (divisibility, batch × block)
+    partners = {"model.n_embd": ["model.n_head=1"], "model.n_head": ["model.n_embd={v}"],
+                "train.batch_size": ["train.block_size=1"], "train.block_size": ["train.batch_size=1"]}
+    for key, rng in config.RANGES.items():
+        allowed = documented[key]
+        assert allowed == rng.text or allowed.startswith((rng.text + " (", rng.text + ", ")), (key, allowed)
+        is_int = fields[key] == "int"
+        for op, bound in _bounds(allowed):
+            step = 1 if is_int else 1e-6
+            inside = bound if "=" in op else bound + step * (1 if op == ">" else -1)
+            outside = bound + step * (-1 if ">" in op else 1) if "=" in op else bound
+            for value, ok in ((inside, True), (outside, False)):
+                value = int(value) if is_int else value
+                overrides = [f"{key}={value}", *(p.format(v=value) for p in partners.get(key, []))]
+                if ok:
+                    section, name = key.split(".")
+                    got = getattr(getattr(config.load(None, overrides), section), name)
+                    assert got == (config.reduce_seed(value) if key == "train.seed" else value), (key, value)
+                else:
+                    err = error_of(config.load, None, overrides)
+                    assert err.code == "config_range" and f"must be {rng.text}" in str(err), (key, value, str(err))
+
+
+def test_choices_and_booleans_are_documented_as_the_code_has_them():
+    documented = _documented()
+    for key, choices in config._CHOICES.items():
+        assert documented[key] == ", ".join(f"`{c}`" for c in choices)
+    for key in (k for k, t in _fields().items() if t == "bool"):
+        assert documented[key] == "`true`, `false`"
+
+
+@pytest.mark.parametrize("layers", [config.MAX_N_LAYER + 1, 200_000, 3_000_000_000])
+def test_a_gpt_too_deep_to_build_is_refused_with_the_limit(layers):
+    assert config.load(None, [f"model.n_layer={config.MAX_N_LAYER}"]).model.n_layer == config.MAX_N_LAYER
+    err = error_of(config.load, None, [f"model.n_layer={layers}", "model.n_embd=1", "model.n_head=1"])
+    assert str(err) == (f"config key model.n_layer must be between 1 and {config.MAX_N_LAYER} (each layer is traced "
+                        f"and compiled on its own: a deeper GPT would take too long to build), got {layers}")

@@ -233,6 +233,25 @@ def test_check_sizes_names_the_split_that_is_too_short(tmp_path):
     assert info.value.code == "train_too_short"
 
 
+@pytest.mark.parametrize("block, val_fraction", [(1, 0.1), (8, 0.1), (256, 0.1), (5, 0.5), (3, 0.95), (64, 0.013)])
+def test_min_text_length_is_the_shortest_text_check_sizes_accepts(tmp_path, block, val_fraction):
+    need = data.min_text_length(block, val_fraction)
+    for n, fits in ((need - 1, False), (need, True), (need + 1, True), (3 * need, True)):
+        path = tmp_path / f"{n}.txt"
+        path.write_text("ab" * (n // 2) + "a" * (n % 2))
+        corpus = data.load_corpus(path)
+        if fits:
+            data.check_sizes(corpus, *data.split(corpus.ids, val_fraction), block)
+            data.check_length_for(corpus, "bench", {"a run": (block, val_fraction), "a smaller one": (1, 0.5)})
+            continue
+        with pytest.raises(UsageError):
+            data.check_sizes(corpus, *data.split(corpus.ids, val_fraction), block)
+        with pytest.raises(UsageError) as info:
+            data.check_length_for(corpus, "bench", {"a smaller one": (1, 0.5), "a run": (block, val_fraction)})
+        assert info.value.code == "text_too_short_for" and f"at least {need} characters (a run uses block_size " \
+            f"{block}" in str(info.value) and f"has {n}:" in str(info.value)
+
+
 # ----------------------------------------------------------------------------- where the text comes from
 
 def test_resolve_data_path_order(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -28,6 +29,25 @@ def test_exact_report_against_numpy(tiny_workdir, corpus):
     assert report["optimum_val_loss"] == pytest.approx(2.482, abs=5e-4)
     assert report["gap_val"] == pytest.approx(report["val_loss"] - report["optimum_val_loss"]) and report["gap_val"] > 0
     assert report["gap_train"] == pytest.approx(report["train_loss"] - report["optimum_train_loss"])
+
+
+@pytest.mark.parametrize("kind", ["bigram", "gpt"])
+@pytest.mark.parametrize("train_len, val_len", [(0, 0), (1, 1), (9, 1), (9, 0), (1, 9)])
+def test_a_split_without_a_character_pair_is_nan_for_every_model(kind, train_len, val_len):
+    """A split of 0 or 1 ids has nothing to predict: NaN for the bigram and the GPT alike (``cli eval`` shows it as
+    null with a note), while a split with a pair is scored as usual."""
+    from jaxbigram.models.gpt import GPT
+
+    model = Bigram(5) if kind == "bigram" else GPT(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
+    params = model.init(jax.random.key(0))
+    ids = np.arange(train_len + val_len, dtype=np.uint8) % 5
+    splits = {"train": ids[:train_len], "val": ids[train_len:]}
+    report = evaluate.exact_report(model, params, splits["train"], splits["val"])
+    for split, split_ids in splits.items():
+        for key in (f"{split}_loss", f"{split}_bpc", f"gap_{split}"):
+            assert math.isnan(report[key]) == (len(split_ids) < 2), (key, report[key])
+        if len(split_ids) >= 2:
+            assert report[f"{split}_loss"] == pytest.approx(model.split_loss(params, split_ids), rel=1e-6)
 
 
 def test_load_checkpoint_newest_or_a_given_step(tiny_workdir):

@@ -222,6 +222,42 @@ def test_kv_sampler_equals_reference(tiny_params, prompt, settings):
     assert len({tuple(r) for r in got}) == 3  # the streams differ
 
 
+EDGE_SIZES = {  # the smallest models the config allows, each sampled against the lecture's loop
+    "block 1": dict(vocab_size=6, block_size=1, n_layer=2, n_head=2, n_embd=4),
+    "block 2, one-wide heads": dict(vocab_size=6, block_size=2, n_layer=1, n_head=4, n_embd=4),  # n_head = n_embd
+    "vocabulary of 1": dict(vocab_size=1, block_size=2, n_layer=1, n_head=1, n_embd=2),
+    "vocabulary of 2, width 1": dict(vocab_size=2, block_size=1, n_layer=1, n_head=1, n_embd=1),
+}
+
+
+@pytest.mark.parametrize("name", EDGE_SIZES)
+def test_edge_sizes_sample_like_the_reference(name):
+    """Block 1 and 2, one-wide heads, a vocabulary of 1 or 2: the KV cache, the shifting window and flax's one-row
+    embedding (block 1, vocabulary 1) give the reference loop's draws, from a 1-id prompt and a longer one."""
+    model = GPT(**EDGE_SIZES[name])
+    params = _spread(_init(model, jax.random.key(0)), jax.random.key(1), scale=1.0)
+    key, vocab = jax.random.key(12), model.vocab_size
+    for prompt, settings in (([0], {}), ([(3 * i) % vocab for i in range(5)], dict(temperature=0.7, top_k=vocab))):
+        want = _reference_sample(model, params, key, prompt, 10, 2, **settings)
+        got = np.asarray(model.sample(params, key, prompt, 10, num_samples=2, **settings))
+        np.testing.assert_array_equal(got, want)
+        if vocab == 1:
+            assert not got.any()
+
+
+def test_block_1_is_a_bigram_of_its_own_logits():
+    """With a context of 1 each next character depends only on the last one: the GPT samples exactly the chain of
+    the (V, V) table of its logits for each single character, drawn with the same uniforms by the bigram's sampler."""
+    from jaxbigram.models.bigram import generate
+
+    model = GPT(**EDGE_SIZES["block 1"])
+    params = _spread(_init(model, jax.random.key(2)), jax.random.key(3), scale=1.0)
+    table = np.asarray(_logits(model, params, np.arange(model.vocab_size, dtype=np.int32)[:, None]))[:, 0]
+    key = jax.random.key(13)
+    want = np.asarray(generate({"token_embedding_table": {"embedding": table}}, key, [4], 30, num_samples=3))[:, 1:]
+    np.testing.assert_array_equal(np.asarray(model.sample(params, key, [2, 4], 30, num_samples=3)), want)
+
+
 def test_stream_chunks_equal_one_call(tiny_params):
     key = jax.random.key(8)
     prompt = [1, 2, 3]

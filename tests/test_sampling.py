@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbigram.models.bigram import generate, next_char_cdf
-from jaxbigram.sampling import SAMPLE_BLOCK, draw, filtered_cdf, uniforms
+from jaxbigram.sampling import SAMPLE_BLOCK, draw, filtered_cdf, sample_key, sample_text, uniforms
 from conftest import table_params
 
 V = 24
@@ -176,3 +176,22 @@ def test_top_p_keeps_the_smallest_set_reaching_p(temperature, top_k):
         np.testing.assert_allclose(probs[rows], renorm[rows], atol=2e-6)
         checked += int(rows.sum())
     assert checked >= 0.95 * 8 * vocab
+
+
+def test_sample_text_is_the_prompt_then_the_decoded_stream(table):
+    """What ``run.py sample`` prints for sample ``i`` of ``--seed s``: the prompt, then the ids the model draws with
+    ``fold_in(key(s % 2**32), i)``, decoded chunk by chunk."""
+    from jaxbigram.data import Tokenizer
+    from jaxbigram.models.bigram import Bigram
+
+    tokenizer, model, params = Tokenizer("".join(chr(ord("a") + i) for i in range(V))), Bigram(V), table_params(table)
+    prompt = tokenizer.encode("cab")
+    for seed, index in ((1337, 0), (7, 2)):
+        key = jax.random.fold_in(jax.random.key(seed), index)
+        assert np.array_equal(jax.random.key_data(sample_key(seed, index)), jax.random.key_data(key))
+        assert np.array_equal(jax.random.key_data(sample_key(seed + 2**32, index)), jax.random.key_data(key))
+        pieces = list(sample_text(model, params, tokenizer, seed, prompt, 3 * SAMPLE_BLOCK, top_k=5, index=index))
+        assert pieces[0] == "cab" and len(pieces) >= 2
+        new = np.asarray(generate(params, key, prompt, 3 * SAMPLE_BLOCK, top_k=5))[0, len(prompt):]
+        assert "".join(pieces) == "cab" + tokenizer.decode(new)
+    assert list(sample_text(model, params, tokenizer, 1, prompt, 0)) == ["cab"]

@@ -368,8 +368,15 @@ def run_speed(plan: Plan, corpus, platform: str | None, log) -> dict:
     """Training, sampling, data prep and whole preset runs at the sizes of ``plan``."""
     import jax
 
-    from ..data import split
+    from .. import config as config_lib
+    from ..data import check_length_for, split
 
+    # up front, before anything is timed: the text must hold the windows of every training and preset run below
+    uses = {f"its {b}x{t} training": (t, 0.1) for b, t in (plan.small_shape, plan.large_shape)}
+    for name in filter(None, (plan.notes_config, plan.gpt_config, plan.gpt_large_config)):
+        cfg = config_lib.load(name)
+        uses[f"the {name} preset"] = (cfg.train.block_size, cfg.data.val_fraction)
+    check_length_for(corpus, "bench", uses)
     vocab = corpus.tokenizer.vocab_size
     train_ids, _ = split(corpus.ids, 0.1)
     report: dict = {

@@ -14,7 +14,8 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
 - ``decay_mask(params)``: which leaves AdamW decays (None: all);
 - ``param_count()``: the number of parameters in closed form (the memory check runs before anything is built);
 - ``activation_bytes(batch_size)``: the memory one training step's activations need (None: the bigram's default);
-- ``split_loss(params, ids) -> float``: the exact mean loss over every position of a split (``cheap_split_loss``:
+- ``split_loss(params, ids) -> float``: the exact mean loss over every position of a split of at least 2 ids
+  (``evaluate.exact_report`` scores a shorter one as NaN for every model, without calling it; ``cheap_split_loss``:
   whether that is cheap enough to do on the whole train split at the end of every ``train``);
 - ``sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p, num_samples)``: chunks of new
   ids ``(num_samples, n)``; together they are one sample; same key, same text.

@@ -269,7 +269,9 @@ class GPTModule(nn.Module):
     def decode(self, tok, pos, cache):
         """Feed ``tok`` ``(B,)`` at absolute position ``pos``; ``cache`` is a tuple of ``(k, v)`` per layer.
         Returns ``(logits (B, V), cache)``."""
-        x = (self.wte(tok) + self.wpe(pos))[:, None]
+        # ``pos[None]``: flax's one-row Embed (block_size 1) broadcasts its row to the input's shape, so it needs the
+        # position as a (1,) array to give (1, C) rather than fail on a scalar
+        x = (self.wte(tok) + self.wpe(pos[None]))[:, None]
         new_cache = []
         for block, (ck, cv) in zip(self.blocks, cache):
             x, ck, cv = block.decode(x, ck, cv, pos)
