@@ -320,6 +320,7 @@ def cmd_bench(args) -> int:
     if args.against:
         from .data import resolve_data_path
 
+        bench.require_torch()  # before the data: the missing package is the first thing to say
         pairs = args.pairs or (1 if args.quick else bench.TorchPlan.pairs)
         report = bench.run_against_torch(bench.TorchPlan(pairs=pairs), str(resolve_data_path(args.data)[0]),
                                          args.platform, log=_log)

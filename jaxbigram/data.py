@@ -515,7 +515,7 @@ def check_length_for(corpus: Corpus, command: str, uses: dict[str, tuple[int, fl
     largest = max(needs, key=needs.get)
     if len(corpus.ids) < needs[largest]:
         raise UsageError("text_too_short_for", command=command, need=needs[largest], what=largest,
-                         block=uses[largest][0], path=printable_path(corpus.path), n=len(corpus.ids))
+                         block=uses[largest][0], path=corpus.path, n=len(corpus.ids))
 
 
 # ----------------------------------------------------------------------------- batches (pure)

@@ -737,10 +737,15 @@ class TorchPlan:
     overrides: tuple = ()  # --set style overrides applied to both presets (tests shrink the runs with them)
 
 
-def torch_available() -> bool:
+def require_torch() -> None:
+    """One ``error:`` line saying what to install when PyTorch is not importable."""
     import importlib.util
 
-    return importlib.util.find_spec("torch") is not None
+    from ..errors import UsageError
+
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError("extra_missing", what="bench --against torch", package="torch (the CPU wheel is enough)",
+                         extra="compare")
 
 
 def _steady_rate(rates: list) -> float | None:
@@ -784,13 +789,15 @@ def run_against_torch(plan: TorchPlan, data: str, platform: str | None = None, l
     """jaxbigram and the PyTorch reference, whole runs side by side (A B A B …, each a fresh process): medians and
     per-pair ratios, flat keys documented in docs/performance.md. A ratio above 1 means jaxbigram is faster."""
     from .. import config as config_lib
-    from ..errors import UsageError
 
-    if not torch_available():
-        raise UsageError("extra_missing", what="bench --against torch", package="torch (the CPU wheel is enough)",
-                         extra="compare")
+    from ..data import check_length_for, load_corpus
+
+    require_torch()
     cfgs = {kind: config_lib.load(name, plan.overrides) for kind, name in
             (("bigram", plan.bigram_config), ("gpt", plan.gpt_config))}
+    check_length_for(load_corpus(data), "bench --against torch", {  # up front: both sides need the same windows
+        f"the {getattr(plan, kind + '_config')} preset": (cfg.train.block_size, cfg.data.val_fraction)
+        for kind, cfg in cfgs.items()})
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
                     "load_avg_start": _load_average(), "vs_torch_pairs": plan.pairs,
                     "bigram_config": plan.bigram_config, "gpt_config": plan.gpt_config}
@@ -799,7 +806,7 @@ def run_against_torch(plan: TorchPlan, data: str, platform: str | None = None, l
         for pair in range(plan.pairs):
             for kind, cfg in cfgs.items():
                 tag = f"{kind}-{pair}"
-                jax_run = _jax_whole_run(plan.__dict__[f"{kind}_config"], plan.overrides, data, Path(tmp), tag,
+                jax_run = _jax_whole_run(getattr(plan, f"{kind}_config"), plan.overrides, data, Path(tmp), tag,
                                          platform)
                 torch_run = _torch_whole_run(cfg, data, Path(tmp), tag)
                 runs["jax", kind].append(jax_run)

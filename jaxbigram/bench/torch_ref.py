@@ -163,7 +163,7 @@ def train(cfg: dict, data: str, workdir: str) -> dict:
         return out
 
     rates, last, steps = [], None, t["steps"]
-    interval_t0, interval_steps, step_s = None, 0, 0.0
+    interval_steps, step_s = 0, 0.0
     for it in range(steps + 1):
         if it % e["interval"] == 0 or it == steps:
             if interval_steps:
