@@ -90,7 +90,7 @@ def test_against_torch_without_torch_is_one_line(tmp_path):
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: bench --against torch needs the optional package torch")
+    assert lines[-1].startswith("error: `python run.py bench --against torch` needs the optional package torch")
     assert "pip install 'jaxbigram[compare]'" in lines[-1] and "Traceback" not in proc.stderr
 
 

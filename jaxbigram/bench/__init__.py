@@ -744,7 +744,7 @@ def require_torch() -> None:
     from ..errors import UsageError
 
     if importlib.util.find_spec("torch") is None:
-        raise UsageError("extra_missing", what="bench --against torch", package="torch (the CPU wheel is enough)",
+        raise UsageError("extra_missing", command="bench --against torch", package="torch (the CPU wheel is enough)",
                          extra="compare")
 
 

@@ -30,7 +30,6 @@ call.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar, Iterator
@@ -93,9 +92,9 @@ def _dot_general_cpu(lhs, rhs, dimension_numbers, precision=None, preferred_elem
 def _dense(spec: "GPT", **kwargs):
     """A linear layer of the GPT: float32 params, compute in ``spec.dtype``, zero biases (none without ``bias``).
     On the CPU its weight gradient is a row-major GEMM (``_matmul_cpu``)."""
-    cpu = jax.default_backend() == "cpu" and os.environ.get("JB_WGRAD", "1") == "1"
     return partial(nn.Dense, use_bias=spec.bias, dtype=_DTYPES[spec.dtype], param_dtype=jnp.float32,
-                   bias_init=nn.initializers.zeros, dot_general=_dot_general_cpu if cpu else None, **kwargs)
+                   bias_init=nn.initializers.zeros,
+                   dot_general=_dot_general_cpu if jax.default_backend() == "cpu" else None, **kwargs)
 
 
 def _residual_init(spec: "GPT"):
