@@ -320,3 +320,23 @@ def test_param_count_in_closed_form_equals_the_built_model(bias):
     """The memory check uses ``param_count`` before anything is built: it must be the real count."""
     spec = GPT(vocab_size=13, block_size=6, n_layer=3, n_head=2, n_embd=8, bias=bias)
     assert spec.param_count() == leaf_count(jax.eval_shape(spec.init, jax.random.key(0)))
+
+
+def test_cpu_matmul_gradients_are_the_plain_matmul_gradients():
+    """``_matmul_cpu`` (the CPU path of every GPT linear layer) is ``x @ w`` with the same gradients as autodiff of
+    ``jnp.matmul``, for a batched ``(B, T, in)`` input; only float rounding may differ."""
+    from jaxbigram.models.gpt import _matmul_cpu
+
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (3, 5, 8))
+    w = jax.random.normal(kw, (8, 6))
+    g = jax.random.normal(kg, (3, 5, 6))
+    np.testing.assert_allclose(_matmul_cpu(x, w), jnp.matmul(x, w), rtol=1e-6, atol=1e-6)
+    ours = jax.vjp(_matmul_cpu, x, w)[1](g)
+    plain = jax.vjp(jnp.matmul, x, w)[1](g)
+    for a, b in zip(ours, plain):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # and against numpy: dW = sum over rows of x^T g, dx = g w^T
+    np.testing.assert_allclose(ours[1], np.einsum("bti,bto->io", np.asarray(x), np.asarray(g)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[0], np.asarray(g) @ np.asarray(w).T, rtol=1e-5, atol=1e-5)
