@@ -27,7 +27,7 @@ from . import workdir as workdir_lib
 from .checkpoint import Store
 from .config import Config, TrainConfig
 from .errors import Interrupted, UsageError, printable_path, program
-from .evaluate import exact_report
+from .evaluate import estimate_loss, exact_report
 
 
 # ----------------------------------------------------------------------------- state and step (pure)
@@ -131,22 +131,6 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
     if per_draw >= max_steps:  # the common case: one draw serves the whole chunk
         return sub_chunk(0, (state, losses))
     return jax.lax.fori_loop(0, (num_steps + per_draw - 1) // per_draw, sub_chunk, (state, losses))
-
-
-@partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size", "sharding"))
-def estimate_loss(model, params, key, train_data, val_data, *, iters: int, batch_size: int, block_size: int,
-                  sharding=None) -> dict:
-    """The lecture's estimate: mean loss over ``iters`` random batches of each split, no dropout (pure; keys
-    explicit). One batch at a time (``lax.map``): memory stays that of one batch, and on a CPU it measured faster
-    than vectorising several batches per pass, for both models."""
-
-    def mean_loss(split_key, split_data):
-        keys = jax.random.split(split_key, iters)
-        return jax.lax.map(lambda k: model.loss(params, *parallel.constrain_batch(
-            *data_lib.get_batch(k, split_data, batch_size, block_size), sharding)), keys).mean()
-
-    train_key, val_key = jax.random.split(key)
-    return {"train": mean_loss(train_key, train_data), "val": mean_loss(val_key, val_data)}
 
 
 def compile_ahead(jitted, *args, **kwargs) -> threading.Thread:

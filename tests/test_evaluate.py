@@ -7,6 +7,7 @@ import math
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -151,3 +152,15 @@ def test_load_checkpoint_when_a_step_vanishes_while_being_read(explicit, tiny_wo
     else:
         assert evaluate.load_checkpoint(tiny_workdir_copy).step == 100
     assert vanished == [200]
+
+
+def test_estimate_loss_is_the_mean_over_random_batches():
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 17, 5000).astype(np.uint8))
+    model = Bigram(17)
+    params = model.init(jax.random.key(1))
+    key = jax.random.key(2)
+    got = evaluate.estimate_loss(model, params, key, ids, ids[:1000], iters=3, batch_size=4, block_size=5)
+    train_key, val_key = jax.random.split(key)
+    for split_key, split_data, name in ((train_key, ids, "train"), (val_key, ids[:1000], "val")):
+        losses = [model.loss(params, *data.get_batch(k, split_data, 4, 5)) for k in jax.random.split(split_key, 3)]
+        assert float(got[name]) == pytest.approx(float(np.mean(losses)), rel=1e-6)

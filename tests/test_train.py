@@ -93,17 +93,6 @@ def test_run_keys_are_a_function_of_the_seed():
     assert len({data_of[k].tobytes() for k in a}) == 4  # four different keys
 
 
-def test_estimate_loss_is_the_mean_over_random_batches(ids):
-    model = Bigram(17)
-    params = model.init(jax.random.key(1))
-    key = jax.random.key(2)
-    got = train.estimate_loss(model, params, key, ids, ids[:1000], iters=3, batch_size=4, block_size=5)
-    train_key, val_key = jax.random.split(key)
-    for split_key, split_data, name in ((train_key, ids, "train"), (val_key, ids[:1000], "val")):
-        losses = [model.loss(params, *data.get_batch(k, split_data, 4, 5)) for k in jax.random.split(split_key, 3)]
-        assert float(got[name]) == pytest.approx(float(np.mean(losses)), rel=1e-6)
-
-
 # ----------------------------------------------------------------------------- the driver
 
 @pytest.fixture(scope="module")
