@@ -33,11 +33,42 @@ def exact_report(model, params, train_ids: np.ndarray, val_ids: np.ndarray, trai
     report = {"model": model.kind}
     report.update(optimum_report(bigram_counts(train_ids, model.vocab_size), bigram_counts(val_ids, model.vocab_size)))
     for split, ids in (("train", train_ids if train else None), ("val", val_ids)):
-        loss = None if ids is None else model.split_loss(params, ids) if len(ids) >= 2 else math.nan
+        loss = None if ids is None else split_loss(model, params, ids) if len(ids) >= 2 else math.nan
         report[f"{split}_loss"] = loss
         report[f"{split}_bpc"] = None if loss is None else loss / LN2
         report[f"gap_{split}"] = None if loss is None else loss - report[f"optimum_{split}_loss"]
     return report
+
+
+def split_loss(model, params, ids: np.ndarray, batch_windows: int = 64) -> float:
+    """Exact mean loss over every position of ``ids`` (at least 2), each predicting the next id.
+
+    A model whose ``cheap_split_loss`` is set computes it itself (the bigram: from its pair counts). Otherwise the
+    split is cut into consecutive windows of ``block_size`` (``models.gpt.context_windows``) and scored
+    ``batch_windows`` windows per call, each call's windows split over this process's devices (every core of a CPU);
+    a short last call is padded with masked windows so one compiled shape serves every call."""
+    if model.cheap_split_loss:
+        return model.split_loss(params, ids)
+    from .models.gpt import context_windows
+
+    x, y, mask = context_windows(ids, model.block_size)
+    n_win, t = x.shape
+    devices = jax.local_devices()
+    batch_windows = max(1, min(batch_windows, n_win))
+    batch_windows = -(-batch_windows // len(devices)) * len(devices)
+    n_batches = -(-n_win // batch_windows)
+    pad = n_batches * batch_windows - n_win
+    if pad:
+        x, y, mask = (np.concatenate([a, np.zeros((pad, t), a.dtype)]) for a in (x, y, mask))
+    dp = parallel.DataParallel.create(batch_windows, devices)
+    local = jax.tree.map(  # this process's copy of parameters replicated over several processes
+        lambda a: a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a, params)
+    params = jax.device_put(local, dp.replicated)
+    total = 0.0
+    for b in range(n_batches):
+        s = slice(b * batch_windows, (b + 1) * batch_windows)
+        total += float(model.window_nll(params, *jax.device_put((x[s], y[s], mask[s]), dp.batch_sharding)))
+    return total / (len(ids) - 1)
 
 
 @partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size", "sharding"))

@@ -152,3 +152,13 @@ def available_memory_bytes(device=None, *, meminfo: str = "/proc/meminfo",
             return max(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), 0)
     found = [v for v in (_meminfo_available(meminfo), _cgroup_available(cgroup_root)) if v is not None]
     return min(found) if found else None
+
+
+def activation_bytes(model, batch_size: int) -> int | None:
+    """What one training step of ``model`` keeps for its backward pass, roughly (None: the bigram, whose logits,
+    softmax and gradient ``estimate_bytes`` counts itself). A GPT: per layer ~16 floats per position and width
+    (LayerNorms, q/k/v, attention output, the 4× MLP) plus 3 attention maps per head, and the logits (×3)."""
+    if model.kind != "gpt":
+        return None
+    b, t, c, h, v = batch_size, model.block_size, model.n_embd, model.n_head, model.vocab_size
+    return FLOAT_BYTES * b * t * (model.n_layer * (16 * c + 3 * h * t) + 3 * v)

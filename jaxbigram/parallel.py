@@ -121,6 +121,21 @@ def barrier(name: str) -> None:
 
 # ----------------------------------------------------------------------------- the mesh
 
+# a training step of at least this many FLOPs runs faster split over 2 CPU devices than on one (measured on the
+# 2-core machine: see docs/performance.md)
+CPU_SPLIT_MIN_FLOPS = 1e8
+
+
+def split_on_cpu(model, batch_size: int) -> bool:
+    """Whether ``model``'s training step at ``batch_size`` is worth splitting over several CPU devices: a GPT whose
+    step (``6 · params · tokens`` FLOPs) reaches ``CPU_SPLIT_MIN_FLOPS`` (XLA runs a small matmul on about one core,
+    two devices use two; for a tiny step the all-reduce costs more than it saves). Never the bigram: a step of
+    microseconds, and a lookup rather than a matmul."""
+    if model.kind != "gpt":
+        return False
+    return 6.0 * model.param_count() * batch_size * model.block_size >= CPU_SPLIT_MIN_FLOPS
+
+
 def select_devices(requested: int, batch_size: int, split_on_cpu: bool, devices=None, backend: str | None = None
                    ) -> list:
     """The devices a run splits its batches over (``train.devices``): the first ``requested`` of ``jax.devices()``,

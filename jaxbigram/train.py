@@ -59,16 +59,25 @@ def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransform
 
 
 def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.TrainState:
-    """Fresh parameters and AdamW state at step 0; ``apply_fn`` is the model's loss (what ``train_step`` calls)."""
+    """Fresh parameters and AdamW state at step 0. ``apply_fn`` is the Flax module's ``apply``, as in the Flax
+    examples: ``state.apply_fn({"params": params}, x, deterministic, rngs=...)`` → logits ``(B, T, V)``."""
     params = model.init(key)
     decay_mask = None if model.decay_mask(params) is None else model.decay_mask
-    state = train_state.TrainState.create(apply_fn=model.loss, params=params, tx=make_optimizer(cfg, decay_mask))
+    state = train_state.TrainState.create(apply_fn=model.module().apply, params=params,
+                                          tx=make_optimizer(cfg, decay_mask))
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
 def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None):
-    """One AdamW step on batch (x, y) → (new state, loss before the step)."""
-    loss, grads = jax.value_and_grad(state.apply_fn)(state.params, x, y, dropout_key)
+    """One AdamW step on batch (x, y) → (new state, mean cross-entropy before the step). Dropout (where the model
+    has any) is on exactly when a ``dropout_key`` is given."""
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, x, dropout_key is None,
+                                rngs=None if dropout_key is None else {"dropout": dropout_key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grads), loss
 
 
@@ -225,14 +234,14 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
     dp = parallel.DataParallel.create(  # batches split along 'data' over train.devices (0: see select_devices)
-        tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, model.split_on_cpu(tcfg.batch_size)))
+        tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, parallel.split_on_cpu(model, tcfg.batch_size)))
     if dp.num_devices > 1:
         log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
             f"devices (train.devices = {tcfg.devices or 'automatic'})")
     num_params = model.param_count()
     per_device = memory.estimate_for_config(  # before anything is built or traced: one line, not an XLA OOM
         cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,
-        activation_bytes=model.activation_bytes(tcfg.batch_size // dp.num_devices))
+        activation_bytes=memory.activation_bytes(model, tcfg.batch_size // dp.num_devices))
     # CPU devices share the host's memory: each holds its own copy of the state, the ids and its activations
     copies = dp.local_device_count if jax.default_backend() == "cpu" else 1
     memory.check_fits({term: size * copies for term, size in per_device.items()},

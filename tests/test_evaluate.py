@@ -48,7 +48,7 @@ def test_a_split_without_a_character_pair_is_nan_for_every_model(kind, train_len
         for key in (f"{split}_loss", f"{split}_bpc", f"gap_{split}"):
             assert math.isnan(report[key]) == (len(split_ids) < 2), (key, report[key])
         if len(split_ids) >= 2:
-            assert report[f"{split}_loss"] == pytest.approx(model.split_loss(params, split_ids), rel=1e-6)
+            assert report[f"{split}_loss"] == pytest.approx(evaluate.split_loss(model, params, split_ids), rel=1e-6)
 
 
 def test_load_checkpoint_newest_or_a_given_step(tiny_workdir):

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxbigram import evaluate
 from jaxbigram.data import get_batch, split
 from jaxbigram.sampling import uniforms as _uniforms
 from jaxbigram.models.gpt import GPT, GPTModule
@@ -90,15 +91,6 @@ def test_attention_implementations_agree(tiny_params):
     np.testing.assert_allclose(_logits(TINY, tiny_params, x), explicit, rtol=1e-5, atol=1e-5)
 
 
-def test_split_on_cpu_only_for_steps_worth_an_all_reduce():
-    """The automatic CPU split goes by the step's FLOPs, 6 · params · tokens, against ``cpu_split_min_flops``."""
-    small = GPT(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    flops = 6 * small.param_count() * 8 * 16
-    assert flops < GPT.cpu_split_min_flops and not small.split_on_cpu(8)
-    big_batch = -(-int(GPT.cpu_split_min_flops) // (6 * small.param_count() * 16))  # the first batch over the line
-    assert small.split_on_cpu(big_batch) and not small.split_on_cpu(big_batch - 1)
-
-
 def test_bfloat16_close(tiny_params):
     x = jax.random.randint(jax.random.key(5), (4, 8), 0, V)
     y = jnp.roll(x, -1, axis=1)
@@ -173,9 +165,9 @@ def test_split_loss_matches_windowed_reference(tiny_params):
             logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
             nll.extend(-logp[np.arange(len(y)), y])
         assert len(nll) == length - 1
-        got = TINY.split_loss(tiny_params, ids, batch_windows=2)
+        got = evaluate.split_loss(TINY, tiny_params, ids, batch_windows=2)
         np.testing.assert_allclose(got, np.mean(nll), rtol=1e-5)
-        assert TINY.split_loss(tiny_params, ids, batch_windows=2) == got  # deterministic
+        assert evaluate.split_loss(TINY, tiny_params, ids, batch_windows=2) == got  # deterministic
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -309,7 +301,7 @@ def test_short_training_beats_bigram_optimum(corpus):
         return jax.lax.fori_loop(0, 300, step, (params, opt_state))
 
     params, _ = train(params, opt.init(params), jax.random.key(1))
-    val = model.split_loss(params, val_ids, batch_windows=256)
+    val = evaluate.split_loss(model, params, val_ids, batch_windows=256)
     elapsed = time.perf_counter() - start
     print(f"tiny GPT: val loss {val:.3f} after 300 steps, {elapsed:.1f} s")
     assert val < 2.48

@@ -209,3 +209,18 @@ def test_gpt_with_dropout_on_four_devices_matches_one(tmp_path, make_corpus):
     # Adam-normalised float noise (the 4-device all-reduce sums in another order), so the bound is looser there.
     diff = np.abs(outs[4]["params"] - outs[1]["params"])
     assert (diff <= 1e-5).mean() > 0.99 and diff.max() < 1e-3
+
+
+def test_split_on_cpu_only_for_steps_worth_an_all_reduce():
+    """The automatic CPU split goes by the step's FLOPs, 6 · params · tokens, against ``CPU_SPLIT_MIN_FLOPS``;
+    never for the bigram (a lookup of microseconds)."""
+    from jaxbigram.models.bigram import Bigram
+    from jaxbigram.models.gpt import GPT
+    from jaxbigram.parallel import CPU_SPLIT_MIN_FLOPS, split_on_cpu
+
+    assert not split_on_cpu(Bigram(65), 1) and not split_on_cpu(Bigram(65), 10**6)
+    small = GPT(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    flops = 6 * small.param_count() * 8 * 16
+    assert flops < CPU_SPLIT_MIN_FLOPS and not split_on_cpu(small, 8)
+    big_batch = -(-int(CPU_SPLIT_MIN_FLOPS) // (6 * small.param_count() * 16))  # the first batch over the line
+    assert split_on_cpu(small, big_batch) and not split_on_cpu(small, big_batch - 1)

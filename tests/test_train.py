@@ -65,12 +65,15 @@ def test_train_chunk_equals_separate_jitted_steps(ids, buffer):
     assert same_tree((state.params, state.opt_state), (ref.params, ref.opt_state))
 
 
-def test_create_train_state_starts_at_an_int32_step_zero_with_the_model_loss():
+def test_create_train_state_starts_at_an_int32_step_zero_with_the_flax_apply():
+    """``apply_fn`` is the Flax module's ``apply`` (as in the Flax examples), and ``train_step``'s loss is the model's."""
     state = train.create_train_state(jax.random.key(0), Bigram(9), TrainConfig())
     assert state.step.dtype == jnp.int32 and int(state.step) == 0
     assert same_tree(state.params, Bigram(9).init(jax.random.key(0)))
-    x = jnp.zeros((2, 3), jnp.int32)
-    assert float(state.apply_fn(state.params, x, x)) == float(Bigram(9).loss(state.params, x, x))
+    x = jnp.asarray([[1, 2, 3], [4, 5, 6]], jnp.int32)
+    assert np.array_equal(state.apply_fn({"params": state.params}, x), Bigram(9).logits(state.params, x))
+    _, loss = train.train_step(state, x, x)
+    assert float(loss) == float(Bigram(9).loss(state.params, x, x))
 
 
 def test_learning_rate_schedules():

@@ -500,12 +500,12 @@ def bench_gpt_train(preset: str, train_ids, vocab_size: int, steps_per_call: int
     split its batches over (``train.devices``): steps/s, tokens/s, FLOP/s."""
     import jax
 
-    from ..parallel import DataParallel, select_devices
+    from ..parallel import DataParallel, select_devices, split_on_cpu
 
     cfg, model, state, num_params = _gpt_setup(preset, vocab_size)
     t = cfg.train
     dp = DataParallel.create(t.batch_size, select_devices(t.devices, t.batch_size,
-                                                             model.split_on_cpu(t.batch_size)))
+                                                             split_on_cpu(model, t.batch_size)))
     state, compile_s, seconds = _time_fused(state, train_ids, t.batch_size, t.block_size, steps_per_call, calls,
                                             repeats, dp=dp)
     steps = steps_per_call * calls

@@ -1,24 +1,21 @@
 """The model seam: everything above it (config, data, the fused train step, checkpoints, the CLI) trains "a model".
 
+Models are only math: no devices, memory policy or files (those are ``parallel``, ``memory`` and ``evaluate``'s).
 A model is a frozen, hashable dataclass (so jitted functions take it as a static argument) with:
 
 - ``kind`` (the ``model.kind`` config value) and ``has_optimum`` (whether the closed-form bigram optimum is the best
   this model can reach: true for the bigram, for any other model it is only a baseline to beat);
-- ``split_on_cpu(batch_size)``: whether its training step at this batch gains from splitting the batch over several
-  CPU devices (a GPT of some size) or is too small to (the bigram, a tiny GPT); ``train.devices = 0`` goes by it
-  (``parallel.select_devices``);
 - ``init(key) -> params``;
 - ``loss(params, x, y, dropout_key=None) -> scalar``: mean cross-entropy of int ``(B, T)`` batches; pure; dropout only
   when a key is given;
 - ``logits(params, x) -> (B, T, V)``: deterministic;
 - ``decay_mask(params)``: which leaves AdamW decays (None: all);
 - ``param_count()``: the number of parameters in closed form (the memory check runs before anything is built);
-- ``activation_bytes(batch_size)``: the memory one training step's activations need (None: the bigram's default);
-- ``split_loss(params, ids) -> float``: the exact mean loss over every position of a split of at least 2 ids
-  (``evaluate.exact_report`` scores a shorter one as NaN for every model, without calling it; ``cheap_split_loss``:
-  whether that is cheap enough to do on the whole train split at the end of every ``train``);
+- the exact loss of a whole split (``evaluate.split_loss`` calls it): with ``cheap_split_loss`` (the bigram, from its
+  pair counts; cheap enough for the whole train split at the end of every ``train``) ``split_loss(params, ids)``,
+  otherwise (the GPT) ``block_size`` and ``window_nll(params, x, y, mask)``, the summed loss of context windows;
 - ``sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p, num_samples)``: chunks of new
-  ids ``(num_samples, n)``; together they are one sample; same key, same text.
+  ids ``(num_samples, n)``; together they are one sample; same key, same text; ``sample(...)``: them joined.
 
 ``build(cfg.model, vocab_size, block_size)`` picks the model from the registry below.
 """

@@ -8,6 +8,7 @@ the loss of a whole split depends on the text only through its bigram counts (``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from functools import partial
 from typing import ClassVar
 
@@ -32,9 +33,14 @@ class BigramLanguageModel(nn.Module):
         self.token_embedding_table = nn.Embed(self.vocab_size, self.vocab_size,
                                               embedding_init=nn.initializers.normal(stddev=1.0))
 
-    def __call__(self, idx: jax.Array) -> jax.Array:
-        """ids ``(B, T)`` → logits ``(B, T, V)``."""
+    def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
+        """ids ``(B, T)`` → logits ``(B, T, V)`` (``deterministic``: the GPT's signature; a bigram has no dropout)."""
         return self.token_embedding_table(idx)
+
+
+@lru_cache(maxsize=None)
+def _bigram_module(vocab_size: int) -> BigramLanguageModel:
+    return BigramLanguageModel(vocab_size)
 
 
 def logits_table(params: dict) -> jax.Array:
@@ -51,20 +57,16 @@ class Bigram:
     cheap_split_loss: ClassVar[bool] = True  # from its bigram counts, whatever the corpus size
     has_optimum: ClassVar[bool] = True  # the closed-form optimum is the best any (V, V) table can do
 
-    def split_on_cpu(self, batch_size: int) -> bool:
-        """Never: a step of microseconds, where a cross-device all-reduce would cost more than it saves."""
-        return False
-
-    @property
     def module(self) -> BigramLanguageModel:
-        return BigramLanguageModel(self.vocab_size)
+        """The Flax module (one object per model: its ``apply`` is the train state's ``apply_fn``)."""
+        return _bigram_module(self.vocab_size)
 
     def init(self, key: jax.Array) -> dict:
         """Fresh parameters: ``{'token_embedding_table': {'embedding': (V, V)}}``."""
-        return self.module.init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+        return self.module().init(key, jnp.zeros((1, 1), jnp.int32))["params"]
 
     def logits(self, params: dict, x: jax.Array) -> jax.Array:
-        return self.module.apply({"params": params}, x)
+        return self.module().apply({"params": params}, x)
 
     def loss(self, params: dict, x: jax.Array, y: jax.Array, dropout_key=None) -> jax.Array:
         """Mean cross-entropy of predicting ``y`` from ``x`` (both int ``(B, T)``); no dropout in a bigram."""
@@ -76,9 +78,6 @@ class Bigram:
     def param_count(self) -> int:
         """Parameters, in closed form (known before anything is built): the V × V table."""
         return self.vocab_size * self.vocab_size
-
-    def activation_bytes(self, batch_size: int) -> int | None:
-        return None  # memory.estimate_bytes knows the bigram's: its logits, their softmax and gradient
 
     def split_loss(self, params: dict, ids: np.ndarray) -> float:
         """Mean cross-entropy over every position of ``ids``, exact: Σ count(i,j)·(−log softmax(W)[i,j]) / N.
@@ -104,6 +103,13 @@ class Bigram:
             last = new[:, -1]
             done += n
 
+
+    def sample(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
+               num_samples: int = 1) -> jax.Array:
+        """``(num_samples, max_new_tokens)`` new ids after ``prompt_ids`` (``sample_stream`` concatenated), as the
+        GPT's ``sample``: a bigram only reads the prompt's last id."""
+        return sampling.joined(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                                  num_samples), num_samples)
 
 @jax.jit
 def _pair_nll(params, rows, cols):

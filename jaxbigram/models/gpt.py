@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import ClassVar, Iterator
 
 import flax.linen as nn
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import parallel, sampling
+from .. import sampling
 from ..sampling import SAMPLE_BLOCK
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -374,6 +374,11 @@ class _Uniforms:
 
 # ----------------------------------------------------------------------------- the model seam
 
+@lru_cache(maxsize=256)
+def _gpt_module(spec: "GPT", attention: str) -> GPTModule:
+    return GPTModule(spec, attention)
+
+
 @partial(jax.jit, static_argnums=(0,))
 def _init_params(model: "GPT", key):
     return model.module().init(key, jnp.zeros((1, model.block_size), jnp.int32))["params"]
@@ -384,6 +389,21 @@ def _window_nll(model: "GPT", params, x, y, mask):
     logits = model.logits(params, x)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return jnp.sum(jnp.where(mask, nll, 0.0))
+
+
+def context_windows(ids: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ids`` as consecutive non-overlapping windows of ``block_size`` (a tail window covers the rest, padded):
+    ``(x, y, mask)``, each ``(windows, block_size)``; ``mask`` marks the positions that predict a real next id.
+    Each position is conditioned on the earlier positions of its window (causality keeps padding harmless)."""
+    ids = np.asarray(ids)
+    n_pred = len(ids) - 1
+    n_win = -(-n_pred // block_size)
+    padded = np.zeros(n_win * block_size + 1, dtype=np.int32)
+    padded[:len(ids)] = ids
+    x = padded[:-1].reshape(n_win, block_size)
+    y = padded[1:].reshape(n_win, block_size)
+    mask = (np.arange(n_win * block_size) < n_pred).reshape(n_win, block_size)
+    return x, y, mask
 
 
 @dataclass(frozen=True)
@@ -401,10 +421,6 @@ class GPT:
     kind: ClassVar[str] = "gpt"
     cheap_split_loss: ClassVar[bool] = False  # a forward pass over every position
     has_optimum: ClassVar[bool] = False
-    # a training step of at least this many FLOPs runs faster split over 2 CPU devices than on one (2-core machine,
-    # measured: gpt-cpu 3.7 GFLOP/step 33 -> 26 ms; a 4-layer 32-wide GPT at 12 x 64, 0.26 GFLOP, 91 -> 129 steps/s;
-    # gpt-tiny, 0.02 GFLOP, 191 -> 144 steps/s: slower)
-    cpu_split_min_flops: ClassVar[float] = 1e8
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -413,7 +429,9 @@ class GPT:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
 
     def module(self, attention: str = "auto") -> GPTModule:
-        return GPTModule(self, attention)
+        """The Flax module (one object per model and attention path: its ``apply`` is the train state's
+        ``apply_fn``)."""
+        return _gpt_module(self, attention)
 
     def init(self, key: jax.Array) -> dict:
         """Fresh float32 parameters (one compiled program: eager Flax init took ~3 s for gpt-cpu on a CPU)."""
@@ -431,15 +449,13 @@ class GPT:
                                      rngs={"dropout": dropout_key} if train else None)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    def window_nll(self, params, x, y, mask) -> jax.Array:
+        """Summed next-id loss of windows ``(x, y)`` over the positions ``mask`` selects (see ``context_windows``)."""
+        return _window_nll(self, params, x, y, mask)
+
     def decay_mask(self, params):
         """True on matrices (ndim >= 2: linear kernels and embeddings), False on biases and LayerNorm scales."""
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-    def split_on_cpu(self, batch_size: int) -> bool:
-        """Whether a training step at ``batch_size`` is big enough (``6 · params · tokens`` FLOPs at least
-        ``cpu_split_min_flops``) to gain from splitting its batch over several CPU devices: XLA runs a small matmul on
-        about one core, two devices use two; for a tiny step the all-reduce costs more than it saves."""
-        return 6.0 * self.param_count() * batch_size * self.block_size >= self.cpu_split_min_flops
 
     def param_count(self) -> int:
         """Parameters, in closed form (known before anything is built or traced): embeddings, per layer two
@@ -450,47 +466,6 @@ class GPT:
         mlp = (4 * c * c + b * 4 * c) + (4 * c * c + b * c)
         per_layer = 2 * layer_norm + attention + mlp
         return (v + self.block_size) * c + self.n_layer * per_layer + layer_norm + (c * v + b * v)
-
-    def activation_bytes(self, batch_size: int) -> int:
-        """What one training step keeps for its backward pass, roughly: per layer ~16 floats per position and width
-        (LayerNorms, q/k/v, attention output, the 4× MLP) plus 3 attention maps per head, and the logits (×3)."""
-        b, t, c, h, v = batch_size, self.block_size, self.n_embd, self.n_head, self.vocab_size
-        return 4 * b * t * (self.n_layer * (16 * c + 3 * h * t) + 3 * v)
-
-    def split_loss(self, params, ids: np.ndarray, batch_windows: int = 64) -> float:
-        """Exact mean loss over every position of ``ids`` (each predicts the next id): consecutive non-overlapping
-        windows of ``block_size`` (a tail window covers the rest), each position conditioned on the earlier positions
-        of its window. The tail is padded and masked (causality keeps the padding from changing anything). Each call's
-        ``batch_windows`` windows are split over this process's devices."""
-        ids = np.asarray(ids)
-        n_pred = len(ids) - 1
-        if n_pred < 1:
-            raise ValueError("split_loss needs at least 2 ids")
-        t = self.block_size
-        n_win = -(-n_pred // t)
-        padded = np.zeros(n_win * t + 1, dtype=np.int32)
-        padded[:len(ids)] = ids
-        x = padded[:-1].reshape(n_win, t)
-        y = padded[1:].reshape(n_win, t)
-        mask = (np.arange(n_win * t) < n_pred).reshape(n_win, t)
-        devices = jax.local_devices()  # the windows of a call are split over them (every core of a CPU)
-        batch_windows = max(1, min(batch_windows, n_win))
-        batch_windows = -(-batch_windows // len(devices)) * len(devices)
-        n_batches = -(-n_win // batch_windows)
-        pad = n_batches * batch_windows - n_win  # whole masked windows keep one compiled shape
-        if pad:
-            x = np.concatenate([x, np.zeros((pad, t), np.int32)])
-            y = np.concatenate([y, np.zeros((pad, t), np.int32)])
-            mask = np.concatenate([mask, np.zeros((pad, t), bool)])
-        dp = parallel.DataParallel.create(batch_windows, devices)
-        local = jax.tree.map(  # this process's copy of parameters replicated over several processes
-            lambda a: a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a, params)
-        params = jax.device_put(local, dp.replicated)
-        total = 0.0
-        for b in range(n_batches):
-            s = slice(b * batch_windows, (b + 1) * batch_windows)
-            total += float(_window_nll(self, params, *jax.device_put((x[s], y[s], mask[s]), dp.batch_sharding)))
-        return total / n_pred
 
     def sample_stream(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                       num_samples: int = 1, chunk: int = 256) -> Iterator[jax.Array]:
@@ -524,9 +499,6 @@ class GPT:
     def sample(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                num_samples: int = 1, chunk: int = 4096) -> jax.Array:
         """``(num_samples, max_new_tokens)`` new ids (``sample_stream`` concatenated)."""
-        parts = list(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
-                                        num_samples, chunk))
-        if not parts:
-            return jnp.zeros((num_samples, 0), jnp.int32)
-        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        return sampling.joined(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                                  num_samples, chunk), num_samples)
 
