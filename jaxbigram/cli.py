@@ -224,7 +224,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .data import read_text_file
+    from .files import read_text_file
     from .evaluate import load_checkpoint
     from .runtime import select_platform
     from .sampling import sample_text

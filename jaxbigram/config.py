@@ -289,7 +289,7 @@ def _read_config(path: Path) -> dict:
     """The parsed TOML of a config file, refusing (one line each) a missing path, a directory, anything that is not a
     regular file (checked before opening: a FIFO would block, /dev/zero never ends), a file over CONFIG_MAX_BYTES,
     non-UTF-8 or invalid TOML. A leading UTF-8 byte-order mark is ignored (TOML has none; Windows editors write one)."""
-    from .data import _read_regular, strip_bom  # lazily: data imports JAX
+    from .files import _read_regular, strip_bom
 
     try:
         payload = _read_regular(path, _CONFIG_CODES, {"path": path, "what": "config file", "flag": "--config"},

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import config as config_lib
 from . import data as data_lib
-from . import models, parallel, progress
+from . import files, models, parallel, progress
 from .checkpoint import Store
 from .errors import CheckpointError, UsageError, message
 from .optimum import bigram_counts, optimum_report
@@ -153,7 +153,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, data: str 
         ids = corpus.ids
     else:  # another text: encode it with the checkpoint's vocabulary
         try:
-            ids = ckpt.tokenizer.encode(data_lib.decode_utf8(data_lib.read_bytes(path), path))
+            ids = ckpt.tokenizer.encode(files.decode_utf8(files.read_bytes(path), path))
         except data_lib.UnknownCharacters as e:
             raise UsageError("eval_unknown_chars", path=path, n=len(e.chars),
                              chars=", ".join(repr(c) for c in e.chars[:20])) from None

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbigram import data
+from jaxbigram import data, files
 from jaxbigram.data import Tokenizer, UnknownCharacters
 from jaxbigram.errors import UsageError
 from reference import naive_encode
@@ -306,12 +306,12 @@ def write_text(path):
 def test_read_text_file_reads_a_prompt_as_is(tmp_path):
     path = tmp_path / "p.txt"
     path.write_bytes("ROMEO:\r\n é".encode())
-    assert data.read_text_file(path) == "ROMEO:\r\n é"  # as is: no newline translation
+    assert files.read_text_file(path) == "ROMEO:\r\n é"  # as is: no newline translation
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café".encode("latin-1"))
     for path in (tmp_path / "missing.txt", bad):
         with pytest.raises(UsageError) as info:
-            data.read_text_file(path)
+            files.read_text_file(path)
         assert str(path) in str(info.value) and "--prompt-file" in str(info.value)
 
 

@@ -12,7 +12,7 @@ import socket
 import numpy as np
 import pytest
 
-from jaxbigram import config, data, memory
+from jaxbigram import config, data, files, memory
 from jaxbigram.errors import JaxbigramError, printable_path
 
 BAD_NAME = os.fsdecode(b"corpus-\xff\xfe.txt")  # not UTF-8: Python holds it as lone surrogates
@@ -76,47 +76,47 @@ def test_a_symlink_to_a_fifo_is_refused_and_a_symlink_to_a_file_is_followed(tmp_
 
 
 def test_read_text_file_refuses_what_load_corpus_refuses(tmp_path, fifo):
-    err = error_of(data.read_text_file, fifo)
+    err = error_of(files.read_text_file, fifo)
     assert err.code == "file_not_regular"
     assert str(err) == (f"prompt file {fifo} is a named pipe (FIFO), not a regular file (reading it could block or "
                         f"never end): pass a regular text file with --prompt-file")
     if os.path.exists("/dev/zero"):
-        assert error_of(data.read_text_file, "/dev/zero").code == "file_not_regular"
-    assert error_of(data.read_text_file, tmp_path / "none.txt").code == "file_missing"
-    assert error_of(data.read_text_file, tmp_path).code == "file_is_dir"
+        assert error_of(files.read_text_file, "/dev/zero").code == "file_not_regular"
+    assert error_of(files.read_text_file, tmp_path / "none.txt").code == "file_missing"
+    assert error_of(files.read_text_file, tmp_path).code == "file_is_dir"
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
-    assert error_of(data.read_text_file, empty).code == "file_empty"
+    assert error_of(files.read_text_file, empty).code == "file_empty"
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café".encode("latin-1"))
-    err = error_of(data.read_text_file, latin1)
+    err = error_of(files.read_text_file, latin1)
     assert err.code == "file_not_utf8" and "offset 3" in str(err)
 
 
 def test_read_text_file_states_its_size_cap(tmp_path):
     big = tmp_path / "big.txt"
     big.write_bytes(b"a" * 101)
-    err = error_of(data.read_text_file, big, "prompt file", "--prompt-file", max_bytes=100)
+    err = error_of(files.read_text_file, big, "prompt file", "--prompt-file", max_bytes=100)
     assert err.code == "file_too_big"
     assert str(err) == (f"prompt file {big} is 101 bytes, more than the 100 bytes allowed: pass a smaller file "
                         f"with --prompt-file")
     big.write_bytes(b"a" * 100)
-    assert data.read_text_file(big, max_bytes=100) == "a" * 100
-    assert data.PROMPT_FILE_MAX_BYTES == 1 << 20
+    assert files.read_text_file(big, max_bytes=100) == "a" * 100
+    assert files.PROMPT_FILE_MAX_BYTES == 1 << 20
 
 
 def test_read_text_file_reads_utf8_and_drops_a_bom(tmp_path):
     path = tmp_path / "p.txt"
-    path.write_bytes(data.UTF8_BOM + "ROMEO: ✓\n".encode("utf-8"))
-    assert data.read_text_file(path) == "ROMEO: ✓\n"
+    path.write_bytes(files.UTF8_BOM + "ROMEO: ✓\n".encode("utf-8"))
+    assert files.read_text_file(path) == "ROMEO: ✓\n"
 
 
 def test_check_regular_file_opens_nothing(fifo, tmp_path):
-    err = error_of(data.check_regular_file, fifo, "--prompt-file", "prompt file")
+    err = error_of(files.check_regular_file, fifo, "--prompt-file", "prompt file")
     assert err.code == "file_not_regular"
     ok = tmp_path / "ok.txt"
     ok.write_text("x", encoding="utf-8")
-    assert data.check_regular_file(ok, "--prompt-file").st_size == 1
+    assert files.check_regular_file(ok, "--prompt-file").st_size == 1
 
 
 def test_stat_errors_other_than_missing_are_one_line(tmp_path):
@@ -181,7 +181,7 @@ def test_check_path_encodable_names_the_flag(tmp_path):
     assert str(err) == (f"workdir path {tmp_path}/corpus-\\xff\\xfe.txt/run is not valid UTF-8 (checkpoints store "
                         f"paths as UTF-8 text and orbax/TensorStore cannot open it): rename it, or pass a symlink "
                         f"with a UTF-8 name, with --workdir")
-    assert error_of(data.read_text_file, tmp_path / BAD_NAME).code == "path_not_utf8"
+    assert error_of(files.read_text_file, tmp_path / BAD_NAME).code == "path_not_utf8"
 
 
 def test_errors_name_a_path_with_a_newline_on_one_line(tmp_path):
@@ -196,7 +196,7 @@ def test_a_bom_is_stripped_not_a_character_and_the_sha_is_of_the_file(tmp_path):
 
     text = "héllo wörld\n" * 20
     path = tmp_path / "bom.txt"
-    path.write_bytes(data.UTF8_BOM + text.encode("utf-8"))
+    path.write_bytes(files.UTF8_BOM + text.encode("utf-8"))
     for _ in range(2):  # encoded, then from the cache
         corpus = data.load_corpus(path)
         chars, ids = naive_ids(text)
@@ -211,27 +211,27 @@ def test_a_bom_is_stripped_not_a_character_and_the_sha_is_of_the_file(tmp_path):
 
 def test_an_ascii_text_with_a_bom_takes_the_ascii_path(tmp_path):
     path = tmp_path / "bom.txt"
-    path.write_bytes(data.UTF8_BOM + b"ab\n" * 10)
+    path.write_bytes(files.UTF8_BOM + b"ab\n" * 10)
     corpus = data.load_corpus(path, use_cache=False)
     assert corpus.tokenizer.chars == "\nab" and corpus.ids.dtype == np.uint8 and len(corpus.ids) == 30
 
 
 def test_a_bom_alone_is_an_empty_file(tmp_path):
     path = tmp_path / "bom.txt"
-    path.write_bytes(data.UTF8_BOM)
+    path.write_bytes(files.UTF8_BOM)
     assert error_of(data.load_corpus, path).code == "data_empty"
 
 
 def test_utf8_error_offsets_count_the_bom(tmp_path):
     path = tmp_path / "bad.txt"
-    path.write_bytes(data.UTF8_BOM + "aé".encode("utf-8") + b"\xff")  # the bad byte is byte 6 of the file
+    path.write_bytes(files.UTF8_BOM + "aé".encode("utf-8") + b"\xff")  # the bad byte is byte 6 of the file
     err = error_of(data.load_corpus, path, use_cache=False)
     assert err.code == "data_not_utf8" and err.fields["offset"] == 6
-    assert error_of(data.decode_utf8, path.read_bytes(), path).fields["offset"] == 6
+    assert error_of(files.decode_utf8, path.read_bytes(), path).fields["offset"] == 6
 
 
 def test_decode_utf8_drops_the_bom_for_eval():
-    assert data.decode_utf8(data.UTF8_BOM + b"abc", "x") == "abc"
+    assert files.decode_utf8(files.UTF8_BOM + b"abc", "x") == "abc"
 
 
 # ----------------------------------------------------------------------------- 4. the ids cache is verified
@@ -381,7 +381,7 @@ def test_config_file_that_is_a_fifo_or_device_is_refused(tmp_path, fifo):
 
 def test_config_with_a_bom_and_an_empty_config(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_bytes(data.UTF8_BOM + b"[train]\nsteps = 7\n")
+    path.write_bytes(files.UTF8_BOM + b"[train]\nsteps = 7\n")
     assert config.load(path).train.steps == 7
     path.write_bytes(b"")
     assert config.load(path) == config.Config()
