@@ -70,22 +70,8 @@ def _flags(*names: str) -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    description = ("jaxbigram: the character-level language models of \"let's build GPT\" (the bigram, and its GPT) "
-                   "in functional JAX/Flax.")
-    parser = _Parser(prog=errors.program(), description=description, formatter_class=_Formatter,
-                     epilog=_epilog("train", "sample --seed 1337"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,info,plot,bench}",
-                                parser_class=_Parser)
-
-    def command(name, help, description, examples, *shared):
-        return sub.add_parser(name, help=help, description=description, epilog=_epilog(*examples),
-                              formatter_class=_Formatter, parents=[_flags(*shared)])
-
-    p = command("train", "train (or resume) a model", "Train a model; resumes from the newest checkpoint in --workdir "
-                f"with the run's own config (a --config or --set may then change only {resumable_keys_text()}).",
-                ["train --config configs/lecture.toml --workdir runs/lecture",
-                 "train --config gpt-cpu --workdir runs/gpt-cpu"], "workdir", "platform")
+def _run_flags(p) -> None:
+    """The flags of a training run (``train`` and ``sweep``)."""
     p.add_argument("--config", default=None,
                    help="TOML file or preset name (default: the checkpoint's config when resuming, else 'default')")
     p.add_argument("--data", default=None, help="UTF-8 text file (default: the text a resumed run was trained on, "
@@ -96,6 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over: the workdir's checkpoints are deleted when the new run saves its first one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable), e.g. --set train.learning_rate=0.01")
+
+
+def _run_overrides(args) -> list[str]:
+    """``--set`` values, then ``--steps`` and ``--seed`` as the overrides they are."""
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    description = ("jaxbigram: the character-level language models of \"let's build GPT\" (the bigram, and its GPT) "
+                   "in functional JAX/Flax.")
+    parser = _Parser(prog=errors.program(), description=description, formatter_class=_Formatter,
+                     epilog=_epilog("train", "sample --seed 1337"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sweep,sample,eval,info,plot,bench}",
+                                parser_class=_Parser)
+
+    def command(name, help, description, examples, *shared):
+        return sub.add_parser(name, help=help, description=description, epilog=_epilog(*examples),
+                              formatter_class=_Formatter, parents=[_flags(*shared)])
+
+    p = command("train", "train (or resume) a model", "Train a model; resumes from the newest checkpoint in --workdir "
+                f"with the run's own config (a --config or --set may then change only {resumable_keys_text()}).",
+                ["train --config configs/lecture.toml --workdir runs/lecture",
+                 "train --config gpt-cpu --workdir runs/gpt-cpu"], "workdir", "platform")
+    _run_flags(p)
     p.add_argument("--distributed", action="store_true",
                    help="multi-process run over several hosts: jax.distributed.initialize, with the cluster "
                         "(SLURM, Open MPI, TPU pod slice, Kubernetes) auto-detected unless the flags below are given")
@@ -107,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this process's index, 0 to N-1; implies --distributed (unset: detected)")
     p.add_argument("--distributed-timeout", type=_int_at_least("--distributed-timeout", 1), default=300,
                    metavar="SECONDS", help="how long every process has to join a multi-process run")
+
+    p = command("sweep", "train many runs (settings × seeds) at once", "Train every combination of the list values "
+                "in --set (TOML lists, e.g. train.learning_rate=[1e-3,3e-3]) or in a config's [sweep] table, each with "
+                "--seeds seeds, in one compiled program; print per setting the exact val loss over seeds (mean ± std, "
+                "min, max; * the best) and write sweep.png. Only train.learning_rate, min_lr_ratio, beta1, beta2, "
+                "weight_decay, grad_clip and seed may vary. Resumes like train.",
+                ["sweep --seeds 8 --set train.learning_rate=[0.03,0.1,0.3] --workdir runs/sweep",
+                 "sweep --workdir runs/sweep --export 3 --out runs/member3"], "workdir", "platform", "json")
+    _run_flags(p)
+    p.add_argument("--seeds", type=_int_at_least("--seeds", 1), default=None,
+                   help="seeds per setting: train.seed, train.seed + 1, … (default: [sweep] seeds, else 1)")
+    p.add_argument("--export", type=_int_at_least("--export"), default=None, metavar="K",
+                   help="instead of training: write member K of the sweep in --workdir as an ordinary run in --out")
+    p.add_argument("--out", default=None, help="with --export: the folder of the exported run")
 
     p = command("sample", "generate text from a checkpoint", "Generate text from a trained checkpoint; prints only the "
                 "text on stdout.", ["sample --seed 1337 --prompt 'ROMEO:' --max-new-tokens 200"],
@@ -200,11 +229,7 @@ def cmd_train(args) -> int:
     from .train import train_and_evaluate
 
     _check_paths(args, "--workdir", "--data", "--config")
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
+    overrides = _run_overrides(args)
     if args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
         parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,  # before any JAX work
                                         args.distributed_timeout)
@@ -220,6 +245,36 @@ def cmd_train(args) -> int:
     _print_report(result.report, sys.stdout)
     _log(f"checkpoints: {printable_path(Path(args.workdir).absolute() / 'checkpoints')}  "
          f"(next: {errors.program()} sample --workdir {shell_word(args.workdir)})")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from . import sweep
+    from .runtime import select_platform
+
+    _check_paths(args, "--workdir", "--data", "--config", "--out")
+    if args.export is not None:
+        if args.out is None:
+            raise UsageError("sweep_export_out")
+        folder = sweep.export_member(args.workdir, args.export, args.out, log=_log)
+        print(printable_path(folder))
+        _log(f"next: {errors.program()} sample --workdir {shell_word(args.out)}")
+        return 0
+    plan = sweep.make_plan(args.config, _run_overrides(args), args.seeds)
+    _log(select_platform(args.platform))
+    started = time.perf_counter()
+    result = sweep.run_sweep(args.workdir, plan, data=args.data, fresh=args.fresh, err=sys.stderr)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({"step": result.step, "seconds": seconds, "settings": result.rows,
+                          "val_loss": result.val.tolist(),
+                          "train_loss": None if result.train is None else result.train.tolist(),
+                          "plot": None if result.plot is None else str(result.plot)}))
+    else:
+        print(f"swept {len(result.val)} members to step {result.step} in {seconds:.1f} s")
+        print(sweep.format_table(result.rows))
+    if result.plot is not None:
+        _log(f"plot: {printable_path(result.plot)}")
     return 0
 
 
@@ -330,7 +385,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info, "plot": cmd_plot,
             "bench": cmd_bench}
 
 

@@ -304,6 +304,11 @@ def _read_config(path: Path) -> dict:
         raise UsageError("config_syntax", path=path, reason=str(e)) from None
 
 
+def read(name_or_path: str | Path) -> dict:
+    """The raw TOML tables of a config file or preset, unvalidated (a sweep takes its ``[sweep]`` table out first)."""
+    return _read_config(resolve(name_or_path))
+
+
 def load(path: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
     """Read a TOML file or preset (or start from ``base``, else the defaults), apply ``section.key=value``
     overrides, validate."""

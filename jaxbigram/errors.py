@@ -103,6 +103,13 @@ MESSAGES = {
     "batch_devices": "train.batch_size {batch} is not divisible by the {devices} devices in use: pick a batch size that is a multiple of {devices}",
     "cpu_devices_env": "{env}={got!r} is not a device count: set it to a whole number from 1 to {max}, or unset it (2 CPU devices)",
     "devices_unavailable": "train.devices = {requested} but JAX has {available} device(s) here: set train.devices to at most {available} (0 picks automatically)",
+    # sweeps
+    "sweep_shape_keys": "a sweep's members must share one compiled program, but its settings differ in {keys}: sweep only {allowed} (one value each for everything else; grad_clip all 0 or all > 0)",
+    "sweep_empty_list": "--set {key}=[] (or [sweep] {key}) has no value: give at least one, e.g. {key}=[0.01, 0.1]",
+    "sweep_changed": "the checkpoints in {workdir} are of {what}: run the same sweep command to resume it (only {resumable} may change), or start over with --fresh or another --workdir",
+    "sweep_member": "--export {got} is not a member of the sweep in {workdir}: members are 0 to {last} (setting × seed, in the order of the table)",
+    "sweep_export_exists": "--out {out} already holds checkpoints: export into a new folder",
+    "sweep_export_out": "--export needs --out DIR, the folder of the exported run",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",
     # platform

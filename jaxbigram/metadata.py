@@ -66,7 +66,11 @@ def check(meta, step: int, saved_params) -> dict:
         raise MetadataError(f"model is {meta['model']!r} but its config says {model.kind!r}")
     if meta.get("num_params", model.param_count()) != model.param_count():
         raise MetadataError(f"num_params is {meta['num_params']!r}, its config and vocab give {model.param_count()}")
-    _same_shapes(_shapes(saved_params), param_shapes(model))
+    members = meta.get("sweep", {}).get("members") if isinstance(meta.get("sweep"), dict) else None
+    implied = param_shapes(model)
+    if members is not None:  # a sweep's state: every array has a leading member axis
+        implied = {name: (members, *shape) for name, shape in implied.items()}
+    _same_shapes(_shapes(saved_params), implied)
     return meta
 
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -46,6 +46,18 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     return optax.constant_schedule(cfg.learning_rate)
 
 
+# the train keys the optimizer may take as traced numbers (``traced_optimizer``): runs that differ only in them (and in
+# the seed) share one compiled program, e.g. the members of a sweep. Whether grad_clip is 0 or not changes the
+# optimizer's structure, so runs sharing a program agree on that.
+HPARAM_KEYS = ("learning_rate", "min_lr_ratio", "beta1", "beta2", "weight_decay", "grad_clip")
+
+
+def _adamw(cfg: TrainConfig, schedule, hparams, decay_mask) -> optax.GradientTransformation:
+    adamw = optax.adamw(schedule, b1=hparams["beta1"], b2=hparams["beta2"], weight_decay=hparams["weight_decay"],
+                        mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(hparams["grad_clip"]), adamw) if cfg.grad_clip > 0 else adamw
+
+
 @lru_cache(maxsize=64)
 def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransformation:
     """AdamW with the configured schedule (weight decay on the leaves the function ``decay_mask(params)`` selects;
@@ -53,18 +65,32 @@ def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransform
 
     The same arguments return the same object: a train state's optimizer is part of its static structure, so the
     abstract state a run is planned with and the real one share one compiled ``train_chunk``."""
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay,
-                        mask=decay_mask)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw
+    return _adamw(cfg, learning_rate_schedule(cfg), {k: getattr(cfg, k) for k in HPARAM_KEYS}, decay_mask)
+
+
+def hparams_of(cfg: TrainConfig) -> dict:
+    """The ``HPARAM_KEYS`` values of ``cfg`` as float32 scalars (what ``traced_optimizer`` takes)."""
+    return {k: jnp.float32(getattr(cfg, k)) for k in HPARAM_KEYS}
+
+
+def traced_optimizer(cfg: TrainConfig, hparams: dict, decay_mask=None) -> optax.GradientTransformation:
+    """``make_optimizer(cfg)`` with the ``HPARAM_KEYS`` values taken from ``hparams`` (arrays, possibly traced): the
+    schedule has the config's shape (warmup, steps) with peak 1, scaled by the traced learning rate. Same state
+    structure as ``make_optimizer``'s; the same numbers up to float rounding (``lr * unit(step)`` in float32)."""
+    unit = learning_rate_schedule(replace(cfg, learning_rate=1.0, min_lr_ratio=hparams["min_lr_ratio"]))
+    return _adamw(cfg, lambda count: hparams["learning_rate"] * unit(count), hparams, decay_mask)
+
+
+def _decay_mask_of(model, params):
+    return None if model.decay_mask(params) is None else model.decay_mask
 
 
 def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.TrainState:
     """Fresh parameters and AdamW state at step 0. ``apply_fn`` is the Flax module's ``apply``, as in the Flax
     examples: ``state.apply_fn({"params": params}, x, deterministic, rngs=...)`` → logits ``(B, T, V)``."""
     params = model.init(key)
-    decay_mask = None if model.decay_mask(params) is None else model.decay_mask
     state = train_state.TrainState.create(apply_fn=model.module().apply, params=params,
-                                          tx=make_optimizer(cfg, decay_mask))
+                                          tx=make_optimizer(cfg, _decay_mask_of(model, params)))
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
@@ -88,9 +114,14 @@ def step_key(base_key: jax.Array, step) -> jax.Array:
 
 def run_keys(seed: int) -> dict:
     """The run's keys, all from ``seed``: init, batches (``step_key(batch, s)``), evals, dropout."""
-    init_key, batch_key, eval_key = jax.random.split(jax.random.key(seed), 3)
+    return keys_from(jax.random.key(seed))
+
+
+def keys_from(seed_key: jax.Array) -> dict:
+    """``run_keys`` of the seed whose base key is ``seed_key = jax.random.key(seed)`` (pure: jittable, vmappable)."""
+    init_key, batch_key, eval_key = jax.random.split(seed_key, 3)
     return {"init": init_key, "batch": batch_key, "eval": eval_key,
-            "dropout": jax.random.fold_in(jax.random.key(seed), 3)}  # not 1: split(k, 3)[1] is fold_in(k, 1)
+            "dropout": jax.random.fold_in(seed_key, 3)}  # not 1: split(k, 3)[1] is fold_in(k, 1)
 
 
 # Batches of a fused chunk are drawn up front, in one vectorised call per sub-chunk, as long as their ids fit in this
@@ -140,6 +171,40 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
     if per_draw >= max_steps:  # the common case: one draw serves the whole chunk
         return sub_chunk(0, (state, losses))
     return jax.lax.fori_loop(0, (num_steps + per_draw - 1) // per_draw, sub_chunk, (state, losses))
+
+
+def train_steps(state, model, cfg: TrainConfig, hparams, train_data, keys: dict, num_steps, *, max_steps: int,
+                batch_buffer: int = DEFAULT_BATCH_BUFFER):
+    """``train_chunk``'s math, unjitted (to run inside a larger pure function, ``vmap``ped or not), with the
+    optimizer's ``HPARAM_KEYS`` from ``hparams`` (traced per run; None: the config's constants, exactly as ``fit``).
+    ``keys``: the run's keys (``keys_from``). Returns (state, losses) as ``train_chunk``; the state keeps its
+    static optimizer, so it can be saved, restored and passed on like any other."""
+    static_tx = state.tx
+    if hparams is not None:
+        state = state.replace(tx=traced_optimizer(cfg, hparams, _decay_mask_of(model, state.params)))
+    state, losses = train_chunk.__wrapped__(state, train_data, keys["batch"], keys["dropout"], num_steps,
+                                            batch_size=cfg.batch_size, block_size=cfg.block_size,
+                                            max_steps=max_steps, batch_buffer=batch_buffer)
+    return state.replace(tx=static_tx), losses
+
+
+def make_train(cfg: Config, model, train_ids, *, batch_buffer: int = DEFAULT_BATCH_BUFFER):
+    """A whole run as a pure function (no files, prints or checkpoints): ``train(seed_key, hparams=None) ->
+    (state, losses)``, where ``seed_key = jax.random.key(seed)`` is the seed's base key (the run's keys derive from
+    it as ``run_keys(seed)`` does) and ``losses`` holds the ``cfg.train.steps`` per-step losses. ``hparams``
+    (``hparams_of``; traced values) replaces the config's ``HPARAM_KEYS``. Jittable and ``vmap``pable whole: one
+    compile trains many seeds and hyperparameters at once. Equals ``fit`` of the same config and seed up to float
+    rounding (bit for bit with ``hparams=None`` where XLA fuses alike)."""
+    tcfg = cfg.train
+    train_data = jnp.asarray(train_ids)
+
+    def train(seed_key: jax.Array, hparams: dict | None = None):
+        keys = keys_from(seed_key)
+        state = create_train_state(keys["init"], model, tcfg)
+        return train_steps(state, model, tcfg, hparams, train_data, keys, tcfg.steps, max_steps=tcfg.steps,
+                           batch_buffer=batch_buffer)
+
+    return train
 
 
 def compile_ahead(jitted, *args, **kwargs) -> threading.Thread:

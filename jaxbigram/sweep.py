@@ -1,0 +1,390 @@
+"""``run.py sweep``: many runs of one model (settings × seeds) trained together, in one compiled program.
+
+Every member is an ordinary run (``train.make_train``'s math): its keys come from its seed as ``run_keys`` derives
+them, its ``train.HPARAM_KEYS`` are traced values, so one compile serves every member. The members' TrainStates are
+one pytree with a leading member axis; the fused chunk, the loss estimate and the bigram's exact loss are ``vmap``ped
+over it. Checkpoints, resume, the lock, ``--fresh`` and the damage rules are ``train``'s (``Store``, ``workdir``):
+the member axis is just a bigger pytree. Everything runs on one device: members are independent, and on a CPU XLA
+already spreads each batched (member × batch) step over the cores; splitting members over devices is left for
+accelerators (a ``NamedSharding`` of the leading axis).
+
+Pure above the driver; ``run_sweep`` and ``export_member`` are the edges (files, prints).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import config as config_lib
+from . import data as data_lib
+from . import models, progress, train
+from . import workdir as workdir_lib
+from .checkpoint import Store
+from .config import Config
+from .errors import Interrupted, UsageError, printable_path
+from .evaluate import estimate_loss, split_loss
+from .models.bigram import _pair_nll
+from .optimum import bigram_counts
+
+SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rate" = [...]``) and ``seeds``
+SWEEPABLE = tuple(f"train.{k}" for k in train.HPARAM_KEYS) + ("train.seed",)
+SWEEP_PNG = "sweep.png"
+
+
+# ----------------------------------------------------------------------------- the plan (pure)
+
+@dataclass(frozen=True)
+class Plan:
+    """The settings of a sweep (each a full Config, seed = its first seed) and seeds per setting."""
+
+    settings: tuple
+    labels: tuple  # "train.learning_rate=0.03", or "base" when nothing is swept
+    seeds: int
+
+    @property
+    def members(self) -> list[Config]:
+        """Every member's config, setting-major: member ``s * seeds + i`` is setting ``s`` with seed ``seed + i``."""
+        return [config_lib.replace(c, "train", seed=config_lib.reduce_seed(c.train.seed + i))
+                for c in self.settings for i in range(self.seeds)]
+
+    def spec(self) -> dict:
+        return {"members": len(self.settings) * self.seeds, "seeds": self.seeds, "labels": list(self.labels),
+                "configs": [c.to_dict() for c in self.settings]}
+
+
+def make_plan(config_path, overrides, seeds: int | None) -> Plan:
+    """Settings = the product of every list value (``--set key=[a, b]`` or the config's ``[sweep]`` table)."""
+    raw = config_lib.read(config_path or config_lib.DEFAULT_PRESET)
+    table = dict(raw.pop(SWEEP_SECTION, {}) or {})
+    seeds = seeds or int(table.pop("seeds", 1))
+    table.pop("seeds", None)
+    axes = {key: values for key, values in table.items()}
+    for item in overrides:
+        section, key, value = config_lib.parse_override(item)
+        if isinstance(value, list):
+            axes[f"{section}.{key}"] = value
+        else:
+            axes.pop(f"{section}.{key}", None)
+            raw.setdefault(section, {})[key] = value
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise UsageError("sweep_empty_list", key=key)
+    settings, labels = [], []
+    for combo in itertools.product(*axes.values()):
+        setting = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items()}
+        for key, value in zip(axes, combo):
+            section, name = key.split(".", 1)
+            setting.setdefault(section, {})[name] = value
+        settings.append(config_lib.from_dict(setting))
+        labels.append(", ".join(f"{k}={v}" for k, v in zip(axes, combo)) or "base")
+    check_shared(settings)
+    return Plan(tuple(settings), tuple(labels), seeds)
+
+
+def check_shared(settings) -> None:
+    """Refuse settings that differ in a key that changes the compiled program (shapes, structure, step counts)."""
+    first = settings[0].to_dict()
+    differing = sorted({k for c in settings[1:] for k in config_lib.differences(first, c.to_dict())})
+    bad = [k for k in differing if k not in SWEEPABLE]
+    if len({c.train.grad_clip > 0 for c in settings}) > 1:
+        bad.append("train.grad_clip (0 and > 0)")
+    if bad:
+        raise UsageError("sweep_shape_keys", keys=", ".join(bad), allowed=", ".join(SWEEPABLE))
+
+
+def stack(trees):
+    """A list of same-shaped pytrees → one pytree with a leading member axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member(tree, k: int):
+    """Member ``k`` of a stacked pytree."""
+    return jax.tree.map(lambda leaf: leaf[k], tree)
+
+
+# ----------------------------------------------------------------------------- compiled, vmapped over members (pure)
+
+@partial(jax.jit, static_argnames=("model", "cfg", "max_steps"), donate_argnums=(0,))
+def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, max_steps: int):
+    """``train.train_steps`` of every member at once: (states, (members, max_steps) losses). The batch buffer is
+    shared by the members (each draws ``1 / members`` of a single run's), so memory stays that of one run."""
+    members = jax.tree.leaves(states.params)[0].shape[0]
+    buffer = max(1, train.DEFAULT_BATCH_BUFFER // members)
+    return jax.vmap(lambda s, h, k: train.train_steps(s, model, cfg, h, train_data, k, num_steps, max_steps=max_steps,
+                                                      batch_buffer=buffer))(states, hparams, keys)
+
+
+@partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size"))
+def members_estimate(model, params, eval_keys, step, train_data, val_data, *, iters, batch_size, block_size):
+    """``estimate_loss`` of every member at step ``step`` (each with its own eval key, as ``fit``)."""
+    return jax.vmap(lambda p, k: estimate_loss(model, p, train.step_key(k, step), train_data, val_data, iters=iters,
+                                               batch_size=batch_size, block_size=block_size))(params, eval_keys)
+
+
+def members_split_loss(model, params, ids: np.ndarray, members: int) -> np.ndarray:
+    """The exact loss of every member over ``ids``. A bigram: counts once, the table's NLL ``vmap``ped over members.
+    Any other model: member by member (its windowed exact loss already batches windows over the devices; a member
+    axis on top would multiply its memory)."""
+    if len(ids) < 2:
+        return np.full(members, math.nan)
+    if model.kind == "bigram":
+        counts = bigram_counts(ids, model.vocab_size)
+        nll = np.asarray(jax.vmap(_pair_nll, in_axes=(0, None, None))(params, jnp.asarray(counts.rows),
+                                                                         jnp.asarray(counts.cols)), np.float64)
+        return nll @ counts.counts / counts.total
+    return np.array([split_loss(model, member(params, k), ids) for k in range(members)])
+
+
+# ----------------------------------------------------------------------------- the result (pure)
+
+def summarize(plan: Plan, val: np.ndarray, train_loss: np.ndarray | None) -> list[dict]:
+    """One row per setting: mean, std (over seeds, ddof 1), min and max of the exact losses; ``best`` marks the
+    lowest mean val loss."""
+    rows = []
+    for s, label in enumerate(plan.labels):
+        row = {"setting": label, "seeds": plan.seeds, "members": list(range(s * plan.seeds, (s + 1) * plan.seeds))}
+        for name, values in (("val", val), ("train", train_loss)):
+            if values is None:
+                continue
+            x = np.asarray(values[s * plan.seeds:(s + 1) * plan.seeds], np.float64)
+            row.update({f"{name}_mean": float(x.mean()), f"{name}_std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+                        f"{name}_min": float(x.min()), f"{name}_max": float(x.max())})
+        rows.append(row)
+    best = min(range(len(rows)), key=lambda i: (not math.isfinite(rows[i]["val_mean"]), rows[i]["val_mean"]))
+    for i, row in enumerate(rows):
+        row["best"] = i == best
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table a researcher reads: per setting, exact val (and train) loss over seeds; ``*`` the best."""
+    has_train = "train_mean" in rows[0]
+    width = max(len("setting"), *(len(r["setting"]) for r in rows))
+    head = f"  {'setting':<{width}}  seeds  val mean ± std      val min   val max"
+    head += "  train mean ± std" if has_train else ""
+    lines = [head]
+    for r in rows:
+        line = (f"{'*' if r['best'] else ' '} {r['setting']:<{width}}  {r['seeds']:>5}  {r['val_mean']:.4f} ± "
+                f"{r['val_std']:.4f}   {r['val_min']:.4f}   {r['val_max']:.4f}")
+        if has_train:
+            line += f"  {r['train_mean']:.4f} ± {r['train_std']:.4f}"
+        lines.append(line)
+    lines.append("(exact losses in nats over the whole splits; * = lowest mean val loss)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the driver (side effects)
+
+@dataclass
+class SweepResult:
+    rows: list
+    states: object
+    history: list  # [{step, train_loss: [members], val_loss: [members]}]
+    val: np.ndarray
+    train: np.ndarray | None
+    step: int
+    plot: Path | None = None
+
+
+def _sweep_meta(plan: Plan, corpus, model) -> dict:
+    return {**train.run_metadata(plan.settings[0], corpus, model, model.param_count()), "sweep": plan.spec()}
+
+
+def _check_same_sweep(saved: dict | None, plan: Plan, workdir: Path) -> None:
+    """A resume must be of the same sweep; only ``RESUMABLE_KEYS`` may change (as for ``train``)."""
+    if saved is None:
+        return
+    old = saved.get(SWEEP_SECTION)
+    if not isinstance(old, dict):
+        what = "a `train` run, not a sweep"
+    elif old.get("seeds") != plan.seeds or len(old.get("configs", [])) != len(plan.settings):
+        what = f"another sweep ({len(old.get('configs', []))} settings × {old.get('seeds')} seeds)"
+    else:
+        changed = sorted({k for a, b in zip(old["configs"], plan.settings)
+                          for k in config_lib.differences(a, b.to_dict()) if k not in workdir_lib.RESUMABLE_KEYS})
+        if not changed:
+            return
+        what = f"a sweep with other settings ({', '.join(changed)})"
+    raise UsageError("sweep_changed", workdir=workdir, what=what, resumable=workdir_lib.resumable_keys_text())
+
+
+def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = False, err=None,
+              plot: bool = True) -> SweepResult:
+    """``run.py sweep``: hold the workdir, train every member to ``train.steps`` (resuming unless ``fresh``),
+    evaluating and checkpointing as ``train`` does, then the exact losses, the table and ``sweep.png``."""
+    err = err or sys.stderr
+    log = partial(print, file=err, flush=True)
+    with workdir_lib.held(workdir) as workdir:
+        workdir_lib.check_ours(workdir, fresh)
+        probe = Store(workdir, log=log)
+        try:
+            saved = None if fresh else workdir_lib.newest_meta(probe, log)
+        finally:
+            probe.close()
+        _check_same_sweep(saved, plan, workdir)
+        static = plan.settings[0]
+        recorded = (saved or {}).get("data", {}).get("path")
+        path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=static.data.path)
+        corpus = data_lib.load_corpus(path)
+        log(f"data: {printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters)")
+        store = Store(workdir, keep=static.checkpoint.keep, log=log)
+        try:
+            result = _fit_members(plan, corpus, store, fresh, log)
+        finally:
+            store.close()
+        if plot:
+            result.plot = plot_sweep(plan, result.history, workdir / SWEEP_PNG)
+        return result
+
+
+def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepResult:
+    static, members = plan.settings[0], plan.members
+    tcfg, n = static.train, len(members)
+    train_np, val_np = data_lib.split(corpus.ids, static.data.val_fraction)
+    data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
+    model = models.build(static.model, corpus.tokenizer.vocab_size, tcfg.block_size)
+    keys = stack([train.run_keys(m.train.seed) for m in members])
+    hparams = stack([train.hparams_of(m.train) for m in members])
+    train_data, val_data = jnp.asarray(train_np), jnp.asarray(val_np)
+    init = jax.vmap(lambda k: train.create_train_state(k, model, tcfg))
+    meta = _sweep_meta(plan, corpus, model)
+    resumed = None if fresh or not store.steps() else workdir_lib.resume(store, jax.eval_shape(init, keys["init"]),
+                                                                          meta, log)
+    if resumed is None:
+        states, history, step = jax.jit(init)(keys["init"]), [], 0
+    else:
+        saved, states = resumed
+        states = states.replace(step=jnp.asarray(states.step, jnp.int32))
+        history, step = saved[SWEEP_SECTION].get("history", []), int(states.step[0])
+        log(f"resuming the sweep from step {step} in {printable_path(store.directory)}")
+    log(f"sweep: {n} members ({len(plan.settings)} settings × {plan.seeds} seeds) of {model.kind} in one program, "
+        f"{tcfg.steps:,} steps")
+    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size)
+    stale, start, t0, diverged = fresh, step, time.perf_counter(), set()
+    with train.StopRequest() as stop:
+        while True:
+            done, stopping = step >= tcfg.steps, stop.signum is not None
+            save_now = step > start and (done or stopping or step % static.checkpoint.interval == 0)
+            if (save_now or step % static.eval.interval == 0) and not (history and history[-1]["step"] == step):
+                losses = members_estimate(model, states.params, keys["eval"], step, train_data, val_data,
+                                          iters=static.eval.iters, **sizes)
+                history.append({"step": step, "train_loss": np.asarray(losses["train"]).tolist(),
+                                "val_loss": np.asarray(losses["val"]).tolist()})
+                log(f"step {step}: val loss estimate {np.mean(history[-1]['val_loss']):.4f} (mean of {n}), "
+                    f"{time.perf_counter() - t0:.1f} s")
+            if save_now:
+                if stale:
+                    store.clear()
+                    stale = False
+                last = history[-1]
+                mean_row = {"step": step, "train_loss": float(np.mean(last["train_loss"])),
+                            "val_loss": float(np.mean(last["val_loss"]))}
+                store.save(step, states, {**meta, "step": step, "history": [], "last_eval": mean_row,
+                                          SWEEP_SECTION: {**meta[SWEEP_SECTION], "history": history}},
+                           val_loss=mean_row["val_loss"])
+            if done:
+                break
+            if stopping:
+                raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
+            stop_at = train._next_boundary(step, tcfg.steps, static)
+            states, losses = members_chunk(states, hparams, keys, train_data, stop_at - step, model=model, cfg=tcfg,
+                                           max_steps=tcfg.steps_per_call)
+            losses = np.asarray(losses[:, : stop_at - step])
+            for k in sorted(set(np.argwhere(~np.isfinite(losses))[:, 0].tolist()) - diverged):
+                diverged.add(k)  # one member diverging does not stop the others: its losses show as nan
+                log(f"warning: member {k} ({plan.labels[k // plan.seeds]}, seed {members[k].train.seed}): the "
+                    f"training loss became non-finite before step {stop_at}")
+            step = stop_at
+    val = members_split_loss(model, states.params, val_np, n)
+    train_loss = members_split_loss(model, states.params, train_np, n) if model.cheap_split_loss else None
+    return SweepResult(rows=summarize(plan, val, train_loss), states=states, history=history, val=val,
+                       train=train_loss, step=step)
+
+
+def plot_sweep(plan: Plan, history: list, path: Path) -> Path | None:
+    """``sweep.png``: val-loss estimates by step, per setting the mean over seeds with a min–max band."""
+    from .plot import _pyplot
+
+    try:
+        plt = _pyplot()
+    except UsageError:
+        return None
+    steps = np.array([h["step"] for h in history])
+    val = np.array([h["val_loss"] for h in history])  # (evals, members)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s, label in enumerate(plan.labels):
+        block = val[:, s * plan.seeds:(s + 1) * plan.seeds]
+        line, = ax.plot(steps, block.mean(axis=1), label=label)
+        ax.fill_between(steps, block.min(axis=1), block.max(axis=1), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss (estimate, nats)")
+    ax.set_title(f"sweep: mean over {plan.seeds} seed(s), band = min to max")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def export_member(workdir, k: int, out, log=None) -> Path:
+    """Member ``k`` of the newest checkpoint of a sweep, written as an ordinary run folder ``out`` (its own config
+    and seed, its eval history): ``sample``, ``eval``, ``info``, ``plot`` and ``train`` (to continue it) work there."""
+    log = log or (lambda message: None)
+    source = Store(workdir, read_only=True)
+    try:
+        steps = source.steps()
+        if not steps:
+            raise UsageError("no_checkpoint", workdir=source.workdir)
+        meta = source.read_meta(steps[-1])
+        spec = meta.get(SWEEP_SECTION)
+        if not isinstance(spec, dict):
+            raise UsageError("sweep_changed", workdir=source.workdir, what="a `train` run, not a sweep",
+                             resumable=workdir_lib.resumable_keys_text())
+        if not 0 <= k < spec["members"]:
+            raise UsageError("sweep_member", got=k, workdir=source.workdir, last=spec["members"] - 1)
+        cfg = config_lib.from_dict(meta["config"])
+        model = models.build(cfg.model, meta["vocab_size"], cfg.train.block_size)
+        template = jax.eval_shape(jax.vmap(lambda key: train.create_train_state(key, model, cfg.train)),
+                                  jax.random.split(jax.random.key(0), spec["members"]))
+        _, states = source.restore(steps[-1], template)
+    finally:
+        source.close()
+    seeds = spec["seeds"]
+    setting = config_lib.from_dict(spec["configs"][k // seeds])
+    member_cfg = config_lib.replace(setting, "train", seed=config_lib.reduce_seed(setting.train.seed + k % seeds))
+    rows = [{"step": h["step"], "train_loss": h["train_loss"][k], "val_loss": h["val_loss"][k]}
+            for h in spec.get("history", [])]
+    state = member(states, k)
+    state = state.replace(step=jnp.asarray(state.step, jnp.int32))
+    member_meta = {key: value for key, value in meta.items() if key not in (SWEEP_SECTION, "checksums")}
+    member_meta.update(config=member_cfg.to_dict(), history=rows, last_eval=rows[-1] if rows else None,
+                       exported_from={"workdir": str(source.workdir), "member": k})
+    with workdir_lib.held(out) as folder:
+        workdir_lib.check_ours(folder, False)
+        target = Store(folder, keep=member_cfg.checkpoint.keep, log=log)
+        try:
+            if target.steps():
+                raise UsageError("sweep_export_exists", out=folder)
+            target.save(meta["step"], state, member_meta,
+                        val_loss=rows[-1]["val_loss"] if rows else math.inf)
+        finally:
+            target.close()
+        progress_rows = [r for r in rows if r["step"] <= meta["step"]]
+        (folder / progress.METRICS_FILE).write_text("".join(f"{_json(r)}\n" for r in progress_rows))
+    return folder
+
+
+def _json(row: dict) -> str:
+    import json
+
+    return json.dumps(row)
