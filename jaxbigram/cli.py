@@ -131,11 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     command("info", "describe a run's checkpoints", "Model, parameters, checkpoint steps, best val loss, config, "
             "vocabulary and data source of a run.", ["info --workdir runs/default"], "workdir", "json")
 
-    p = command("plot", "draw loss curves (and the learned bigram) as PNGs", "Write loss.png (train/val loss by step, "
-                "closed-form bigram optimum dashed) and, for a bigram, bigram.png (the V×V table of next-character "
-                "probabilities). Needs the [plot] extra.", ["plot --workdir runs/default --out docs"],
+    p = command("plot", "draw loss curves (and the learned bigram, or a GPT's attention) as PNGs", "Write loss.png "
+                "(train/val loss estimates by step, the closed-form bigram optima dashed) and, for a bigram, bigram.png "
+                "(the V×V table of next-character probabilities); with --attention instead attention.png (a GPT's "
+                "attention weights over a prompt, layer × head). Needs the [plot] extra.",
+                ["plot --workdir runs/default --out docs", "plot --attention --prompt 'ROMEO:' --workdir runs/gpt-cpu"],
                 "workdir", "step")
     p.add_argument("--out", default=None, help="directory for the PNGs (default: the workdir)")
+    p.add_argument("--attention", action="store_true",
+                   help="draw attention.png only: a GPT checkpoint's attention maps over --prompt")
+    p.add_argument("--prompt", default=None, help="with --attention: the text to look at (its last block_size "
+                                                  "characters; default: the start of Romeo's balcony speech)")
 
     p = command("bench", "measure training, sampling and data-prep speed", "Benchmark this machine: fused training "
                 "next to a naive jit-per-step loop, whole preset runs, sampling, data prep and peak memory (medians "
@@ -304,10 +310,16 @@ def cmd_info(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plot import make_plots
+    from .plot import make_attention_plot, make_plots
 
+    if args.prompt is not None and not args.attention:
+        raise UsageError("plot_prompt_alone")
     _check_paths(args, "--workdir", "--out")
-    for path in make_plots(args.workdir, args.out, args.step, warn=_log):
+    if args.attention:
+        paths = [make_attention_plot(args.workdir, args.out, args.step, args.prompt)]
+    else:
+        paths = make_plots(args.workdir, args.out, args.step, warn=_log)
+    for path in paths:
         print(printable_path(path))
     return 0
 

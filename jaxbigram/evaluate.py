@@ -180,11 +180,12 @@ def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[di
     return [r for r in rows if r["step"] <= up_to]
 
 
-def val_optimum(meta: dict) -> float | None:
-    """The closed-form val optimum from the checkpoint's exact report, else from its data file (if unchanged)."""
+def optima(meta: dict) -> dict | None:
+    """The closed-form bigram optimum ``{'train', 'val'}`` of a run: from the checkpoint's exact report, else from its
+    data file (if unchanged); None when neither is at hand."""
     exact = meta.get("exact") or {}
-    if exact.get("optimum_val_loss") is not None:
-        return float(exact["optimum_val_loss"])
+    if exact.get("optimum_val_loss") is not None and exact.get("optimum_train_loss") is not None:
+        return {"train": float(exact["optimum_train_loss"]), "val": float(exact["optimum_val_loss"])}
     path = Path(meta.get("data", {}).get("path", ""))
     if not path.is_file():
         return None
@@ -193,4 +194,10 @@ def val_optimum(meta: dict) -> float | None:
         return None
     train_ids, val_ids = data_lib.split(corpus.ids, meta["config"]["data"]["val_fraction"])
     v = corpus.tokenizer.vocab_size
-    return float(optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))["optimum_val_loss"])
+    report = optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))
+    return {"train": float(report["optimum_train_loss"]), "val": float(report["optimum_val_loss"])}
+
+
+def val_optimum(meta: dict) -> float | None:
+    """The closed-form val optimum of a run (``optima``), or None."""
+    return (optima(meta) or {}).get("val")
