@@ -164,14 +164,17 @@ def run_info(workdir: str | Path, warn=None) -> dict:
 
 
 def metrics_summary(workdir: str | Path, warn=None) -> dict | None:
-    """Evals logged in ``metrics.jsonl`` and the best val estimate among them (any step, checkpointed or not)."""
+    """Evals logged in ``metrics.jsonl``, the best val estimate among them (any step, checkpointed or not) and the
+    last sample shown at an eval (``{'step', 'text'}``, None without one: ``eval.sample_chars`` = 0)."""
     path = Path(workdir) / progress.METRICS_FILE
     rows = progress.read_metrics(path, warn)
     if not rows:
         return None
     best = min(rows, key=lambda r: r["val_loss"])
+    sampled = [r for r in rows if isinstance(r.get("sample"), str)]
     return {"path": str(path), "evals": len(rows), "last_step": rows[-1]["step"],
-            "best_val_loss": best["val_loss"], "best_step": best["step"]}
+            "best_val_loss": best["val_loss"], "best_step": best["step"],
+            "last_sample": {"step": sampled[-1]["step"], "text": sampled[-1]["sample"]} if sampled else None}
 
 
 def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[dict]:

@@ -519,9 +519,7 @@ class GPT:
             y = np.concatenate([y, np.zeros((pad, t), np.int32)])
             mask = np.concatenate([mask, np.zeros((pad, t), bool)])
         dp = parallel.DataParallel.create(batch_windows, devices)
-        local = jax.tree.map(  # this process's copy of parameters replicated over several processes
-            lambda a: a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a, params)
-        params = jax.device_put(local, dp.replicated)
+        params = jax.device_put(parallel.local_copy(params), dp.replicated)
         total = 0.0
         for b in range(n_batches):
             s = slice(b * batch_windows, (b + 1) * batch_windows)
