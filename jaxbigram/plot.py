@@ -149,7 +149,7 @@ def plot_attention(maps: np.ndarray, chars, path: str | Path, *, title: str = "a
     down, the key positions it weighs across, both labelled by the prompt's characters."""
     plt = _pyplot()
     layers, heads, t, _ = maps.shape
-    cell = min(max(2.6, 0.055 * t + 1.0), 6.0)
+    cell = min(max(2.6, 0.09 * t + 1.2), 6.0)  # about 9 px per character at 100 dpi: labels do not overlap
     fig, axes = plt.subplots(layers, heads, figsize=(cell * heads + 1.0, cell * layers + 0.8), dpi=100, squeeze=False)
     labels = [char_label(c) for c in chars]
     font = 9 if t <= 24 else 7 if t <= 48 else 5
