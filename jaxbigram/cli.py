@@ -160,11 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     command("info", "describe a run's checkpoints", "Model, parameters, checkpoint steps, best val loss, config, "
             "vocabulary and data source of a run.", ["info --workdir runs/default"], "workdir", "json")
 
-    p = command("plot", "draw loss curves (and the learned bigram) as PNGs", "Write loss.png (train/val loss by step, "
-                "closed-form bigram optimum dashed) and, for a bigram, bigram.png (the V×V table of next-character "
-                "probabilities). Needs the [plot] extra.", ["plot --workdir runs/default --out docs"],
+    p = command("plot", "draw loss curves (and the learned bigram, or a GPT's attention) as PNGs", "Write loss.png "
+                "(train/val loss estimates by step, the closed-form bigram optima dashed) and, for a bigram, bigram.png "
+                "(the V×V table of next-character probabilities); with --attention instead attention.png (a GPT's "
+                "attention weights over a prompt, layer × head). Needs the [plot] extra.",
+                ["plot --workdir runs/default --out docs", "plot --attention --prompt 'ROMEO:' --workdir runs/gpt-cpu"],
                 "workdir", "step")
     p.add_argument("--out", default=None, help="directory for the PNGs (default: the workdir)")
+    p.add_argument("--attention", action="store_true",
+                   help="draw attention.png only: a GPT checkpoint's attention maps over --prompt")
+    p.add_argument("--prompt", default=None, help="with --attention: the text to look at (its last block_size "
+                                                  "characters; default: the start of Romeo's balcony speech)")
 
     p = command("bench", "measure training, sampling and data-prep speed", "Benchmark this machine: fused training "
                 "next to a naive jit-per-step loop, whole preset runs, sampling, data prep and peak memory (medians "
@@ -189,17 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_report(report: dict, out) -> None:
     def loss(split):
         if report[f"{split}_loss"] is None:
-            return f"{split}: `{errors.program()} eval` computes it"
+            return f"{split}: not computed (a full pass over the split; `{errors.program()} eval` does it)"
         return f"{split} {report[f'{split}_loss']:.4f} nats ({report[f'{split}_bpc']:.4f} bits/char)"
 
-    def gap(split):
-        return "-" if report[f"gap_{split}"] is None else f"{report[f'gap_{split}']:+.4f}"
-
+    gaps = ", ".join(f"{split} {report[f'gap_{split}']:+.4f}" for split in ("train", "val")
+                     if report[f"gap_{split}"] is not None)
     print(f"exact loss at step {report['step']}: {loss('train')}, {loss('val')}", file=out)
     what = "gap" if report.get("model", "bigram") == "bigram" else "vs the bigram baseline"
     print(f"closed-form bigram optimum: train {report['optimum_train_loss']:.4f} (count model), "
-          f"val {report['optimum_val_loss']:.4f} (add-one smoothed count model); "
-          f"{what}: train {gap('train')}, val {gap('val')}", file=out)
+          f"val {report['optimum_val_loss']:.4f} (add-one smoothed count model); {what}: {gaps}", file=out)
 
 
 def _log(message: str) -> None:
@@ -341,11 +345,17 @@ def cmd_info(args) -> int:
     print(f"model:       {info['model']}{params}")
     print(f"checkpoints: steps {', '.join(map(str, info['steps']))} (latest {info['latest_step']})")
     if info["best_step"] is not None:
-        print(f"best:        val loss {info['best_val_loss']:.4f} (estimate) at step {info['best_step']}")
+        print(f"best kept:   val est. {info['best_val_loss']:.4f} at step {info['best_step']} (the best of the "
+              f"checkpoints kept)")
     if info["metrics"]:
         m = info["metrics"]
-        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {printable_path(m['path'])}; best val "
-              f"loss {m['best_val_loss']:.4f} (estimate) at step {m['best_step']}")
+        print(f"metrics:     {m['evals']} evals up to step {m['last_step']} in {printable_path(m['path'])}; lowest "
+              f"val est. of any eval {m['best_val_loss']:.4f} at step {m['best_step']}")
+        if m["last_sample"]:
+            from .progress import quote_sample
+
+            print(f"sample:      at step {m['last_sample']['step']} (the last eval's):\n"
+                  f"{quote_sample(m['last_sample']['text'])}")
     if info["exact"]:
         print(f"exact:       val loss {info['exact']['val_loss']:.4f} nats at step {info['exact']['step']}, "
               f"bigram optimum {info['exact']['optimum_val_loss']:.4f}")
@@ -359,10 +369,16 @@ def cmd_info(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plot import make_plots
+    from .plot import make_attention_plot, make_plots
 
+    if args.prompt is not None and not args.attention:
+        raise UsageError("plot_prompt_alone")
     _check_paths(args, "--workdir", "--out")
-    for path in make_plots(args.workdir, args.out, args.step, warn=_log):
+    if args.attention:
+        paths = [make_attention_plot(args.workdir, args.out, args.step, args.prompt)]
+    else:
+        paths = make_plots(args.workdir, args.out, args.step, warn=_log)
+    for path in paths:
         print(printable_path(path))
     return 0
 

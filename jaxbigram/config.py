@@ -57,6 +57,7 @@ class TrainConfig:
 class EvalConfig:
     interval: int = 300
     iters: int = 200
+    sample_chars: int = 0  # > 0: a sample of this many characters at each eval (the math does not change)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ RANGES = {
     "train.devices": _count(0, why="(0: automatic)"),
     "eval.interval": _count(1),
     "eval.iters": _count(1),
+    "eval.sample_chars": _count(0, why="(0: no samples)"),
     "checkpoint.interval": _count(1),
     "checkpoint.keep": _count(1),
 }

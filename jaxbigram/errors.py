@@ -117,6 +117,8 @@ MESSAGES = {
     "platform_unavailable": "platform {got!r} is not available on this machine ({reason}): use --platform cpu or install the matching jax plugin",
     "plot_out_is_file": "--out {out} is a file: pass a folder for the PNGs with --out DIR",
     "plot_out_unwritable": "cannot write the PNGs into {out} ({reason}): pass a writable folder with --out DIR",
+    "attention_no_attention": "{workdir} holds a {model}, which has no attention: `{program} plot --attention` needs a GPT checkpoint (train one with --config gpt-cpu)",
+    "plot_prompt_alone": "--prompt only sets what `{program} plot --attention` reads: add --attention, or leave --prompt out",
     "extra_missing": "`{program} {command}` needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
     "xla_flag_value": "XLA_FLAGS sets --{flag}={got}: set it to a whole number from {low} to {high}, or remove it from XLA_FLAGS",
     # notes and warnings: printed (on stderr) as they are, the command goes on

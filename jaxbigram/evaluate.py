@@ -61,9 +61,7 @@ def split_loss(model, params, ids: np.ndarray, batch_windows: int = 64) -> float
     if pad:
         x, y, mask = (np.concatenate([a, np.zeros((pad, t), a.dtype)]) for a in (x, y, mask))
     dp = parallel.DataParallel.create(batch_windows, devices)
-    local = jax.tree.map(  # this process's copy of parameters replicated over several processes
-        lambda a: a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a, params)
-    params = jax.device_put(local, dp.replicated)
+    params = jax.device_put(parallel.local_copy(params), dp.replicated)
     total = 0.0
     for b in range(n_batches):
         s = slice(b * batch_windows, (b + 1) * batch_windows)
@@ -195,14 +193,17 @@ def run_info(workdir: str | Path, warn=None) -> dict:
 
 
 def metrics_summary(workdir: str | Path, warn=None) -> dict | None:
-    """Evals logged in ``metrics.jsonl`` and the best val estimate among them (any step, checkpointed or not)."""
+    """Evals logged in ``metrics.jsonl``, the best val estimate among them (any step, checkpointed or not) and the
+    last sample shown at an eval (``{'step', 'text'}``, None without one: ``eval.sample_chars`` = 0)."""
     path = Path(workdir) / progress.METRICS_FILE
     rows = progress.read_metrics(path, warn)
     if not rows:
         return None
     best = min(rows, key=lambda r: r["val_loss"])
+    sampled = [r for r in rows if isinstance(r.get("sample"), str)]
     return {"path": str(path), "evals": len(rows), "last_step": rows[-1]["step"],
-            "best_val_loss": best["val_loss"], "best_step": best["step"]}
+            "best_val_loss": best["val_loss"], "best_step": best["step"],
+            "last_sample": {"step": sampled[-1]["step"], "text": sampled[-1]["sample"]} if sampled else None}
 
 
 def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[dict]:
@@ -211,11 +212,12 @@ def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[di
     return [r for r in rows if r["step"] <= up_to]
 
 
-def val_optimum(meta: dict) -> float | None:
-    """The closed-form val optimum from the checkpoint's exact report, else from its data file (if unchanged)."""
+def optima(meta: dict) -> dict | None:
+    """The closed-form bigram optimum ``{'train', 'val'}`` of a run: from the checkpoint's exact report, else from its
+    data file (if unchanged); None when neither is at hand."""
     exact = meta.get("exact") or {}
-    if exact.get("optimum_val_loss") is not None:
-        return float(exact["optimum_val_loss"])
+    if exact.get("optimum_val_loss") is not None and exact.get("optimum_train_loss") is not None:
+        return {"train": float(exact["optimum_train_loss"]), "val": float(exact["optimum_val_loss"])}
     path = Path(meta.get("data", {}).get("path", ""))
     if not path.is_file():
         return None
@@ -224,4 +226,10 @@ def val_optimum(meta: dict) -> float | None:
         return None
     train_ids, val_ids = data_lib.split(corpus.ids, meta["config"]["data"]["val_fraction"])
     v = corpus.tokenizer.vocab_size
-    return float(optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))["optimum_val_loss"])
+    report = optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))
+    return {"train": float(report["optimum_train_loss"]), "val": float(report["optimum_val_loss"])}
+
+
+def val_optimum(meta: dict) -> float | None:
+    """The closed-form val optimum of a run (``optima``), or None."""
+    return (optima(meta) or {}).get("val")

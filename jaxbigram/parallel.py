@@ -214,6 +214,13 @@ class DataParallel:
         return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
 
 
+def local_copy(tree):
+    """This process's copy of a pytree replicated over several processes (arrays it cannot address whole become their
+    first local shard); anything else is returned as it is."""
+    return jax.tree.map(
+        lambda a: a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a, tree)
+
+
 def is_abstract(tree) -> bool:
     """True if ``tree`` holds shapes (``jax.ShapeDtypeStruct``) rather than arrays."""
     return any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(tree))

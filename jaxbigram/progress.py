@@ -168,6 +168,13 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def quote_sample(text: str, prefix: str = "    | ") -> str:
+    """A sample as an indented block: every line after ``prefix``, characters that would move the cursor or hide
+    (anything unprintable but the newline) escaped."""
+    visible = "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
+    return "\n".join(prefix + line for line in visible.split("\n"))
+
+
 def _fmt_loss(x) -> str:
     return "?" if x is None else f"{x:.4f}"
 
@@ -194,7 +201,7 @@ class Reporter:
         self.metrics = (MetricsLog(metrics_path, start_step if resumed else None, history,
                                    lambda message: print(message, file=self.err, flush=True))
                         if metrics_path and enabled else None)
-        self.train_loss = None  # mean loss of the last chunk
+        self.train_loss = None  # "chunk loss": the mean training loss of the last chunk's steps (not an estimate)
         self.last_eval: dict | None = None
         self._bar = None
         self._t0 = self._last_plain = clock()
@@ -231,8 +238,9 @@ class Reporter:
         elif not self.use_bar and self.clock() - self._last_plain >= self.plain_every_s:
             self._plain()
 
-    def eval(self, row: dict) -> None:
-        """At an evaluation (``row`` = step, train_loss, val_loss): print it on ``out``, log it, update the display."""
+    def eval(self, row: dict, sample: str | None = None) -> None:
+        """At an evaluation (``row`` = step, train_loss, val_loss): print it on ``out`` (with the eval's ``sample``
+        text under it, if any), log it (the sample too), update the display."""
         if not self.enabled:
             return
         self.last_eval = row
@@ -246,13 +254,15 @@ class Reporter:
                 "lr": float(self.lr_fn(row["step"])) if self.lr_fn is not None else None,
                 "steps_per_s": round(self._trained / self._train_s, 1) if self._train_s > 0 else None,
                 "wall_s": round(self.metrics.wall_offset + now - self._t0, 3),
-                "time": round(time.time(), 3)})
+                "time": round(time.time(), 3), **({"sample": sample} if sample is not None else {})})
         self._trained, self._train_s = 0, 0.0
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix(), refresh=False)
             self._bar.clear()  # the eval line goes above the bar, which redraws below it
         print(f"step {row['step']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}",
               file=self.out, flush=True)
+        if sample is not None:
+            print(f"sample at step {row['step']}:\n{quote_sample(sample)}", file=self.out, flush=True)
         if self._bar is None and not self.use_bar:
             self._plain()
 
@@ -270,15 +280,15 @@ class Reporter:
 
     def _postfix(self) -> str:
         val = "?" if self.last_eval is None else f"{self.last_eval['val_loss']:.4f}@{self.last_eval['step']}"
-        return f"loss {_fmt_loss(self.train_loss)}, val {val}"
+        return f"chunk loss {_fmt_loss(self.train_loss)}, val est. {val}"
 
     def plain_line(self) -> str:
         rate = self.rate()
         eta = (self.total - self.step) / rate if rate else (0.0 if self.step >= self.total else None)
         pct = 100.0 * self.step / self.total if self.total else 100.0
         val = "?" if self.last_eval is None else f"{self.last_eval['val_loss']:.4f} (step {self.last_eval['step']})"
-        return (f"progress: step {self.step}/{self.total} ({pct:.0f}%) | train loss {_fmt_loss(self.train_loss)} | "
-                f"val loss {val} | {'?' if rate is None else f'{rate:,.0f}'} steps/s | ETA {format_duration(eta)}")
+        return (f"progress: step {self.step}/{self.total} ({pct:.0f}%) | chunk loss {_fmt_loss(self.train_loss)} | "
+                f"val est. {val} | {'?' if rate is None else f'{rate:,.0f}'} steps/s | ETA {format_duration(eta)}")
 
     def _plain(self) -> None:
         self._last_plain = self.clock()

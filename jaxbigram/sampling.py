@@ -84,12 +84,13 @@ def uniforms(key, num_streams: int, first_block, num_new: int) -> jax.Array:
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
-def joined(stream, num_samples: int) -> jax.Array:
-    """The ``(num_samples, n)`` chunks of a model's ``sample_stream`` as one ``(num_samples, total)`` array."""
-    parts = list(stream)
+def collect(chunks, num_samples: int) -> jax.Array:
+    """The chunks of a ``sample_stream`` as one ``(num_samples, n)`` int32 array (``n`` = 0 for no chunk)."""
+    parts = list(chunks)
     if not parts:
         return jnp.zeros((num_samples, 0), jnp.int32)
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
 
 def sample_key(seed: int, index: int) -> jax.Array:
     """The key of sample ``index`` (0, 1, …) drawn with ``seed``: ``fold_in(key(seed % 2**32), index)``."""

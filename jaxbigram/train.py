@@ -113,7 +113,8 @@ def step_key(base_key: jax.Array, step) -> jax.Array:
 
 
 def run_keys(seed: int) -> dict:
-    """The run's keys, all from ``seed``: init, batches (``step_key(batch, s)``), evals, dropout."""
+    """The run's keys, all from ``seed``: init, batches (``step_key(batch, s)``), evals, dropout, and the samples
+    shown at evals (one key for the whole run, so successive samples differ only by what the model learned)."""
     return keys_from(jax.random.key(seed))
 
 
@@ -121,7 +122,14 @@ def keys_from(seed_key: jax.Array) -> dict:
     """``run_keys`` of the seed whose base key is ``seed_key = jax.random.key(seed)`` (pure: jittable, vmappable)."""
     init_key, batch_key, eval_key = jax.random.split(seed_key, 3)
     return {"init": init_key, "batch": batch_key, "eval": eval_key,
-            "dropout": jax.random.fold_in(seed_key, 3)}  # not 1: split(k, 3)[1] is fold_in(k, 1)
+            "dropout": jax.random.fold_in(seed_key, 3),  # not 1: split(k, 3)[1] is fold_in(k, 1)
+            "sample": jax.random.fold_in(seed_key, 4)}
+
+
+def eval_sample(model, params, key, tokenizer, num_chars: int) -> str:
+    """What an eval shows of the model: the first vocabulary character and ``num_chars`` characters sampled after
+    it with ``key`` (the run's sample key: the same at every eval). Reads ``params`` only."""
+    return tokenizer.decode([0]) + tokenizer.decode(model.sample(parallel.local_copy(params), key, [0], num_chars)[0])
 
 
 # Batches of a fused chunk are drawn up front, in one vectorised call per sub-chunk, as long as their ids fit in this
@@ -298,6 +306,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
+    tokenizer = corpus.tokenizer
     dp = parallel.DataParallel.create(  # batches split along 'data' over train.devices (0: see select_devices)
         tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, parallel.split_on_cpu(model, tcfg.batch_size)))
     if dp.num_devices > 1:
@@ -354,7 +363,9 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
                                            iters=cfg.eval.iters, **sizes)
                     last = {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
                     history = [h for h in history if h["step"] != step] + [last]
-                    reporter.eval(last)
+                    shown = (eval_sample(model, state.params, keys["sample"], tokenizer, cfg.eval.sample_chars)
+                             if cfg.eval.sample_chars else None)
+                    reporter.eval(last, sample=shown)
                 report = None
                 if done:
                     # the train split exactly only where that is cheap (a bigram's counts); `run.py eval` always does both

@@ -24,7 +24,7 @@ RUN_FOLDERS = ("checkpoints", DAMAGED)  # what ``train`` writes into, besides th
 # batch (the same math; only the order of the gradient's float sums changes); nothing that changes the math. The one
 # list: the refusal, `train --help` and the docs say it as ``resumable_keys_text()``
 RESUMABLE_KEYS = ("train.steps", "train.steps_per_call", "train.devices", "eval.interval", "eval.iters",
-                  "checkpoint.interval", "checkpoint.keep", "data.path")
+                  "eval.sample_chars", "checkpoint.interval", "checkpoint.keep", "data.path")
 # the longest path a run writes below its workdir is about 110 bytes
 # (checkpoints/<step>.orbax-checkpoint-tmp-<time>/state/ocdbt.process_<i>/d/<32 hex>); with a margin:
 WORKDIR_ROOM = 160

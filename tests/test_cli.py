@@ -687,8 +687,22 @@ def test_a_gpt_splits_its_batches_over_two_cpu_devices_when_its_step_is_big_enou
 def test_gpt_train_reports_the_exact_val_loss_against_the_bigram_baseline(gpt_run):
     _, proc = gpt_run
     assert "step 200: train loss" in proc.stdout
-    assert re.search(r"exact loss at step 200: train: `python run.py eval` computes it, val \d\.\d{4} nats", proc.stdout)
-    assert "vs the bigram baseline" in proc.stdout
+    assert re.search(r"exact loss at step 200: train: not computed \(a full pass over the split; `python run.py eval` "
+                     r"does it\), val \d\.\d{4} nats", proc.stdout)
+    assert re.search(r"vs the bigram baseline: val [+-]\d\.\d{4}\n", proc.stdout)  # no train gap to show
+
+
+def test_gpt_train_shows_a_sample_at_each_eval_and_info_the_last(gpt_run, run_cli):
+    workdir, proc = gpt_run  # gpt-tiny: eval.sample_chars = 200, evals at steps 0, 100, 200
+    lines = proc.stdout.splitlines()
+    for step in (0, 100, 200):
+        at = lines.index(f"sample at step {step}:")
+        assert lines[at - 1].startswith(f"step {step}: train loss") and lines[at + 1].startswith("    | ")
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["sample"]) for r in rows] == [201, 201, 201]
+    info = run_cli("info", "--workdir", workdir).stdout
+    assert "sample:      at step 200 (the last eval's):\n    | " in info
+    assert "best kept:   val est." in info and "lowest val est. of any eval" in info
 
 
 def test_gpt_sample_is_deterministic_and_in_the_vocabulary(gpt_run, run_cli):

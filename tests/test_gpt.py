@@ -332,3 +332,37 @@ def test_cpu_matmul_gradients_are_the_plain_matmul_gradients():
     # and against numpy: dW = sum over rows of x^T g, dx = g w^T
     np.testing.assert_allclose(ours[1], np.einsum("bti,bto->io", np.asarray(x), np.asarray(g)), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours[0], np.asarray(g) @ np.asarray(w).T, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- attention maps
+
+def _np_layer_norm(x, p):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * np.asarray(p["scale"]) + np.asarray(p["bias"])
+
+
+def test_attention_maps_are_causal_distributions(tiny_params):
+    ids = np.random.default_rng(3).integers(0, V, 12)  # longer than block_size 8: its last 8 ids count
+    maps = np.asarray(TINY.attention_weights(tiny_params, ids))
+    assert maps.shape == (TINY.n_layer, TINY.n_head, 8, 8) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-6)
+    assert np.all(np.triu(maps, k=1) == 0.0) and np.all(maps >= 0)
+    np.testing.assert_array_equal(maps, np.asarray(TINY.attention_weights(tiny_params, ids[-8:])))
+    assert np.asarray(TINY.attention_weights(tiny_params, ids[:3])).shape == (2, 2, 3, 3)
+
+
+def test_attention_maps_of_one_layer_by_hand():
+    model = GPT(vocab_size=V, block_size=6, n_layer=1, n_head=2, n_embd=8)
+    params = _spread(_init(model, jax.random.key(2)), jax.random.key(3), scale=0.5)
+    ids = np.array([3, 1, 4, 1, 5])
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x = p["wte"]["embedding"][ids] + p["wpe"]["embedding"][: len(ids)]
+    qkv = _np_layer_norm(x, p["blocks_0"]["ln1"]) @ p["blocks_0"]["attn"]["qkv"]["kernel"]
+    qkv = (qkv + p["blocks_0"]["attn"]["qkv"]["bias"]).reshape(len(ids), 3, 2, 4)  # (T, q/k/v, H, D)
+    for h in range(2):
+        scores = qkv[:, 0, h] @ qkv[:, 1, h].T / math.sqrt(4)
+        expected = np.zeros_like(scores)
+        for i in range(len(ids)):  # softmax over the positions up to i, nothing after
+            e = np.exp(scores[i, : i + 1] - scores[i, : i + 1].max())
+            expected[i, : i + 1] = e / e.sum()
+        np.testing.assert_allclose(model.attention_weights(params, ids)[0, h], expected, rtol=2e-5, atol=1e-6)

@@ -203,3 +203,13 @@ def test_sampling_with_a_big_vocabulary_is_an_exact_chain_walk():
     table32 = np.asarray(logits_table(params))
     for a, b in zip(top[:-1], top[1:]):
         assert table32[a, b] >= np.sort(table32[a])[-5]
+
+
+def test_sample_is_generate_without_the_prompt():
+    model = Bigram(vocab_size=7)
+    params = table_params(np.random.default_rng(4).normal(size=(7, 7)))
+    key = jax.random.key(9)
+    new = model.sample(params, key, [3, 2], 50, num_samples=3)
+    assert new.shape == (3, 50) and new.dtype == jnp.int32
+    np.testing.assert_array_equal(new, generate(params, key, [3, 2], 50, num_samples=3)[:, 2:])
+    assert model.sample(params, key, [3], 0).shape == (1, 0)

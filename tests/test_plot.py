@@ -1,5 +1,6 @@
-"""plot.py: loss.png and bigram.png are valid PNGs of a sane size, the heatmap is the softmax of the table, labels
-are visible, loss curves are one point per step, and a missing matplotlib is a one-line error."""
+"""plot.py: loss.png, bigram.png and attention.png are valid PNGs of a sane size, the heatmap is the softmax of the
+table, labels are visible, loss curves are one point per step, and a missing matplotlib, a bigram's attention or an
+unknown prompt character is a one-line error."""
 
 import struct
 import sys
@@ -43,7 +44,7 @@ def test_heatmap_data_is_softmax_of_the_embedding_table(tiny_workdir):
 def test_char_labels_are_visible_and_distinct():
     chars = ["\n", " ", "\t", "\x0b", "a", "é", "!"]
     labels = [plot.char_label(c) for c in chars]
-    assert labels[:2] == ["\\n", "␣"] and labels[4:] == ["a", "é", "!"]
+    assert labels[:2] == ["⏎", "␣"] and labels[4:] == ["a", "é", "!"]
     assert len(set(labels)) == len(labels) and all(label.strip() for label in labels)
 
 
@@ -79,3 +80,39 @@ def test_plot_where_it_cannot_write_is_one_line(case, tiny_workdir_copy, tmp_pat
     line = run_main(capsys, ["plot", "--workdir", workdir, *(["--out", out] if out is not None else [])])
     assert expected in line and "--out" in line
     assert snapshot(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def gpt_workdir(tmp_path_factory, run_cli):
+    """A GPT checkpoint (gpt-tiny, 20 steps)."""
+    workdir = tmp_path_factory.mktemp("gpt_run") / "run"
+    proc = run_cli("train", "--config", "gpt-tiny", "--steps", 20, "--set", "eval.iters=1", "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr
+    return workdir
+
+
+def test_attention_png_of_a_gpt(gpt_workdir, tmp_path, capsys):
+    assert cli.main(["plot", "--attention", "--prompt", "ROMEO:\nBut soft", "--workdir", str(gpt_workdir),
+                     "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / plot.ATTENTION_PNG)]
+    width, height = _png_size(tmp_path / plot.ATTENTION_PNG)
+    assert 400 <= width <= 3000 and 300 <= height <= 3000
+    assert 20_000 < (tmp_path / plot.ATTENTION_PNG).stat().st_size < 2_000_000
+
+
+def test_attention_default_prompt_keeps_to_the_vocabulary():
+    assert plot.attention_prompt(list("\n:ROMEab"), 8) == "ROMEO:\na"  # "But soft, wh" has none of them
+    assert plot.attention_prompt(list("qxz"), 8) == "qxz"  # nothing of the default text: the vocabulary itself
+    assert len(plot.attention_prompt([chr(c) for c in range(32, 127)] + ["\n"], 256)) == plot.ATTENTION_PROMPT_CHARS
+
+
+@pytest.mark.parametrize("case", ["bigram", "unknown character", "prompt without --attention"])
+def test_attention_mistakes_are_one_line(case, tiny_workdir, gpt_workdir, tmp_path, capsys):
+    if case == "bigram":
+        argv, expected = ["--attention", "--workdir", tiny_workdir], "holds a bigram, which has no attention"
+    elif case == "unknown character":
+        argv, expected = ["--attention", "--prompt", "ROMEO\u00e9", "--workdir", gpt_workdir], "outside the model's vocabulary"
+    else:
+        argv, expected = ["--prompt", "ROMEO", "--workdir", gpt_workdir], "add --attention"
+    assert expected in run_main(capsys, ["plot", *argv, "--out", tmp_path])
+    assert not (tmp_path / plot.ATTENTION_PNG).exists()

@@ -22,8 +22,8 @@ def test_plain_progress_lines_when_stderr_is_not_a_tty(tiny_train):
     # tiny: 200 steps, eval every 100 → one plain line per eval (steps 0, 100, 200)
     assert [line.split(" | ")[0] for line in lines] == [
         "progress: step 0/200 (0%)", "progress: step 100/200 (50%)", "progress: step 200/200 (100%)"]
-    assert "ETA 0:00" in lines[-1] and "steps/s" in lines[-1] and "val loss" in lines[-1]
-    assert "train loss 4." in lines[0]  # before the first chunk: the step-0 estimate, not '?'
+    assert "ETA 0:00" in lines[-1] and "steps/s" in lines[-1] and "val est." in lines[-1]
+    assert "chunk loss 4." in lines[0]  # before the first chunk: the step-0 estimate, not '?'
     assert "\r" not in tiny_train.proc.stderr  # no bar redraws in a log
     evals = [line for line in tiny_train.proc.stdout.splitlines() if line.startswith("step ")]
     assert [line.split(":")[0] for line in evals] == ["step 0", "step 100", "step 200"]  # the eval lines, on stdout
@@ -39,7 +39,18 @@ def test_reporter_prints_each_eval_on_out_and_plain_lines_on_err():
         rep.eval({"step": 10, "train_loss": 2.0, "val_loss": 2.25})
     assert out.getvalue() == "step 0: train loss 4.0000, val loss 4.1000\nstep 10: train loss 2.0000, val loss 2.2500\n"
     plain = err.getvalue().splitlines()
-    assert len(plain) == 2 and plain[1].startswith("progress: step 10/10 (100%) | train loss 2.5000")
+    assert len(plain) == 2 and plain[1].startswith("progress: step 10/10 (100%) | chunk loss 2.5000")
+
+
+def test_an_eval_sample_is_printed_quoted_under_its_eval_line_and_logged(tmp_path):
+    out, path = io.StringIO(), tmp_path / "metrics.jsonl"
+    with progress.Reporter(start_step=0, total_steps=10, resumed=False, metrics_path=path, out=out,
+                           err=io.StringIO(), bar=False) as rep:
+        rep.eval({"step": 0, "train_loss": 4.0, "val_loss": 4.1}, sample="\nHe said\x1b[2J\n\tgo")
+        rep.saved(0)
+    assert out.getvalue() == ("step 0: train loss 4.0000, val loss 4.1000\nsample at step 0:\n    | \n"
+                              "    | He said\\x1b[2J\n    | \\tgo\n")
+    assert _read(path)[0]["sample"] == "\nHe said\x1b[2J\n\tgo" and progress.read_metrics(path)[0]["step"] == 0
 
 
 def test_disabled_reporter_says_nothing():
@@ -56,7 +67,7 @@ def test_reporter_draws_a_tqdm_bar_when_asked():
         rep.eval({"step": 0, "train_loss": 4.0, "val_loss": 4.1})
         rep.chunk(10, np.array([3.0, 2.0]), 0.01)
     text = err.getvalue()
-    assert "10/10" in text and "loss 2.5000" in text and "val 4.1000@0" in text
+    assert "10/10" in text and "chunk loss 2.5000" in text and "val est. 4.1000@0" in text
     assert "progress: " not in text
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbigram import config, data, train
+from jaxbigram import config, data, models, progress, train
 from jaxbigram.checkpoint import Store
 from jaxbigram.config import TrainConfig
 from jaxbigram.models.bigram import Bigram, logits_table
@@ -90,10 +90,10 @@ def test_learning_rate_schedules():
 def test_run_keys_are_a_function_of_the_seed():
     a, b, c = train.run_keys(3), train.run_keys(3), train.run_keys(4)
     data_of = {k: np.asarray(jax.random.key_data(v)) for k, v in a.items()}
-    assert set(a) == {"init", "batch", "eval", "dropout"}
+    assert set(a) == {"init", "batch", "eval", "dropout", "sample"}
     assert all(np.array_equal(data_of[k], jax.random.key_data(b[k])) for k in a)
     assert not any(np.array_equal(data_of[k], jax.random.key_data(c[k])) for k in a)
-    assert len({data_of[k].tobytes() for k in a}) == 4  # four different keys
+    assert len({data_of[k].tobytes() for k in a}) == 5  # five different keys
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -275,3 +275,33 @@ def test_the_training_call_compiles_once_per_run_ahead_of_the_loop(tmp_path, cor
         compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(train_chunk)" in r.getMessage()]
         assert len(compiles) == 1, compiles
     assert train.make_optimizer(cfg.train) is train.make_optimizer(cfg.train)
+
+
+def test_samples_at_evals_change_nothing_and_repeat(tmp_path, corpus):
+    """eval.sample_chars only reads the params: the same losses and params with and without samples, and the same
+    samples (one key per run) run after run."""
+    cfg = config.load("gpt-tiny", ["train.steps=20", "train.steps_per_call=10", "eval.interval=10", "eval.iters=2",
+                                   "checkpoint.interval=20", "eval.sample_chars=40"])
+    quiet = run_fit(tmp_path / "quiet", config.replace(cfg, "eval", sample_chars=0), corpus)
+    runs = [run_fit(tmp_path / name, cfg, corpus) for name in ("a", "b")]
+    for run in runs:
+        assert same_tree(run.state.params, quiet.state.params) and same_tree(run.state.opt_state, quiet.state.opt_state)
+        assert run.history == quiet.history
+    logged = [[(r["step"], r["sample"]) for r in progress.read_metrics(tmp_path / name / progress.METRICS_FILE)]
+              for name in ("a", "b")]
+    assert logged[0] == logged[1] and [step for step, _ in logged[0]] == [0, 10, 20]
+    first = corpus.tokenizer.chars[0]
+    assert all(len(text) == 41 and text[0] == first and set(text) <= set(corpus.tokenizer.chars) for _, text in logged[0])
+    assert "sample" not in progress.read_metrics(tmp_path / "quiet" / progress.METRICS_FILE)[0]
+    key = train.run_keys(1337)["sample"]  # the run's sample key, and the params of the last eval, give its sample
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, cfg.train.block_size)
+    assert train.eval_sample(model, runs[0].state.params, key, corpus.tokenizer, 40) == logged[0][-1][1]
+
+
+def test_run_keys_keep_their_values():
+    keys = train.run_keys(1337)
+    root = jax.random.key(1337)
+    split = jax.random.split(root, 3)
+    for name, expected in (("init", split[0]), ("batch", split[1]), ("eval", split[2]),
+                           ("dropout", jax.random.fold_in(root, 3)), ("sample", jax.random.fold_in(root, 4))):
+        assert np.array_equal(jax.random.key_data(keys[name]), jax.random.key_data(expected)), name

@@ -103,13 +103,12 @@ class Bigram:
             last = new[:, -1]
             done += n
 
-
     def sample(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                num_samples: int = 1) -> jax.Array:
-        """``(num_samples, max_new_tokens)`` new ids after ``prompt_ids`` (``sample_stream`` concatenated), as the
-        GPT's ``sample``: a bigram only reads the prompt's last id."""
-        return sampling.joined(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
-                                                  num_samples), num_samples)
+        """``(num_samples, max_new_tokens)`` new ids (``sample_stream`` concatenated; the GPT's signature)."""
+        return sampling.collect(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                                   num_samples), num_samples)
+
 
 @jax.jit
 def _pair_nll(params, rows, cols):

@@ -102,6 +102,16 @@ def _residual_init(spec: "GPT"):
     return nn.initializers.normal(0.02 / math.sqrt(2 * spec.n_layer))
 
 
+def _causal_weights(q, k):
+    """Causal softmax attention weights ``(B, H, T, T)`` float32 of heads-major ``q``, ``k`` ``(B, H, T, D)``: row
+    ``i`` is softmax over ``j <= i`` of ``q_i · k_j / sqrt(D)``; every entry above the diagonal is 0."""
+    t = q.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    att = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    att = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), att, -jnp.inf)
+    return jax.nn.softmax(att, axis=-1)
+
+
 class CausalSelfAttention(nn.Module):
     spec: "GPT"  # the sizes (n_head, n_embd, n_layer, dropout, bias, dtype)
     attention: str = "auto"
@@ -136,16 +146,17 @@ class CausalSelfAttention(nn.Module):
         else:  # explicit softmax (needed for dropout on the attention weights; faster on the CPU), heads-major:
             # (B, H, T, D) operands measured 9% faster per training step than (B, T, H, D) on the CPU (gpt-cpu)
             q, k, v = self._heads(x, heads_major=True)
-            t = x.shape[1]
-            scale = 1.0 / math.sqrt(q.shape[-1])
-            att = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-            att = jnp.where(jnp.tril(jnp.ones((t, t), dtype=bool)), att, -jnp.inf)
-            att = jax.nn.softmax(att, axis=-1)
+            att = _causal_weights(q, k)
             if dropout:
                 att = self.attn_dropout(att, deterministic=False)
             y = jnp.einsum("bhqk,bhkd->bhqd", att.astype(v.dtype), v).transpose(0, 2, 1, 3)
         out = self._out(y, deterministic)
         return (out, (k, v)) if return_kv else out
+
+    def weights(self, x):
+        """The causal attention weights ``(B, H, T, T)`` float32 of ``(B, T, C)`` inputs (deterministic)."""
+        q, k, _ = self._heads(x, heads_major=True)
+        return _causal_weights(q, k)
 
     def last(self, x):
         """Output ``(B, 1, C)`` of the last position only (deterministic): keys and values for every position, the
@@ -232,10 +243,12 @@ class GPTModule(nn.Module):
         self.ln_f = _layer_norm(spec)
         self.lm_head = _dense(spec)(spec.vocab_size, kernel_init=nn.initializers.normal(0.02))
 
+    def _embed(self, idx):
+        """Token plus position embeddings ``(B, T, C)`` of ids ``(B, T)``."""
+        return self.wte(idx) + self.wpe(jnp.arange(idx.shape[1]))[None]
+
     def _trunk(self, idx, deterministic, return_kv=False):
-        t = idx.shape[1]
-        x = self.wte(idx) + self.wpe(jnp.arange(t))[None]
-        x = self.drop(x, deterministic=deterministic)
+        x = self.drop(self._embed(idx), deterministic=deterministic)
         kvs = []
         for block in self.blocks:
             if return_kv:
@@ -254,12 +267,21 @@ class GPTModule(nn.Module):
     def last_logits(self, idx):
         """Logits ``(B, V)`` of the last position only (deterministic). The last block computes its query, MLP and
         projections for the last position only (the keys and values of every position are still needed)."""
-        t = idx.shape[1]
-        x = self.wte(idx) + self.wpe(jnp.arange(t))[None]
+        x = self._embed(idx)
         for block in self.blocks[:-1]:
             x = block(x, True)
         x = self.blocks[-1].last(x)
         return self._head(self.ln_f(x)[:, 0])
+
+    def attention_weights(self, idx):
+        """The causal attention weights of every layer, ``(B, n_layer, H, T, T)`` float32 (deterministic): layer
+        ``l``'s weights over its input, the residual stream after the blocks before it."""
+        x = self._embed(idx)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.ln1(x)))
+            x = block(x, True)
+        return jnp.stack(maps, axis=1)
 
     def prefill(self, idx):
         """Keys and values of every layer for ``idx`` ``(B, T0)``: a list of ``(k, v)``, each ``(B, H, T0, D)``."""
@@ -385,6 +407,11 @@ def _init_params(model: "GPT", key):
 
 
 @partial(jax.jit, static_argnums=(0,))
+def _attention_maps(model: "GPT", params, idx):
+    return model.module().apply({"params": params}, idx, method=GPTModule.attention_weights)
+
+
+@partial(jax.jit, static_argnums=(0,))
 def _window_nll(model: "GPT", params, x, y, mask):
     logits = model.logits(params, x)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -453,6 +480,15 @@ class GPT:
         """Summed next-id loss of windows ``(x, y)`` over the positions ``mask`` selects (see ``context_windows``)."""
         return _window_nll(self, params, x, y, mask)
 
+    def attention_weights(self, params, ids) -> jax.Array:
+        """Causal attention weights ``(n_layer, n_head, T, T)`` float32 of a prompt (1-D ids; its last ``block_size``
+        ids, ``T`` of them): row ``i`` of each map is how query position ``i`` weighs positions ``0..i``. Pure, no
+        dropout; the same math as the model's own attention."""
+        ids = jnp.asarray(ids, dtype=jnp.int32).reshape(-1)[-self.block_size:]
+        if ids.size == 0:
+            raise ValueError("the prompt must hold at least one id")
+        return _attention_maps(self, params, ids[None])[0]
+
     def decay_mask(self, params):
         """True on matrices (ndim >= 2: linear kernels and embeddings), False on biases and LayerNorm scales."""
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
@@ -499,6 +535,6 @@ class GPT:
     def sample(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                num_samples: int = 1, chunk: int = 4096) -> jax.Array:
         """``(num_samples, max_new_tokens)`` new ids (``sample_stream`` concatenated)."""
-        return sampling.joined(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
-                                                  num_samples, chunk), num_samples)
+        return sampling.collect(self.sample_stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                                   num_samples, chunk), num_samples)
 

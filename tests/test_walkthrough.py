@@ -1,0 +1,35 @@
+"""docs/walkthrough.ipynb runs top to bottom: executed fresh with nbclient in a kernel of this interpreter (JAX on the
+CPU, the session's tinyshakespeare), every cell without an error."""
+
+import json
+import os
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+
+from conftest import REPO_ROOT
+
+NOTEBOOK = REPO_ROOT / "docs" / "walkthrough.ipynb"
+KERNEL = "jaxbigram-test"
+
+
+def test_the_walkthrough_runs_top_to_bottom(data_path, _session_cache, tmp_path, monkeypatch):
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL  # a kernel of this interpreter, found through JUPYTER_PATH
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "this interpreter", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JAXBIGRAM_DATA", str(data_path))  # the kernel inherits this environment
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_session_cache))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name=KERNEL,
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # raises on a failing cell
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert [o for o in outputs if o.output_type == "error"] == []
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "loop == matrix: True | matrix == softmax: True" in printed and "rows sum to 1: True" in printed
+    assert "nothing above the diagonal: True" in printed and "logits changed at positions [31]" in printed
