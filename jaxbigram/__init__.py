@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "memory", "metadata",
-              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "sampling", "sweep", "train", "workdir")
+              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "sweep", "train")
 
 
 def __getattr__(name: str):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import errors
 from .errors import Interrupted, JaxbigramError, UsageError, message, printable_path, shell_join, shell_word
-from .workdir import WORKDIR_ROOM, resumable_keys_text
+from .runs import WORKDIR_ROOM, resumable_keys_text
 
 DEFAULT_WORKDIR = "runs/default"
 
@@ -284,7 +284,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_sample(args) -> int:
     from .files import read_text_file
-    from .evaluate import load_checkpoint
+    from .runs import load_checkpoint
     from .runtime import select_platform
     from .sampling import sample_text
 
@@ -333,7 +333,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .evaluate import run_info
+    from .runs import run_info
 
     _check_paths(args, "--workdir")
     info = run_info(args.workdir, warn=_log)

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from .errors import UsageError
-from .evaluate import load_checkpoint, loss_rows, optima
-from .workdir import writable_folder
+from .runs import load_checkpoint, loss_rows, optima
+from .runs import writable_folder
 from .models.bigram import logits_table
 
 LOSS_PNG = "loss.png"

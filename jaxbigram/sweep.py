@@ -28,7 +28,7 @@ import numpy as np
 from . import config as config_lib
 from . import data as data_lib
 from . import models, progress, train
-from . import workdir as workdir_lib
+from . import runs
 from .checkpoint import Store
 from .config import Config
 from .errors import Interrupted, UsageError, printable_path
@@ -211,11 +211,11 @@ def _check_same_sweep(saved: dict | None, plan: Plan, workdir: Path) -> None:
         what = f"another sweep ({len(old.get('configs', []))} settings × {old.get('seeds')} seeds)"
     else:
         changed = sorted({k for a, b in zip(old["configs"], plan.settings)
-                          for k in config_lib.differences(a, b.to_dict()) if k not in workdir_lib.RESUMABLE_KEYS})
+                          for k in config_lib.differences(a, b.to_dict()) if k not in runs.RESUMABLE_KEYS})
         if not changed:
             return
         what = f"a sweep with other settings ({', '.join(changed)})"
-    raise UsageError("sweep_changed", workdir=workdir, what=what, resumable=workdir_lib.resumable_keys_text())
+    raise UsageError("sweep_changed", workdir=workdir, what=what, resumable=runs.resumable_keys_text())
 
 
 def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = False, err=None,
@@ -224,11 +224,11 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
     evaluating and checkpointing as ``train`` does, then the exact losses, the table and ``sweep.png``."""
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
-    with workdir_lib.held(workdir) as workdir:
-        workdir_lib.check_ours(workdir, fresh)
+    with runs.held(workdir) as workdir:
+        runs.check_ours(workdir, fresh)
         probe = Store(workdir, log=log)
         try:
-            saved = None if fresh else workdir_lib.newest_meta(probe, log)
+            saved = None if fresh else runs.newest_meta(probe, log)
         finally:
             probe.close()
         _check_same_sweep(saved, plan, workdir)
@@ -258,7 +258,7 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
     train_data, val_data = jnp.asarray(train_np), jnp.asarray(val_np)
     init = jax.vmap(lambda k: train.create_train_state(k, model, tcfg))
     meta = _sweep_meta(plan, corpus, model)
-    resumed = None if fresh or not store.steps() else workdir_lib.resume(store, jax.eval_shape(init, keys["init"]),
+    resumed = None if fresh or not store.steps() else runs.resume(store, jax.eval_shape(init, keys["init"]),
                                                                           meta, log)
     if resumed is None:
         states, history, step = jax.jit(init)(keys["init"]), [], 0
@@ -349,7 +349,7 @@ def export_member(workdir, k: int, out, log=None) -> Path:
         spec = meta.get(SWEEP_SECTION)
         if not isinstance(spec, dict):
             raise UsageError("sweep_changed", workdir=source.workdir, what="a `train` run, not a sweep",
-                             resumable=workdir_lib.resumable_keys_text())
+                             resumable=runs.resumable_keys_text())
         if not 0 <= k < spec["members"]:
             raise UsageError("sweep_member", got=k, workdir=source.workdir, last=spec["members"] - 1)
         cfg = config_lib.from_dict(meta["config"])
@@ -369,8 +369,8 @@ def export_member(workdir, k: int, out, log=None) -> Path:
     member_meta = {key: value for key, value in meta.items() if key not in (SWEEP_SECTION, "checksums")}
     member_meta.update(config=member_cfg.to_dict(), history=rows, last_eval=rows[-1] if rows else None,
                        exported_from={"workdir": str(source.workdir), "member": k})
-    with workdir_lib.held(out) as folder:
-        workdir_lib.check_ours(folder, False)
+    with runs.held(out) as folder:
+        runs.check_ours(folder, False)
         target = Store(folder, keep=member_cfg.checkpoint.keep, log=log)
         try:
             if target.steps():

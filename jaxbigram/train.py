@@ -23,7 +23,7 @@ from flax.training import train_state
 
 from . import data as data_lib
 from . import memory, models, parallel, progress
-from . import workdir as workdir_lib
+from . import runs
 from .checkpoint import Store
 from .config import Config, TrainConfig
 from .errors import Interrupted, UsageError, printable_path, program
@@ -326,7 +326,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
     state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
     meta = run_metadata(cfg, corpus, model, num_params)
     history: list = []
-    resumed = None if fresh or not store.steps() else workdir_lib.resume(store, state, meta, log)
+    resumed = None if fresh or not store.steps() else runs.resume(store, state, meta, log)
     start = 0 if resumed is None else int(resumed[1].step)
     # XLA compiles the training call on another core while this one builds the state and runs the first estimate
     ahead = compile_ahead(train_chunk, resumed[1] if resumed else state, train_data, keys["batch"], keys["dropout"],
@@ -412,14 +412,14 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     """
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
-    with workdir_lib.held(workdir, parallel.is_primary()) as workdir:
-        workdir_lib.check_ours(workdir, fresh)
+    with runs.held(workdir, parallel.is_primary()) as workdir:
+        runs.check_ours(workdir, fresh)
         probe = Store(workdir, log=log)
         try:
-            saved = None if fresh else workdir_lib.newest_meta(probe, log)
+            saved = None if fresh else runs.newest_meta(probe, log)
         finally:
             probe.close()
-        cfg = workdir_lib.run_config(saved, config_path, overrides, workdir)
+        cfg = runs.run_config(saved, config_path, overrides, workdir)
         recorded = (saved or {}).get("data", {}).get("path")
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=cfg.data.path)
         corpus = data_lib.load_corpus(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxbigram import data, workdir as workdir_lib
+from jaxbigram import data, runs
 from jaxbigram.cli import main
 from conftest import DATA, REPO_ROOT, TINY, assert_usage_error, error_line, run_main, snapshot, store_params, write
 
@@ -344,7 +344,7 @@ def test_workdir_not_writable(kind, tmp_path, capsys):
 
 def test_a_second_train_in_a_busy_workdir_is_refused(untouched, capsys):
     """While one `train` holds the workdir, another is refused (they would clean up each other's saves)."""
-    with workdir_lib.exclusive(untouched):
+    with runs.exclusive(untouched):
         line = run_main(capsys, ["train", "--workdir", untouched, "--steps", "300"])
         assert "another `train` is running in" in line and "--workdir" in line
 

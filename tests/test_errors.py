@@ -9,7 +9,7 @@ import pytest
 
 from jaxbigram import errors
 from jaxbigram.errors import MESSAGES, message, printable_path, shell_word
-from jaxbigram.workdir import resumable_keys_text
+from jaxbigram.runs import resumable_keys_text
 
 from conftest import REPO_ROOT
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbigram import data, evaluate, progress
+from jaxbigram import data, evaluate, progress, runs
 from jaxbigram.errors import CheckpointError, UsageError
 from jaxbigram.models.bigram import Bigram, logits_table
 from conftest import store_params, write
@@ -19,7 +19,7 @@ from reference import np_mean_cross_entropy
 
 
 def test_exact_report_against_numpy(tiny_workdir, corpus):
-    ckpt = evaluate.load_checkpoint(tiny_workdir)
+    ckpt = runs.load_checkpoint(tiny_workdir)
     train, val = data.split(corpus.ids, 0.1)
     report = evaluate.exact_report(ckpt.model, ckpt.params, train, val)
     table = logits_table(ckpt.params)
@@ -52,20 +52,20 @@ def test_a_split_without_a_character_pair_is_nan_for_every_model(kind, train_len
 
 
 def test_load_checkpoint_newest_or_a_given_step(tiny_workdir):
-    newest = evaluate.load_checkpoint(tiny_workdir)
+    newest = runs.load_checkpoint(tiny_workdir)
     assert newest.step == 200 and newest.model == Bigram(65) and newest.tokenizer.vocab_size == 65
     assert newest.workdir == tiny_workdir
-    older = evaluate.load_checkpoint(tiny_workdir, 100)
+    older = runs.load_checkpoint(tiny_workdir, 100)
     assert older.step == 100 and not np.array_equal(logits_table(older.params), logits_table(newest.params))
     np.testing.assert_array_equal(logits_table(newest.params), logits_table(store_params(tiny_workdir, 200)[0]))
     with pytest.raises(CheckpointError) as info:
-        evaluate.load_checkpoint(tiny_workdir, 150)
+        runs.load_checkpoint(tiny_workdir, 150)
     assert info.value.code == "no_step"
 
 
 def test_load_checkpoint_of_an_empty_workdir(tmp_path):
     with pytest.raises(CheckpointError) as info:
-        evaluate.load_checkpoint(tmp_path / "never")
+        runs.load_checkpoint(tmp_path / "never")
     assert info.value.code == "no_checkpoint" and not (tmp_path / "never").exists()
 
 
@@ -74,7 +74,7 @@ def test_evaluate_checkpoint_on_the_training_text(tiny_workdir, data_path):
     report = evaluate.evaluate_checkpoint(tiny_workdir, log=notes.append)
     assert report["step"] == 200 and report["same_data_as_training"] and notes == []
     assert report["data"] == str(data_path) and report["sha256"] == data.TINYSHAKESPEARE_SHA256
-    assert report["val_loss"] == pytest.approx(evaluate.load_checkpoint(tiny_workdir).meta["exact"]["val_loss"])
+    assert report["val_loss"] == pytest.approx(runs.load_checkpoint(tiny_workdir).meta["exact"]["val_loss"])
 
 
 def test_evaluate_checkpoint_on_another_text_says_so(tiny_workdir, tmp_path, data_path):
@@ -85,8 +85,8 @@ def test_evaluate_checkpoint_on_another_text_says_so(tiny_workdir, tmp_path, dat
     report = evaluate.evaluate_checkpoint(tiny_workdir, data=str(other), log=notes.append)
     assert not report["same_data_as_training"] and report["sha256"] == hashlib.sha256(other.read_bytes()).hexdigest()
     assert len(notes) == 1 and "is not the text step 200 was trained on" in notes[0] and "sha256" in notes[0]
-    params = evaluate.load_checkpoint(tiny_workdir).params
-    ids = data.Tokenizer(evaluate.load_checkpoint(tiny_workdir).meta["vocab"]).encode(other.read_text())
+    params = runs.load_checkpoint(tiny_workdir).params
+    ids = data.Tokenizer(runs.load_checkpoint(tiny_workdir).meta["vocab"]).encode(other.read_text())
     _, val = data.split(ids, 0.1)
     assert report["val_loss"] == pytest.approx(np_mean_cross_entropy(logits_table(params), val), rel=1e-6)
 
@@ -99,7 +99,7 @@ def test_evaluate_checkpoint_on_text_with_unknown_characters(tiny_workdir, tmp_p
 
 
 def test_run_info_reports_the_run(tiny_workdir, data_path):
-    info = evaluate.run_info(tiny_workdir)
+    info = runs.run_info(tiny_workdir)
     metrics = progress.read_metrics(tiny_workdir / progress.METRICS_FILE)
     checkpointed = {r["step"]: r["val_loss"] for r in metrics if r["step"] in info["steps"]}
     assert info["steps"] == [100, 200] and info["latest_step"] == 200
@@ -115,15 +115,15 @@ def test_run_info_reports_the_run(tiny_workdir, data_path):
 
 
 def test_loss_rows_and_val_optimum(tiny_workdir_copy):
-    ckpt = evaluate.load_checkpoint(tiny_workdir_copy, 100)
-    assert [r["step"] for r in evaluate.loss_rows(tiny_workdir_copy, ckpt.meta, 100)] == [0, 100]
+    ckpt = runs.load_checkpoint(tiny_workdir_copy, 100)
+    assert [r["step"] for r in runs.loss_rows(tiny_workdir_copy, ckpt.meta, 100)] == [0, 100]
     (tiny_workdir_copy / progress.METRICS_FILE).unlink()  # without the log: the checkpoint's own history
-    assert [r["step"] for r in evaluate.loss_rows(tiny_workdir_copy, ckpt.meta, 100)] == [0, 100]
-    assert evaluate.metrics_summary(tiny_workdir_copy) is None
+    assert [r["step"] for r in runs.loss_rows(tiny_workdir_copy, ckpt.meta, 100)] == [0, 100]
+    assert runs.metrics_summary(tiny_workdir_copy) is None
     # step 100 has no exact report: the optimum comes from its (unchanged) data file
     assert "exact" not in ckpt.meta
-    assert evaluate.val_optimum(ckpt.meta) == pytest.approx(2.482, abs=5e-4)
-    assert evaluate.val_optimum({**ckpt.meta, "data": {**ckpt.meta["data"], "sha256": "0" * 64}}) is None
+    assert runs.val_optimum(ckpt.meta) == pytest.approx(2.482, abs=5e-4)
+    assert runs.val_optimum({**ckpt.meta, "data": {**ckpt.meta["data"], "sha256": "0" * 64}}) is None
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["newest", "explicit step"])
@@ -144,13 +144,13 @@ def test_load_checkpoint_when_a_step_vanishes_while_being_read(explicit, tiny_wo
     monkeypatch.setattr(Store, "restore_params", racing)
     if explicit:
         with pytest.raises(CheckpointError) as info:
-            evaluate.load_checkpoint(tiny_workdir_copy, 200)
+            runs.load_checkpoint(tiny_workdir_copy, 200)
         assert info.value.code == "step_moved" and "step 200" in str(info.value) and "100" in str(info.value)
         with pytest.raises(CheckpointError) as info:
-            evaluate.load_checkpoint(tiny_workdir_copy, 150)
+            runs.load_checkpoint(tiny_workdir_copy, 150)
         assert info.value.code == "no_step"
     else:
-        assert evaluate.load_checkpoint(tiny_workdir_copy).step == 100
+        assert runs.load_checkpoint(tiny_workdir_copy).step == 100
     assert vanished == [200]
 
 

@@ -1,4 +1,4 @@
-"""workdir.py: a run's folder — writable or one clear line, one writer at a time (an OS lock), the run's config on
+"""runs.py: a run's folder — writable or one clear line, one writer at a time (an OS lock), the run's config on
 resume (only RESUMABLE_KEYS may change), compatibility, and damaged steps set aside, never deleted."""
 
 import json
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbigram import config, workdir
+from jaxbigram import config, runs
 from jaxbigram.checkpoint import Store
 from jaxbigram.errors import CheckpointError, UsageError
 from jaxbigram.models.bigram import Bigram
@@ -56,76 +56,76 @@ def test_ensure_writable_refuses_with_one_line(tmp_path, kind, code):
     """Tests may run as root, where chmod does not stop writes: a path below a regular file cannot be created by
     anyone (ENOTDIR)."""
     blocker = write(tmp_path / "file", "x")
-    path = {"under a regular file": blocker / "run", "is a file": blocker, "empty": workdir.Path("")}[kind]
+    path = {"under a regular file": blocker / "run", "is a file": blocker, "empty": runs.Path("")}[kind]
     with pytest.raises(UsageError) as info:
-        workdir.ensure_writable(path)
+        runs.ensure_writable(path)
     assert info.value.code == code and "\n" not in str(info.value)
     assert blocker.read_text() == "x"
 
 
 def test_ensure_writable_creates_the_folder(tmp_path):
-    workdir.ensure_writable(tmp_path / "a" / "b")
+    runs.ensure_writable(tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b").is_dir()
 
 
 def test_one_writer_at_a_time(tmp_path):
-    with workdir.exclusive(tmp_path):
+    with runs.exclusive(tmp_path):
         with pytest.raises(UsageError) as info:
-            with workdir.exclusive(tmp_path):
+            with runs.exclusive(tmp_path):
                 pass
         assert info.value.code == "workdir_busy"
-        with workdir.exclusive(tmp_path, primary=False):  # other processes of a multi-process run do not lock
+        with runs.exclusive(tmp_path, primary=False):  # other processes of a multi-process run do not lock
             pass
-    with workdir.exclusive(tmp_path):  # released: the lock never outlives its holder
+    with runs.exclusive(tmp_path):  # released: the lock never outlives its holder
         pass
 
 
 # ----------------------------------------------------------------------------- the run's config
 
 def test_a_new_run_uses_the_given_config_or_the_default_preset(tmp_path):
-    assert workdir.run_config(None, None, [], tmp_path) == config.load(config.DEFAULT_PRESET)
-    assert workdir.run_config(None, "tiny", ["train.steps=7"], tmp_path) == config.load("tiny", ["train.steps=7"])
+    assert runs.run_config(None, None, [], tmp_path) == config.load(config.DEFAULT_PRESET)
+    assert runs.run_config(None, "tiny", ["train.steps=7"], tmp_path) == config.load("tiny", ["train.steps=7"])
 
 
 def test_a_resume_keeps_the_checkpoint_config_and_lets_only_resumable_keys_change(tmp_path):
     saved = meta(1, cfg=config.load("tiny"))
-    assert workdir.run_config(saved, None, [], tmp_path) == config.load("tiny")
+    assert runs.run_config(saved, None, [], tmp_path) == config.load("tiny")
     resumable = ["train.steps=900", "eval.interval=7", "checkpoint.keep=9", "train.steps_per_call=3"]
-    assert workdir.run_config(saved, None, resumable, tmp_path) == config.load("tiny", resumable)
-    assert workdir.run_config(saved, "tiny", ["train.steps=900"], tmp_path).train.steps == 900
+    assert runs.run_config(saved, None, resumable, tmp_path) == config.load("tiny", resumable)
+    assert runs.run_config(saved, "tiny", ["train.steps=900"], tmp_path).train.steps == 900
     with pytest.raises(UsageError) as info:
-        workdir.run_config(saved, None, ["train.learning_rate=0.5", "train.steps=900", "model.n_layer=2"], tmp_path)
+        runs.run_config(saved, None, ["train.learning_rate=0.5", "train.steps=900", "model.n_layer=2"], tmp_path)
     assert info.value.code == "config_changed"
     assert "model.n_layer, train.learning_rate" in str(info.value) and "train.steps" not in info.value.fields["keys"]
     with pytest.raises(UsageError) as info:  # another file: every key it changes is named
-        workdir.run_config(saved, "lecture", [], tmp_path)
+        runs.run_config(saved, "lecture", [], tmp_path)
     assert "train.batch_size" in str(info.value) and "--fresh" in str(info.value)
 
 
 def test_check_compatible_refuses_other_vocabulary_or_data(tmp_path):
-    workdir.check_compatible(meta(1), meta(1), tmp_path)
+    runs.check_compatible(meta(1), meta(1), tmp_path)
     with pytest.raises(CheckpointError) as info:
-        workdir.check_compatible(meta(1), meta(1, vocab="abcdef"), tmp_path)
+        runs.check_compatible(meta(1), meta(1, vocab="abcdef"), tmp_path)
     assert info.value.code == "incompatible" and "another vocabulary" in str(info.value) and "--fresh" in str(info.value)
     with pytest.raises(CheckpointError) as info:
-        workdir.check_compatible(meta(1), meta(1, sha="cd" * 32), tmp_path)
+        runs.check_compatible(meta(1), meta(1, sha="cd" * 32), tmp_path)
     assert "other data" in str(info.value) and "--fresh" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- resume and damaged steps
 
 def test_resume_restores_the_newest_step(store):
-    saved, restored = workdir.resume(store, jax.eval_shape(state), meta(0), print)
+    saved, restored = runs.resume(store, jax.eval_shape(state), meta(0), print)
     assert saved["step"] == 2 and same_tree(restored.params, state(2).params)
 
 
 def test_resume_sets_a_damaged_step_aside_and_uses_the_previous_one(store):
     damage(store, 2)
     notes = []
-    saved, restored = workdir.resume(store, jax.eval_shape(state), meta(0), notes.append)
+    saved, restored = runs.resume(store, jax.eval_shape(state), meta(0), notes.append)
     assert saved["step"] == 1 and same_tree(restored.params, state(1).params)
     assert store.steps() == [1]
-    aside = list((store.workdir / workdir.DAMAGED).iterdir())
+    aside = list((store.workdir / runs.DAMAGED).iterdir())
     assert [p.name.split("-")[0] for p in aside] == ["2"] and (aside[0] / "state").is_dir()  # kept, never deleted
     assert len(notes) == 1 and "checkpoint step 2 is damaged" in notes[0] and str(aside[0]) in notes[0]
 
@@ -139,15 +139,15 @@ def test_resume_refuses_another_run_before_reading_its_arrays(store):
     saved["checksums"]["params/token_embedding_table/embedding"] ^= 1  # as if the array had changed on disk
     meta_file.write_text(json.dumps(saved))
     with pytest.raises(CheckpointError) as info:
-        workdir.resume(store, jax.eval_shape(state), meta(0, sha="cd" * 32), print)
+        runs.resume(store, jax.eval_shape(state), meta(0, sha="cd" * 32), print)
     assert info.value.code == "incompatible"
-    assert store.steps() == [1, 2] and not (store.workdir / workdir.DAMAGED).exists()
+    assert store.steps() == [1, 2] and not (store.workdir / runs.DAMAGED).exists()
 
 
 def test_resume_of_only_damaged_steps_is_none(store):
     damage(store, 1)
     damage(store, 2)
-    assert workdir.resume(store, jax.eval_shape(state), meta(0), lambda _: None) is None
+    assert runs.resume(store, jax.eval_shape(state), meta(0), lambda _: None) is None
     assert store.steps() == []
 
 
@@ -155,9 +155,9 @@ def test_newest_meta_skips_unreadable_metadata(store):
     store.close()
     (store.directory / "2" / "meta" / "metadata").write_text("{not json")
     notes = []
-    assert workdir.newest_meta(store, notes.append)["step"] == 1
+    assert runs.newest_meta(store, notes.append)["step"] == 1
     assert "step 2 is damaged" in notes[0]
-    assert workdir.newest_meta(Store(store.workdir / "new"), print) is None
+    assert runs.newest_meta(Store(store.workdir / "new"), print) is None
     np.testing.assert_array_equal(store.steps(), [1])
 
 
@@ -223,13 +223,13 @@ def test_what_train_cannot_write_is_refused_before_training(what, tiny_workdir, 
     and what to do; nothing in the workdir changes (no step, no metrics row)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_workdir, run)
-    (run / workdir.DAMAGED).mkdir()
+    (run / runs.DAMAGED).mkdir()
     target, mode, expected = {
-        "the lock file": (run / workdir.LOCK_FILE, 0o444,
-                          f"cannot open {run / workdir.LOCK_FILE} for writing (Permission denied): it is the lock"),
+        "the lock file": (run / runs.LOCK_FILE, 0o444,
+                          f"cannot open {run / runs.LOCK_FILE} for writing (Permission denied): it is the lock"),
         "checkpoints/": (run / "checkpoints", 0o555, f"{run / 'checkpoints'} is not writable (permission denied)"),
-        "damaged-checkpoints/": (run / workdir.DAMAGED, 0o555,
-                                 f"{run / workdir.DAMAGED} is not writable (permission denied)"),
+        "damaged-checkpoints/": (run / runs.DAMAGED, 0o555,
+                                 f"{run / runs.DAMAGED} is not writable (permission denied)"),
         "the workdir": (run, 0o555, f"workdir {run} is not writable (permission denied): pass a writable --workdir"),
     }[what]
     target.chmod(mode)
@@ -268,8 +268,8 @@ def test_a_refused_train_leaves_nothing_it_created(case, tmp_path, run_cli):
 def test_a_lock_file_removed_by_its_holder_is_never_locked(tmp_path, monkeypatch):
     """A failed `train` removes the lock file it created: one who opened that file just before must not count its
     flock as the lock (a third could then lock a new file at the same path): it opens the path again."""
-    lock = tmp_path / workdir.LOCK_FILE
-    real_flock, calls = workdir.fcntl.flock, []
+    lock = tmp_path / runs.LOCK_FILE
+    real_flock, calls = runs.fcntl.flock, []
 
     def flock_after_removal(handle, operation):
         calls.append(operation)
@@ -277,11 +277,11 @@ def test_a_lock_file_removed_by_its_holder_is_never_locked(tmp_path, monkeypatch
             lock.unlink()  # its holder gave up between our open and our flock
         return real_flock(handle, operation)
 
-    monkeypatch.setattr(workdir.fcntl, "flock", flock_after_removal)
-    with workdir.exclusive(tmp_path):
+    monkeypatch.setattr(runs.fcntl, "flock", flock_after_removal)
+    with runs.exclusive(tmp_path):
         assert lock.exists() and len(calls) == 2
-        monkeypatch.setattr(workdir.fcntl, "flock", real_flock)
+        monkeypatch.setattr(runs.fcntl, "flock", real_flock)
         with pytest.raises(UsageError) as info:  # and it is held: another is refused
-            with workdir.exclusive(tmp_path):
+            with runs.exclusive(tmp_path):
                 pass
         assert info.value.code == "workdir_busy"

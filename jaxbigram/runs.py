@@ -1,8 +1,11 @@
-"""A training run's folder: one writer at a time, and resuming from the newest intact checkpoint of the same run.
+"""A training run's folder: one writer at a time, resuming from the newest intact checkpoint of the same run, and
+reading a run (its checkpoints, its metrics log) for ``sample``, ``eval``, ``info`` and ``plot``.
 
 The policy lives here (``checkpoint.Store`` only reads and writes): a damaged step is moved to
 ``<workdir>/damaged-checkpoints/`` (kept for inspection, never deleted) and the next older one is tried; a checkpoint
-of other data, another vocabulary or other settings is refused with one line.
+of other data, another vocabulary or other settings is refused with one line. The readers open checkpoints
+read-only. JAX, Flax and orbax are imported by the functions that need them, so the command line can read this
+module's constants without them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_lib
@@ -202,3 +206,141 @@ def set_aside(store, step: int, error: CheckpointError, log) -> Path:
     os.replace(store.directory / str(step), target)
     log(message("warn_step_set_aside", step=step, reason=error.fields["reason"], target=target))
     return target
+
+
+# ----------------------------------------------------------------------------- reading a run (read-only)
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One saved step, ready to use: its params, metadata, tokenizer and model."""
+
+    step: int
+    params: dict
+    meta: dict
+    tokenizer: object  # data.Tokenizer
+    model: object
+    workdir: Path
+
+
+def model_of(meta: dict):
+    """The model a checkpoint's metadata describes."""
+    from . import models
+
+    cfg = config_lib.from_dict(meta["config"])
+    return models.build(cfg.model, meta["vocab_size"], cfg.train.block_size)
+
+
+def load_checkpoint(workdir: str | Path, step: int | None = None, attempts: int = 3) -> Checkpoint:
+    """The params of ``step`` (default: the newest) of a run, read-only.
+
+    A run that is still training may drop the newest step while it is being read (its keep policy): then the newest
+    step that exists is read instead; an explicit ``step`` that went away is said to have moved.
+    """
+    from . import data as data_lib
+    from .checkpoint import Store
+
+    store = Store(workdir, read_only=True)
+    try:
+        for attempt in range(attempts):
+            steps = store.steps()
+            if not steps:
+                raise CheckpointError("no_checkpoint", workdir=store.workdir)
+            chosen = steps[-1] if step is None else step
+            try:
+                params, meta = store.restore_params(chosen)
+            except CheckpointError:
+                store.reload()
+                if chosen in store.steps() or chosen not in steps or attempt == attempts - 1:
+                    raise  # still there: really damaged; or never there: no such step
+                if step is not None:
+                    raise CheckpointError("step_moved", step=step, workdir=store.workdir,
+                                          steps=", ".join(map(str, store.steps())) or "none") from None
+                continue  # the running train replaced it: read the newest again
+            return Checkpoint(step=chosen, params=params, meta=meta, tokenizer=data_lib.Tokenizer(meta["vocab"]),
+                              model=model_of(meta), workdir=store.workdir)
+    finally:
+        store.close()
+    raise AssertionError("unreachable")
+
+
+def run_info(workdir: str | Path, warn=None) -> dict:
+    """Everything a user wants to know about a run, from its checkpoints (and its metrics log) alone."""
+    from .checkpoint import Store
+
+    store = Store(workdir, read_only=True)
+    try:
+        steps = store.steps()
+        if not steps:
+            raise CheckpointError("no_checkpoint", workdir=store.workdir)
+        metas, damaged = {}, None
+        for s in steps:
+            try:
+                metas[s] = store.read_meta(s)
+            except CheckpointError as e:  # a damaged step does not hide the run (info has no --step to avoid it)
+                damaged = e
+                if warn is not None:
+                    warn(f"warning: checkpoint step {s} is damaged ({e.fields['reason']}); `train` in that workdir "
+                         f"resumes from the newest intact step")
+        if not metas:
+            raise damaged
+        latest = metas[max(metas)]
+    finally:
+        store.close()
+    scored = [(m["last_eval"]["val_loss"], s) for s, m in metas.items() if m.get("last_eval")]
+    best_loss, best_step = min(scored) if scored else (None, None)
+    ckpt_model = model_of(latest)
+    return {"workdir": str(store.workdir), "steps": steps, "latest_step": steps[-1], "best_val_loss": best_loss,
+            "best_step": best_step, "model": ckpt_model.kind, "num_params": latest.get("num_params"),
+            "vocab_size": latest["vocab_size"], "vocab": latest["vocab"],
+            "data": latest["data"], "config": latest["config"], "exact": latest.get("exact"),
+            "metrics": metrics_summary(store.workdir, warn)}
+
+
+def metrics_summary(workdir: str | Path, warn=None) -> dict | None:
+    """Evals logged in ``metrics.jsonl``, the best val estimate among them (any step, checkpointed or not) and the
+    last sample shown at an eval (``{'step', 'text'}``, None without one: ``eval.sample_chars`` = 0)."""
+    from . import progress
+
+    path = Path(workdir) / progress.METRICS_FILE
+    rows = progress.read_metrics(path, warn)
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r["val_loss"])
+    sampled = [r for r in rows if isinstance(r.get("sample"), str)]
+    return {"path": str(path), "evals": len(rows), "last_step": rows[-1]["step"],
+            "best_val_loss": best["val_loss"], "best_step": best["step"],
+            "last_sample": {"step": sampled[-1]["step"], "text": sampled[-1]["sample"]} if sampled else None}
+
+
+def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[dict]:
+    """The eval rows of a run up to step ``up_to``: the metrics log, else the checkpoint's own history."""
+    from . import progress
+
+    rows = progress.read_metrics(Path(workdir) / progress.METRICS_FILE, warn) or meta.get("history", [])
+    return [r for r in rows if r["step"] <= up_to]
+
+
+def optima(meta: dict) -> dict | None:
+    """The closed-form bigram optimum ``{'train', 'val'}`` of a run: from the checkpoint's exact report, else from its
+    data file (if unchanged); None when neither is at hand."""
+    from . import data as data_lib
+    from .optimum import bigram_counts, optimum_report
+
+    exact = meta.get("exact") or {}
+    if exact.get("optimum_val_loss") is not None and exact.get("optimum_train_loss") is not None:
+        return {"train": float(exact["optimum_train_loss"]), "val": float(exact["optimum_val_loss"])}
+    path = Path(meta.get("data", {}).get("path", ""))
+    if not path.is_file():
+        return None
+    corpus = data_lib.load_corpus(path)
+    if corpus.sha256 != meta["data"].get("sha256"):
+        return None
+    train_ids, val_ids = data_lib.split(corpus.ids, meta["config"]["data"]["val_fraction"])
+    v = corpus.tokenizer.vocab_size
+    report = optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))
+    return {"train": float(report["optimum_train_loss"]), "val": float(report["optimum_val_loss"])}
+
+
+def val_optimum(meta: dict) -> float | None:
+    """The closed-form val optimum of a run (``optima``), or None."""
+    return (optima(meta) or {}).get("val")
