@@ -293,115 +293,165 @@ def _next_boundary(step: int, target: int, cfg: Config) -> int:
                                                            for i in (cfg.eval.interval, cfg.checkpoint.interval)))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a run needs before its first step: the model, the mesh, the keys and the data on the devices."""
+
+    cfg: Config
+    model: object
+    dp: parallel.DataParallel
+    keys: dict
+    train_np: np.ndarray
+    val_np: np.ndarray
+    train_data: jax.Array
+    val_data: jax.Array
+    meta: dict
+
+    @property
+    def sizes(self) -> dict:
+        return dict(batch_size=self.cfg.train.batch_size, block_size=self.cfg.train.block_size,
+                    sharding=self.dp.batch_sharding)
+
+
+def check_memory(cfg: Config, corpus: data_lib.Corpus, model, dp: parallel.DataParallel) -> None:
+    """Refuse in one line, before anything is built or traced, a run that cannot fit in memory (CPU devices share
+    the host's memory: each holds its own copy of the state, the ids and its activations)."""
+    per_device = memory.estimate_for_config(
+        cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=model.param_count(),
+        activation_bytes=memory.activation_bytes(model, cfg.train.batch_size // dp.num_devices))
+    copies = dp.local_device_count if jax.default_backend() == "cpu" else 1
+    memory.check_fits({term: size * copies for term, size in per_device.items()},
+                      memory.available_memory_bytes(jax.local_devices()[0]))
+
+
+def prepare(cfg: Config, corpus: data_lib.Corpus, log) -> Prepared:
+    """Split and size-check the text, build the model, choose the devices (``train.devices``), check memory, and
+    place the keys and ids on the mesh."""
+    tcfg = cfg.train
+    train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
+    data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
+    dp = parallel.DataParallel.create(tcfg.batch_size, parallel.select_devices(
+        tcfg.devices, tcfg.batch_size, parallel.split_on_cpu(model, tcfg.batch_size)))
+    if dp.num_devices > 1:
+        log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
+            f"devices (train.devices = {tcfg.devices or 'automatic'})")
+    check_memory(cfg, corpus, model, dp)
+    train_data, val_data = dp.replicate((train_np, val_np))
+    return Prepared(cfg=cfg, model=model, dp=dp, keys=dp.replicate(run_keys(tcfg.seed)), train_np=train_np,
+                    val_np=val_np, train_data=train_data, val_data=val_data,
+                    meta=run_metadata(cfg, corpus, model, model.param_count()))
+
+
+def _eval_row(run: Prepared, state, step: int, tokenizer) -> tuple[dict, str | None]:
+    """The loss estimate at ``step`` as a history row, and the sample shown with it (None: ``eval.sample_chars`` 0)."""
+    losses = estimate_loss(run.model, state.params, step_key(run.keys["eval"], step), run.train_data, run.val_data,
+                           iters=run.cfg.eval.iters, **run.sizes)
+    shown = (eval_sample(run.model, state.params, run.keys["sample"], tokenizer, run.cfg.eval.sample_chars)
+             if run.cfg.eval.sample_chars else None)
+    return {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}, shown
+
+
+def _train_to(run: Prepared, state, step: int, stop_at: int):
+    """``train_chunk`` from ``step`` to ``stop_at`` → (state, the per-step losses, seconds); a non-finite loss is one
+    ``error:`` line before anything of the chunk is saved."""
+    t0 = time.perf_counter()
+    state, losses = train_chunk(state, run.train_data, run.keys["batch"], run.keys["dropout"], stop_at - step,
+                                max_steps=run.cfg.train.steps_per_call, **run.sizes)
+    losses = np.asarray(losses[: stop_at - step])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise UsageError("non_finite", value=float(losses[bad[0]]), step=step + int(bad[0]))
+    return state, losses, time.perf_counter() - t0
+
+
+def _start(run: Prepared, store: Store, fresh: bool, log):
+    """The abstract state, and the newest intact checkpoint to resume from (None: a new run)."""
+    abstract = run.dp.abstract(lambda: create_train_state(run.keys["init"], run.model, run.cfg.train))
+    resumed = None if fresh or not store.steps() else runs.resume(store, abstract, run.meta, log)
+    return abstract, resumed
+
+
 def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = False, out=None, err=None,
         reporter: progress.Reporter | None = None) -> FitResult:
-    """Train to ``cfg.train.steps`` (resuming from ``store`` unless ``fresh``), evaluating and checkpointing.
+    """Train to ``cfg.train.steps`` (resuming from ``store`` unless ``fresh``), evaluating and checkpointing:
+    prepare → the loop → the result.
 
     One linear loop over chunk boundaries: at each one, evaluate / checkpoint / stop is decided once. With ``fresh``,
     the old checkpoints are deleted only when the first new one is about to be written.
     """
     out, err = out or sys.stdout, err or sys.stderr
     log = partial(print, file=err, flush=True)
-    tcfg = cfg.train
-    train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
-    data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
-    model = models.build(cfg.model, corpus.tokenizer.vocab_size, tcfg.block_size)
-    tokenizer = corpus.tokenizer
-    dp = parallel.DataParallel.create(  # batches split along 'data' over train.devices (0: see select_devices)
-        tcfg.batch_size, parallel.select_devices(tcfg.devices, tcfg.batch_size, parallel.split_on_cpu(model, tcfg.batch_size)))
-    if dp.num_devices > 1:
-        log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
-            f"devices (train.devices = {tcfg.devices or 'automatic'})")
-    num_params = model.param_count()
-    per_device = memory.estimate_for_config(  # before anything is built or traced: one line, not an XLA OOM
-        cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=num_params,
-        activation_bytes=memory.activation_bytes(model, tcfg.batch_size // dp.num_devices))
-    # CPU devices share the host's memory: each holds its own copy of the state, the ids and its activations
-    copies = dp.local_device_count if jax.default_backend() == "cpu" else 1
-    memory.check_fits({term: size * copies for term, size in per_device.items()},
-                      memory.available_memory_bytes(jax.local_devices()[0]))
-    keys = dp.replicate(run_keys(tcfg.seed))
-    train_data, val_data = dp.replicate((train_np, val_np))
-    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size, sharding=dp.batch_sharding)
-    state = dp.abstract(lambda: create_train_state(keys["init"], model, tcfg))  # shapes only: restored or made
-    meta = run_metadata(cfg, corpus, model, num_params)
-    history: list = []
-    resumed = None if fresh or not store.steps() else runs.resume(store, state, meta, log)
+    run, tcfg = prepare(cfg, corpus, log), cfg.train
+    state, resumed = _start(run, store, fresh, log)
     start = 0 if resumed is None else int(resumed[1].step)
     # XLA compiles the training call on another core while this one builds the state and runs the first estimate
-    ahead = compile_ahead(train_chunk, resumed[1] if resumed else state, train_data, keys["batch"], keys["dropout"],
-                          tcfg.steps_per_call, max_steps=tcfg.steps_per_call, **sizes) if start < tcfg.steps else None
+    ahead = compile_ahead(train_chunk, resumed[1] if resumed else state, run.train_data, run.keys["batch"],
+                          run.keys["dropout"], tcfg.steps_per_call, max_steps=tcfg.steps_per_call,
+                          **run.sizes) if start < tcfg.steps else None
     try:
+        history: list = []
         if resumed is not None:
             saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
             state = state.replace(step=jnp.asarray(state.step, jnp.int32))
             history = [h for h in saved.get("history") or [] if progress.is_eval_row(h)]
-            log(f"resuming from step {int(state.step)} in {printable_path(store.directory)}")
+            log(f"resuming from step {start} in {printable_path(store.directory)}")
+            if start >= tcfg.steps:
+                log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; to "
+                    f"continue, pass a larger --steps (e.g. --steps {start + tcfg.steps}); `{program()} eval` reports "
+                    f"its exact losses")
+                return FitResult(state=state, history=history, report=None)
         else:  # a new run: only now allocate the (possibly V×V×3) state
-            state = dp.replicate(create_train_state(keys["init"], model, tcfg))
-        step = start
-        if start >= tcfg.steps and resumed is not None:
-            log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; to "
-                f"continue, pass a larger --steps (e.g. --steps {start + tcfg.steps}); `{program()} eval` reports its "
-                f"exact losses")
-            return FitResult(state=state, history=history, report=None)
-
+            state = run.dp.replicate(create_train_state(run.keys["init"], run.model, tcfg))
         if reporter is None:
             lr = jax.jit(learning_rate_schedule(tcfg))
             reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
                                          metrics_path=store.workdir / progress.METRICS_FILE, history=history,
-                                         lr_fn=lambda s: float(lr(s)),
-                                         out=out, err=err, enabled=parallel.is_primary())
-        last = history[-1] if history and history[-1]["step"] == step else None
-        trained_steps, train_seconds, stale = 0, 0.0, fresh
+                                         lr_fn=lambda s: float(lr(s)), out=out, err=err,
+                                         enabled=parallel.is_primary())
+        step, last = start, (history[-1] if history and history[-1]["step"] == start else None)
+        trained_steps, train_seconds, stale, report = 0, 0.0, fresh, None
         with StopRequest() as stop, reporter:
             while True:  # at a chunk boundary: decide evaluate / checkpoint / stop, once
                 done, stopping = step >= tcfg.steps, stop.signum is not None
                 save_now = step > start and (done or stopping or step % cfg.checkpoint.interval == 0)
                 if (save_now or step % cfg.eval.interval == 0) and (last is None or last["step"] != step):
-                    losses = estimate_loss(model, state.params, step_key(keys["eval"], step), train_data, val_data,
-                                           iters=cfg.eval.iters, **sizes)
-                    last = {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}
+                    last, shown = _eval_row(run, state, step, corpus.tokenizer)
                     history = [h for h in history if h["step"] != step] + [last]
-                    shown = (eval_sample(model, state.params, keys["sample"], tokenizer, cfg.eval.sample_chars)
-                             if cfg.eval.sample_chars else None)
                     reporter.eval(last, sample=shown)
-                report = None
-                if done:
-                    # the train split exactly only where that is cheap (a bigram's counts); `run.py eval` always does both
-                    report = {**exact_report(model, state.params, train_np, val_np, train=model.cheap_split_loss),
-                              "step": step}
+                if done:  # the train split exactly only where that is cheap (a bigram's counts); `eval` does both
+                    report = {**exact_report(run.model, state.params, run.train_np, run.val_np,
+                                             train=run.model.cheap_split_loss), "step": step}
                 if save_now:
-                    if stale:  # --fresh: the old run goes only now, when the new one writes its first step
-                        store.clear()
-                        if reporter.metrics is not None:
-                            reporter.metrics.start()  # the old run's log goes with its checkpoints
-                        stale = False
-                    store.save(step, state, {**meta, "step": step, "history": history, "last_eval": last,
-                                             **({"exact": report} if report else {})}, val_loss=last["val_loss"])
-                    reporter.saved(step)
+                    _save(store, reporter, state, step, {**run.meta, "history": history, "last_eval": last},
+                          report, clear_first=stale)
+                    stale = False
                 if done:
                     break
                 if stopping:
                     raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
                 stop_at = _next_boundary(step, tcfg.steps, cfg)
-                t0 = time.perf_counter()
-                state, losses = train_chunk(state, train_data, keys["batch"], keys["dropout"], stop_at - step,
-                                            max_steps=tcfg.steps_per_call, **sizes)
-                losses = np.asarray(losses[: stop_at - step])
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                trained_steps += stop_at - step
+                state, losses, seconds = _train_to(run, state, step, stop_at)
+                trained_steps, train_seconds = trained_steps + stop_at - step, train_seconds + seconds
                 reporter.chunk(stop_at, losses, seconds)
-                bad = np.flatnonzero(~np.isfinite(losses))
-                if bad.size:
-                    raise UsageError("non_finite", value=float(losses[bad[0]]), step=step + int(bad[0]))
                 step = stop_at
         rate = trained_steps / train_seconds if train_seconds else 0.0
         return FitResult(state=state, history=history, report=report, steps_per_second=rate)
     finally:
         if ahead is not None:
             ahead.join()  # never leave XLA compiling on a thread while the process exits
+
+
+def _save(store: Store, reporter, state, step: int, meta: dict, report: dict | None, clear_first: bool) -> None:
+    """Checkpoint ``step`` (with ``--fresh``'s old run cleared first, at the new run's first save), then let the
+    metrics log catch up to it (it never runs ahead of the checkpoints)."""
+    if clear_first:
+        store.clear()
+        if reporter.metrics is not None:
+            reporter.metrics.start()  # the old run's log goes with its checkpoints
+    store.save(step, state, {**meta, "step": step, **({"exact": report} if report else {})},
+               val_loss=meta["last_eval"]["val_loss"])
+    reporter.saved(step)
 
 
 def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), data: str | None = None,
