@@ -336,7 +336,7 @@ def cmd_info(args) -> int:
     from .runs import run_info
 
     _check_paths(args, "--workdir")
-    info = run_info(args.workdir, warn=_log)
+    info = run_info(args.workdir, log=_log)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -377,7 +377,7 @@ def cmd_plot(args) -> int:
     if args.attention:
         paths = [make_attention_plot(args.workdir, args.out, args.step, args.prompt)]
     else:
-        paths = make_plots(args.workdir, args.out, args.step, warn=_log)
+        paths = make_plots(args.workdir, args.out, args.step, log=_log)
     for path in paths:
         print(printable_path(path))
     return 0

@@ -191,11 +191,11 @@ def _checkpoint_and_out(workdir, out, step):
     return ckpt, out
 
 
-def make_plots(workdir: str | Path, out: str | Path | None = None, step: int | None = None, warn=None) -> list[Path]:
+def make_plots(workdir: str | Path, out: str | Path | None = None, step: int | None = None, log=None) -> list[Path]:
     """Write ``loss.png`` (any model) and, for a bigram, ``bigram.png`` for a run into ``out`` (default: the
     workdir); returns their paths."""
     ckpt, out = _checkpoint_and_out(workdir, out, step)
-    rows = loss_rows(ckpt.workdir, ckpt.meta, ckpt.step, warn)
+    rows = loss_rows(ckpt.workdir, ckpt.meta, ckpt.step, log)
     exact = ckpt.meta.get("exact") or {}
     t = ckpt.meta["config"]["train"]
     run = f"{ckpt.model.kind}, batch {t['batch_size']}×{t['block_size']}, lr {t['learning_rate']:g} {t['lr_schedule']}"

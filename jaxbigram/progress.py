@@ -32,9 +32,9 @@ def is_eval_row(row) -> bool:
                     and math.isfinite(row[k]) for k in ("train_loss", "val_loss")))
 
 
-def read_metrics(path: str | Path, warn=None) -> list[dict]:
+def read_metrics(path: str | Path, log=None) -> list[dict]:
     """The eval rows of a metrics file in order. The log is a convenience: a damaged line (torn by a kill, garbage,
-    a missing or null loss) is skipped, and anything that is not a readable regular file reads as no rows; ``warn``
+    a missing or null loss) is skipped, and anything that is not a readable regular file reads as no rows; ``log``
     (if given) gets one line saying so."""
     path = Path(path)
     try:
@@ -44,8 +44,8 @@ def read_metrics(path: str | Path, warn=None) -> list[dict]:
             raise IsADirectoryError(f"{path} is not a regular file")
         lines = path.read_bytes().decode("utf-8", "replace").splitlines()
     except OSError as e:
-        if warn is not None:
-            warn(message("warn_metrics_unreadable", path=path, reason=e.strerror or e))
+        if log is not None:
+            log(message("warn_metrics_unreadable", path=path, reason=e.strerror or e))
         return []
     rows, skipped = [], 0
     for line in lines:
@@ -57,8 +57,8 @@ def read_metrics(path: str | Path, warn=None) -> list[dict]:
             rows.append(row)
         elif line.strip():
             skipped += 1
-    if skipped and warn is not None:
-        warn(message("warn_metrics_damaged", n=skipped, path=path))
+    if skipped and log is not None:
+        log(message("warn_metrics_damaged", n=skipped, path=path))
     return rows
 
 
@@ -76,13 +76,13 @@ class MetricsLog:
     never a reason to stop training.
     """
 
-    def __init__(self, path: str | Path, resumed_step: int | None, history=(), warn=None):
+    def __init__(self, path: str | Path, resumed_step: int | None, history=(), log=None):
         self.path = Path(path)
-        self.warn = warn or (lambda message: None)
+        self.log = log or (lambda message: None)
         self.disabled = self.path.exists() and not self.path.is_file()
         if self.disabled:
-            self.warn(message("warn_metrics_not_regular", path=self.path))
-        existing = [] if self.disabled else read_metrics(self.path, self.warn)
+            self.log(message("warn_metrics_not_regular", path=self.path))
+        existing = [] if self.disabled else read_metrics(self.path, self.log)
         kept = {r["step"]: r for r in existing if resumed_step is not None and r["step"] <= resumed_step}
         for row in history if resumed_step is not None else ():
             if is_eval_row(row) and row["step"] <= resumed_step:
@@ -129,7 +129,7 @@ class MetricsLog:
 
     def _disable(self, error: OSError) -> None:
         self.disabled = True
-        self.warn(message("warn_metrics_unwritable", path=self.path, reason=error.strerror or error))
+        self.log(message("warn_metrics_unwritable", path=self.path, reason=error.strerror or error))
 
     def append(self, row: dict) -> bool:
         """Take ``row`` unless its step is already logged (or older than the last); returns whether it was. It is

@@ -263,7 +263,7 @@ def load_checkpoint(workdir: str | Path, step: int | None = None, attempts: int 
     raise AssertionError("unreachable")
 
 
-def run_info(workdir: str | Path, warn=None) -> dict:
+def run_info(workdir: str | Path, log=None) -> dict:
     """Everything a user wants to know about a run, from its checkpoints (and its metrics log) alone."""
     from .checkpoint import Store
 
@@ -278,8 +278,8 @@ def run_info(workdir: str | Path, warn=None) -> dict:
                 metas[s] = store.read_meta(s)
             except CheckpointError as e:  # a damaged step does not hide the run (info has no --step to avoid it)
                 damaged = e
-                if warn is not None:
-                    warn(f"warning: checkpoint step {s} is damaged ({e.fields['reason']}); `train` in that workdir "
+                if log is not None:
+                    log(f"warning: checkpoint step {s} is damaged ({e.fields['reason']}); `train` in that workdir "
                          f"resumes from the newest intact step")
         if not metas:
             raise damaged
@@ -293,16 +293,16 @@ def run_info(workdir: str | Path, warn=None) -> dict:
             "best_step": best_step, "model": ckpt_model.kind, "num_params": latest.get("num_params"),
             "vocab_size": latest["vocab_size"], "vocab": latest["vocab"],
             "data": latest["data"], "config": latest["config"], "exact": latest.get("exact"),
-            "metrics": metrics_summary(store.workdir, warn)}
+            "metrics": metrics_summary(store.workdir, log)}
 
 
-def metrics_summary(workdir: str | Path, warn=None) -> dict | None:
+def metrics_summary(workdir: str | Path, log=None) -> dict | None:
     """Evals logged in ``metrics.jsonl``, the best val estimate among them (any step, checkpointed or not) and the
     last sample shown at an eval (``{'step', 'text'}``, None without one: ``eval.sample_chars`` = 0)."""
     from . import progress
 
     path = Path(workdir) / progress.METRICS_FILE
-    rows = progress.read_metrics(path, warn)
+    rows = progress.read_metrics(path, log)
     if not rows:
         return None
     best = min(rows, key=lambda r: r["val_loss"])
@@ -312,11 +312,11 @@ def metrics_summary(workdir: str | Path, warn=None) -> dict | None:
             "last_sample": {"step": sampled[-1]["step"], "text": sampled[-1]["sample"]} if sampled else None}
 
 
-def loss_rows(workdir: str | Path, meta: dict, up_to: int, warn=None) -> list[dict]:
+def loss_rows(workdir: str | Path, meta: dict, up_to: int, log=None) -> list[dict]:
     """The eval rows of a run up to step ``up_to``: the metrics log, else the checkpoint's own history."""
     from . import progress
 
-    rows = progress.read_metrics(Path(workdir) / progress.METRICS_FILE, warn) or meta.get("history", [])
+    rows = progress.read_metrics(Path(workdir) / progress.METRICS_FILE, log) or meta.get("history", [])
     return [r for r in rows if r["step"] <= up_to]
 
 

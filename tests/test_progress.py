@@ -108,7 +108,7 @@ def test_damaged_metrics_lines_are_skipped_with_one_warning_and_rewritten_from_h
     assert [r["step"] for r in progress.read_metrics(path, warnings.append)] == [0, 100]
     assert len(warnings) == 1 and "skipped 1 damaged line" in warnings[0]
     history = [_row(0), _row(100), _row(200, 2.0)]  # the checkpoint's own evals
-    progress.MetricsLog(path, resumed_step=200, history=history, warn=warnings.append)
+    progress.MetricsLog(path, resumed_step=200, history=history, log=warnings.append)
     assert _read(path) == history
 
 
@@ -117,7 +117,7 @@ def test_a_metrics_path_that_is_a_directory_disables_the_log_with_a_warning(tmp_
     path.mkdir()
     warnings = []
     assert progress.read_metrics(path, warnings.append) == [] and "cannot read" in warnings[0]
-    log = progress.MetricsLog(path, resumed_step=100, history=[_row(0)], warn=warnings.append)
+    log = progress.MetricsLog(path, resumed_step=100, history=[_row(0)], log=warnings.append)
     assert log.append(_row(200)) and path.is_dir() and "not a regular file" in warnings[-1]
 
 
