@@ -8,11 +8,11 @@
 - JAX's CPU backend gets ``DEFAULT_CPU_DEVICES`` (2) devices instead of 1 (``JAXBIGRAM_CPU_DEVICES=N`` sets another
   count; an ``XLA_FLAGS`` that sets ``xla_force_host_platform_device_count`` wins, and its value is checked before
   JAX starts, since XLA would abort the process on a bad one: ``check_xla_flags``). XLA runs a small matmul on about
-  one core, so a GPT step split over two CPU devices (data parallel) uses both cores of a 2-core machine: 33 → 26 ms
-  per gpt-cpu step. Which devices a run uses is ``train.devices`` (``parallel.select_devices``): the bigram stays on
-  one, and one device of two costs nothing (measured).
-- On the CPU, XLA's LLVM back end at ``-O1`` instead of ``-O2``: about 30% less compile time for these small programs,
-  and no slower to run (training results are bit-identical). Skipped when ``XLA_FLAGS`` already sets
+  one core, so a GPT step split over two CPU devices (data parallel) uses both cores of a 2-core machine (figures in
+  docs/performance.md). Which devices a run uses is ``train.devices`` (``parallel.select_devices``): the bigram
+  stays on one, and an idle second device costs it nothing.
+- On the CPU, XLA's LLVM back end at ``-O1`` instead of ``-O2``: less compile time for these small programs, and no
+  slower to run (training results are bit-identical). Skipped when ``XLA_FLAGS`` already sets
   ``xla_backend_optimization_level`` (its value checked likewise), when ``JAXBIGRAM_XLA_TUNING=off``, or when an
   accelerator may be used.
 """

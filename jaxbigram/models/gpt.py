@@ -5,7 +5,7 @@ Architecture: token + position embeddings → dropout → ``n_layer`` pre-LayerN
 Causal multi-head self-attention uses one fused ``qkv`` projection (``3 * n_embd``) and
 ``jax.nn.dot_product_attention(is_causal=True)`` (heads ``(B, T, H, D)``, the layout its fused GPU kernels take),
 except on the CPU and when attention dropout is active: there an explicit softmax over heads-major ``(B, H, T, D)``
-operands (measured 5-8% faster than ``dot_product_attention`` on the CPU, and the layout 9% faster again);
+operands (faster there: see docs/performance.md);
 the MLP is 4x wide with **ReLU**, as in the lecture (nanoGPT uses GELU). Dropout sits where the lecture has it
 (attention weights, after the attention projection, after the MLP) plus after the embeddings (as nanoGPT).
 The head is not tied to the token embedding (the lecture's ``lm_head``). LayerNorm epsilon 1e-5 (PyTorch's).
@@ -51,7 +51,7 @@ LN_EPS = 1e-5
 
 def _use_dpa(attention: str) -> bool:
     """Whether the causal attention without dropout uses ``jax.nn.dot_product_attention``. ``"auto"``: everywhere but
-    on the CPU, where the explicit softmax measured 5-8% faster per training step (gpt-cpu size)."""
+    on the CPU, where the explicit softmax is faster (docs/performance.md)."""
     if attention not in ("auto", "dpa", "explicit"):
         raise ValueError(f"attention must be 'auto', 'dpa' or 'explicit', not {attention!r}")
     return attention == "dpa" or (attention == "auto" and jax.default_backend() != "cpu")
@@ -144,7 +144,7 @@ class CausalSelfAttention(nn.Module):
             if return_kv:  # the cache's heads-major layout
                 k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         else:  # explicit softmax (needed for dropout on the attention weights; faster on the CPU), heads-major:
-            # (B, H, T, D) operands measured 9% faster per training step than (B, T, H, D) on the CPU (gpt-cpu)
+            # heads-major (B, H, T, D) operands: both products read them in place (docs/performance.md)
             q, k, v = self._heads(x, heads_major=True)
             att = _causal_weights(q, k)
             if dropout:
