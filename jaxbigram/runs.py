@@ -148,6 +148,19 @@ def _locked(path: Path):
         handle.close()
 
 
+def saved_meta(workdir: Path, fresh: bool, log) -> dict | None:
+    """For a command about to write ``workdir``: refuse a folder of other programs' files (``check_ours``), then the
+    newest intact checkpoint's metadata (damaged newer steps set aside), or None for a new run or ``--fresh``."""
+    from .checkpoint import Store
+
+    check_ours(workdir, fresh)
+    probe = Store(workdir, log=log)
+    try:
+        return None if fresh else newest_meta(probe, log)
+    finally:
+        probe.close()
+
+
 def newest_meta(store, log) -> dict | None:
     """The metadata of the newest step whose metadata reads (None for a new run); damaged ones are set aside."""
     for step in reversed(store.steps()):

@@ -225,12 +225,7 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
     with runs.held(workdir) as workdir:
-        runs.check_ours(workdir, fresh)
-        probe = Store(workdir, log=log)
-        try:
-            saved = None if fresh else runs.newest_meta(probe, log)
-        finally:
-            probe.close()
+        saved = runs.saved_meta(workdir, fresh, log)
         _check_same_sweep(saved, plan, workdir)
         static = plan.settings[0]
         recorded = (saved or {}).get("data", {}).get("path")

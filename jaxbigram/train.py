@@ -463,12 +463,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
     with runs.held(workdir, parallel.is_primary()) as workdir:
-        runs.check_ours(workdir, fresh)
-        probe = Store(workdir, log=log)
-        try:
-            saved = None if fresh else runs.newest_meta(probe, log)
-        finally:
-            probe.close()
+        saved = runs.saved_meta(workdir, fresh, log)
         cfg = runs.run_config(saved, config_path, overrides, workdir)
         recorded = (saved or {}).get("data", {}).get("path")
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=cfg.data.path)
