@@ -368,14 +368,15 @@ def _train_to(run: Prepared, state, step: int, stop_at: int):
 def _start(run: Prepared, store: Store, fresh: bool, log):
     """The abstract state, and the newest intact checkpoint to resume from (None: a new run)."""
     abstract = run.dp.abstract(lambda: create_train_state(run.keys["init"], run.model, run.cfg.train))
-    resumed = None if fresh or not store.steps() else runs.resume(store, abstract, run.meta, log)
+    resumed = None if fresh or store is None or not store.steps() else runs.resume(store, abstract, run.meta, log)
     return abstract, resumed
 
 
-def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = False, out=None, err=None,
-        reporter: progress.Reporter | None = None) -> FitResult:
+def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fresh: bool = False, out=None,
+        err=None, reporter: progress.Reporter | None = None) -> FitResult:
     """Train to ``cfg.train.steps`` (resuming from ``store`` unless ``fresh``), evaluating and checkpointing:
-    prepare → the loop → the result.
+    prepare → the loop → the result. With no ``store`` the run is in memory only: no resume, no checkpoints, no
+    metrics log (the history and the final state are in the result).
 
     One linear loop over chunk boundaries: at each one, evaluate / checkpoint / stop is decided once. With ``fresh``,
     the old checkpoints are deleted only when the first new one is about to be written.
@@ -406,7 +407,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
         if reporter is None:
             lr = jax.jit(learning_rate_schedule(tcfg))
             reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
-                                         metrics_path=store.workdir / progress.METRICS_FILE, history=history,
+                                         metrics_path=store and store.workdir / progress.METRICS_FILE,
+                                         history=history,
                                          lr_fn=lambda s: float(lr(s)), out=out, err=err,
                                          enabled=parallel.is_primary())
         step, last = start, (history[-1] if history and history[-1]["step"] == start else None)
@@ -422,14 +424,15 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store, *, fresh: bool = Fal
                 if done:  # the train split exactly only where that is cheap (a bigram's counts); `eval` does both
                     report = {**exact_report(run.model, state.params, run.train_np, run.val_np,
                                              train=run.model.cheap_split_loss), "step": step}
-                if save_now:
+                if save_now and store is not None:
                     _save(store, reporter, state, step, {**run.meta, "history": history, "last_eval": last},
                           report, clear_first=stale)
                     stale = False
                 if done:
                     break
                 if stopping:
-                    raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
+                    raise Interrupted(stop.signum, step, str(store.directory) if store else "memory",
+                                      saved=save_now and store is not None)
                 stop_at = _next_boundary(step, tcfg.steps, cfg)
                 state, losses, seconds = _train_to(run, state, step, stop_at)
                 trained_steps, train_seconds = trained_steps + stop_at - step, train_seconds + seconds

@@ -305,3 +305,13 @@ def test_run_keys_keep_their_values():
     for name, expected in (("init", split[0]), ("batch", split[1]), ("eval", split[2]),
                            ("dropout", jax.random.fold_in(root, 3)), ("sample", jax.random.fold_in(root, 4))):
         assert np.array_equal(jax.random.key_data(keys[name]), jax.random.key_data(expected)), name
+
+
+def test_fit_without_a_store_trains_in_memory_to_the_same_result(tmp_path, full_run, corpus):
+    """No store: nothing is read or written, and the run is the same run (same params, same history)."""
+    cfg, result = full_run
+    before = sorted(p.name for p in tmp_path.iterdir())
+    in_memory = train.fit(cfg, corpus, None, out=io.StringIO(), err=io.StringIO())
+    assert same_tree(in_memory.state.params, result.state.params)
+    assert in_memory.history == result.history and in_memory.report["val_loss"] == result.report["val_loss"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
