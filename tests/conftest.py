@@ -255,3 +255,24 @@ def tiny_workdir_copy(tiny_workdir, tmp_path) -> Path:
     dest = tmp_path / "run_copy"
     shutil.copytree(tiny_workdir, dest)
     return dest
+
+
+# As root, a command first drops the capabilities that let root ignore file permissions (from the bounding set, so the
+# program it execs has none), staying uid 0: it is then stopped by permissions like any other user. (Not another uid:
+# the interpreter may live where another user may not read it.) In its own process: the test process has threads.
+_WITHOUT_PERMISSION_OVERRIDE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+    if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP
+        sys.exit(f"cannot drop capability {capability}: errno {ctypes.get_errno()}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def run_bound_by_permissions(*args, env: dict, cwd, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python *args`` in a subprocess that file permissions stop, even when the tests run as root (it drops the
+    capabilities that let root ignore them; as another user, permissions stop it anyway)."""
+    python = [sys.executable, "-c", _WITHOUT_PERMISSION_OVERRIDE] if os.geteuid() == 0 else [sys.executable]
+    return subprocess.run([*python, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

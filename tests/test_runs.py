@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -17,7 +16,7 @@ from jaxbigram.checkpoint import Store
 from jaxbigram.errors import CheckpointError, UsageError
 from jaxbigram.models.bigram import Bigram
 from jaxbigram.train import create_train_state
-from conftest import DATA, assert_usage_error, same_tree, snapshot, write
+from conftest import DATA, assert_usage_error, run_bound_by_permissions, same_tree, snapshot, write
 
 V = 5
 CFG = config.TrainConfig()
@@ -193,28 +192,14 @@ def test_a_metrics_log_without_checkpoints_is_refused_unless_fresh(tmp_path, cap
 
 # ----------------------------------------------------------------------------- permissions, and refusals leave no trace
 
-# As root, a command first drops the capabilities that let root ignore file permissions (from the bounding set, so the
-# program it execs has none), staying uid 0: it is then stopped by permissions like any other user. (Not another uid:
-# the interpreter may live where another user may not read it.) In its own process: the test process has threads.
-_WITHOUT_PERMISSION_OVERRIDE = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-for capability in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
-    if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP
-        sys.exit(f"cannot drop capability {capability}: errno {ctypes.get_errno()}")
-os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
-"""
-
-
 def train_bound_by_permissions(workdir: Path, *args) -> subprocess.CompletedProcess:
     """``run.py train --workdir workdir *args`` in a subprocess that file permissions stop, even when the tests run
     as root (as another user, chmod alone stops it)."""
     from conftest import REPO_ROOT
 
-    python = [sys.executable, "-c", _WITHOUT_PERMISSION_OVERRIDE] if os.geteuid() == 0 else [sys.executable]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAXBIGRAM_DATA=DATA, JAXBIGRAM_COMPILE_CACHE="off")
-    return subprocess.run([*python, str(REPO_ROOT / "run.py"), "train", "--workdir", str(workdir), *args],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_bound_by_permissions(str(REPO_ROOT / "run.py"), "train", "--workdir", str(workdir), *args,
+                                    env=env, cwd=REPO_ROOT)
 
 
 @pytest.mark.parametrize("what", ["the lock file", "checkpoints/", "damaged-checkpoints/", "the workdir"])

@@ -120,38 +120,30 @@ def test_an_unusable_compile_cache_is_one_note_and_the_run_goes_on(case, run_cli
     assert (tmp_path / "afile").read_text() == "x"
 
 
-def test_folders_another_user_cannot_use(tiny_workdir, tmp_path_factory):
-    """As an unprivileged user (root ignores permissions): a compile cache folder they cannot write into is one note;
-    a workdir below a folder they may not enter is one error line."""
+def test_folders_a_user_cannot_use(tiny_workdir, tmp_path):
+    """Bound by file permissions (root ignores them; the test drops that power): a compile cache folder the user
+    cannot write into is one note; a workdir below a folder they may not enter is one error line."""
     import shutil
-    import subprocess
-    import sys
-    import tempfile
 
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run as another user")
-    public = Path(tempfile.mkdtemp(prefix="jaxbigram-public-"))
+    from conftest import run_bound_by_permissions
+
+    run = shutil.copytree(tiny_workdir, tmp_path / "run")
+    (tmp_path / "cache").mkdir(mode=0o555)  # others may read, not write
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", runtime.COMPILE_CACHE_ENV: str(tmp_path / "cache")}
+    run_py = Path(__file__).resolve().parent.parent / "run.py"
     try:
-        public.chmod(0o755)
-        run = shutil.copytree(tiny_workdir, public / "run")
-        for path in [run, *run.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        (public / "cache").mkdir(mode=0o755)  # root's: others may read, not write
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", runtime.COMPILE_CACHE_ENV: str(public / "cache")}
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                               str(Path(__file__).resolve().parent.parent / "run.py"), "sample", "--workdir", str(run),
-                               "--max-new-tokens", "20"], cwd=public, env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = run_bound_by_permissions(run_py, "sample", "--workdir", run, "--max-new-tokens", "20", env=env,
+                                        cwd=tmp_path, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr.splitlines()[0] == (f"note: compiling without a cache: the compile cache folder "
-                                               f"{public / 'cache'} cannot be used (permission denied): set "
+                                               f"{tmp_path / 'cache'} cannot be used (permission denied): set "
                                                f"JAXBIGRAM_COMPILE_CACHE to a writable folder, or to off")
-        assert len(proc.stderr.splitlines()) == 2 and not list((public / "cache").iterdir())
-        (public / "private").mkdir(mode=0o700)  # a folder on the way the user may not enter: one line, no traceback
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                               str(Path(__file__).resolve().parent.parent / "run.py"), "info", "--workdir",
-                               str(public / "private" / "run")], cwd=public, env=env, capture_output=True, text=True,
-                              timeout=120)
+        assert len(proc.stderr.splitlines()) == 2 and not list((tmp_path / "cache").iterdir())
+        (tmp_path / "private").mkdir(mode=0o000)  # a folder on the way the user may not enter: one line
+        proc = run_bound_by_permissions(run_py, "info", "--workdir", tmp_path / "private" / "run", env=env,
+                                        cwd=tmp_path, timeout=120)
         assert_usage_error(proc, "workdir path", "cannot be used (Permission denied): use another path for --workdir")
     finally:
-        shutil.rmtree(public, ignore_errors=True)
+        for folder in ("cache", "private"):
+            if (tmp_path / folder).exists():
+                (tmp_path / folder).chmod(0o755)
