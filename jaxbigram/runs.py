@@ -352,8 +352,3 @@ def optima(meta: dict) -> dict | None:
     v = corpus.tokenizer.vocab_size
     report = optimum_report(bigram_counts(train_ids, v), bigram_counts(val_ids, v))
     return {"train": float(report["optimum_train_loss"]), "val": float(report["optimum_val_loss"])}
-
-
-def val_optimum(meta: dict) -> float | None:
-    """The closed-form val optimum of a run (``optima``), or None."""
-    return (optima(meta) or {}).get("val")

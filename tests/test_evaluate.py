@@ -114,7 +114,7 @@ def test_run_info_reports_the_run(tiny_workdir, data_path):
     json.dumps(info)
 
 
-def test_loss_rows_and_val_optimum(tiny_workdir_copy):
+def test_loss_rows_and_optima(tiny_workdir_copy):
     ckpt = runs.load_checkpoint(tiny_workdir_copy, 100)
     assert [r["step"] for r in runs.loss_rows(tiny_workdir_copy, ckpt.meta, 100)] == [0, 100]
     (tiny_workdir_copy / progress.METRICS_FILE).unlink()  # without the log: the checkpoint's own history
@@ -122,8 +122,8 @@ def test_loss_rows_and_val_optimum(tiny_workdir_copy):
     assert runs.metrics_summary(tiny_workdir_copy) is None
     # step 100 has no exact report: the optimum comes from its (unchanged) data file
     assert "exact" not in ckpt.meta
-    assert runs.val_optimum(ckpt.meta) == pytest.approx(2.482, abs=5e-4)
-    assert runs.val_optimum({**ckpt.meta, "data": {**ckpt.meta["data"], "sha256": "0" * 64}}) is None
+    assert runs.optima(ckpt.meta)["val"] == pytest.approx(2.482, abs=5e-4)
+    assert runs.optima({**ckpt.meta, "data": {**ckpt.meta["data"], "sha256": "0" * 64}}) is None
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["newest", "explicit step"])
