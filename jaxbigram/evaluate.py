@@ -66,16 +66,18 @@ def split_loss(model, params, ids: np.ndarray, batch_windows: int = 64) -> float
     return total / (len(ids) - 1)
 
 
-@partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size", "sharding"))
+@partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size", "sharding", "loss_fn"))
 def estimate_loss(model, params, key, train_data, val_data, *, iters: int, batch_size: int, block_size: int,
-                  sharding=None) -> dict:
+                  sharding=None, loss_fn=None) -> dict:
     """The lecture's estimate: mean loss over ``iters`` random batches of each split, no dropout (pure; keys
     explicit). One batch at a time (``lax.map``): memory stays that of one batch, and on a CPU it measured faster
-    than vectorising several batches per pass, for both models."""
+    than vectorising several batches per pass, for both models. ``loss_fn``: in place of ``model.loss`` (e.g. its
+    ``fast_loss``)."""
+    loss_fn = loss_fn or model.loss
 
     def mean_loss(split_key, split_data):
         keys = jax.random.split(split_key, iters)
-        return jax.lax.map(lambda k: model.loss(params, *parallel.constrain_batch(
+        return jax.lax.map(lambda k: loss_fn(params, *parallel.constrain_batch(
             *data_lib.get_batch(k, split_data, batch_size, block_size), sharding)), keys).mean()
 
     train_key, val_key = jax.random.split(key)

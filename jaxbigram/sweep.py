@@ -114,6 +114,13 @@ def member(tree, k: int):
 
 # ----------------------------------------------------------------------------- compiled, vmapped over members (pure)
 
+def member_loss(model):
+    """The loss members train and are estimated with: the model's ``fast_loss`` where it has one (the bigram's, from
+    pair counts: under ``vmap`` the logits' gradient is a per-member scatter of (B·T, V) rows, ~100× slower at 64
+    members on a CPU), else None (``train_step``'s cross-entropy of the logits)."""
+    return getattr(model, "fast_loss", None)
+
+
 @partial(jax.jit, static_argnames=("model", "cfg", "max_steps"), donate_argnums=(0,))
 def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, max_steps: int):
     """``train.train_steps`` of every member at once: (states, (members, max_steps) losses). The batch buffer is
@@ -121,14 +128,16 @@ def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, m
     members = jax.tree.leaves(states.params)[0].shape[0]
     buffer = max(1, train.DEFAULT_BATCH_BUFFER // members)
     return jax.vmap(lambda s, h, k: train.train_steps(s, model, cfg, h, train_data, k, num_steps, max_steps=max_steps,
-                                                      batch_buffer=buffer))(states, hparams, keys)
+                                                      batch_buffer=buffer, loss_fn=member_loss(model)))(
+        states, hparams, keys)
 
 
 @partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size"))
 def members_estimate(model, params, eval_keys, step, train_data, val_data, *, iters, batch_size, block_size):
     """``estimate_loss`` of every member at step ``step`` (each with its own eval key, as ``fit``)."""
     return jax.vmap(lambda p, k: estimate_loss(model, p, train.step_key(k, step), train_data, val_data, iters=iters,
-                                               batch_size=batch_size, block_size=block_size))(params, eval_keys)
+                                               batch_size=batch_size, block_size=block_size,
+                                               loss_fn=member_loss(model)))(params, eval_keys)
 
 
 def members_split_loss(model, params, ids: np.ndarray, members: int) -> np.ndarray:

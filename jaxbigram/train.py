@@ -94,16 +94,19 @@ def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.T
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
-def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None):
+def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None, loss_fn=None):
     """One AdamW step on batch (x, y) → (new state, mean cross-entropy before the step). Dropout (where the model
-    has any) is on exactly when a ``dropout_key`` is given."""
+    has any) is on exactly when a ``dropout_key`` is given. The loss is the cross-entropy of ``state.apply_fn``'s
+    logits, or ``loss_fn(params, x, y, dropout_key)`` when given (a model's ``fast_loss``)."""
 
-    def loss_fn(params):
+    def cross_entropy(params):
+        if loss_fn is not None:
+            return loss_fn(params, x, y, dropout_key)
         logits = state.apply_fn({"params": params}, x, dropout_key is None,
                                 rngs=None if dropout_key is None else {"dropout": dropout_key})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(cross_entropy)(state.params)
     return state.apply_gradients(grads=grads), loss
 
 
@@ -143,10 +146,10 @@ def _steps_per_draw(max_steps: int, per_step: int, budget: int) -> int:
     return max(1, min(max_steps, budget // max(per_step, 1)))
 
 
-@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer", "sharding"),
+@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer", "sharding", "loss_fn"),
          donate_argnums=(0,))
 def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_size: int, block_size: int,
-                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None):
+                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None, loss_fn=None):
     """Run ``num_steps`` (≤ ``max_steps``, traced, so one compile serves every count) steps in one call.
 
     The loop is ``lax.fori_loop`` rather than ``lax.scan`` with a static length: chunks end at eval and checkpoint
@@ -158,6 +161,7 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
     are the per-step losses (the rest NaN). Batches are drawn up to ``batch_buffer`` ids at a time (``vmap`` of
     ``get_batch``), then trained on one by one.
     ``sharding`` (data parallel): the layout of each global batch, see ``parallel.DataParallel.batch_sharding``.
+    ``loss_fn``: ``train_step``'s (None: the cross-entropy of the logits).
     """
     per_draw = _steps_per_draw(max_steps, 2 * batch_size * block_size, batch_buffer)
     draw = jax.vmap(lambda s: data_lib.get_batch(step_key(base_key, s), train_data, batch_size, block_size))
@@ -170,7 +174,7 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
         def body(i, carry):
             state, losses = carry
             x, y = parallel.constrain_batch(xs[i], ys[i], sharding)
-            state, loss = train_step(state, x, y, step_key(dropout_key, state.step))
+            state, loss = train_step(state, x, y, step_key(dropout_key, state.step), loss_fn)
             return state, losses.at[first + i].set(loss)
 
         return jax.lax.fori_loop(0, jnp.minimum(per_draw, num_steps - first), body, (state, losses))
@@ -182,17 +186,18 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
 
 
 def train_steps(state, model, cfg: TrainConfig, hparams, train_data, keys: dict, num_steps, *, max_steps: int,
-                batch_buffer: int = DEFAULT_BATCH_BUFFER):
+                batch_buffer: int = DEFAULT_BATCH_BUFFER, loss_fn=None):
     """``train_chunk``'s math, unjitted (to run inside a larger pure function, ``vmap``ped or not), with the
     optimizer's ``HPARAM_KEYS`` from ``hparams`` (traced per run; None: the config's constants, exactly as ``fit``).
-    ``keys``: the run's keys (``keys_from``). Returns (state, losses) as ``train_chunk``; the state keeps its
-    static optimizer, so it can be saved, restored and passed on like any other."""
+    ``keys``: the run's keys (``keys_from``); ``loss_fn``: ``train_step``'s. Returns (state, losses) as
+    ``train_chunk``; the state keeps its static optimizer, so it can be saved, restored and passed on like any
+    other."""
     static_tx = state.tx
     if hparams is not None:
         state = state.replace(tx=traced_optimizer(cfg, hparams, _decay_mask_of(model, state.params)))
     state, losses = train_chunk.__wrapped__(state, train_data, keys["batch"], keys["dropout"], num_steps,
                                             batch_size=cfg.batch_size, block_size=cfg.block_size,
-                                            max_steps=max_steps, batch_buffer=batch_buffer)
+                                            max_steps=max_steps, batch_buffer=batch_buffer, loss_fn=loss_fn)
     return state.replace(tx=static_tx), losses
 
 

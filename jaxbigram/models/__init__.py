@@ -8,6 +8,8 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
 - ``init(key) -> params``;
 - ``loss(params, x, y, dropout_key=None) -> scalar``: mean cross-entropy of int ``(B, T)`` batches; pure; dropout only
   when a key is given;
+- optionally ``fast_loss`` (same signature): the same value and gradient as ``loss`` computed another way that stays
+  cheap when many runs are ``vmap``ped (the bigram: from the batch's pair counts); ``run.py sweep`` uses it;
 - ``logits(params, x) -> (B, T, V)``: deterministic;
 - ``decay_mask(params)``: which leaves AdamW decays (None: all);
 - ``param_count()``: the number of parameters in closed form (the memory check runs before anything is built);
