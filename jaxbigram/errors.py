@@ -109,6 +109,7 @@ MESSAGES = {
     "sweep_changed": "the checkpoints in {workdir} are of {what}: run the same sweep command to resume it (only {resumable} may change), or start over with --fresh or another --workdir",
     "sweep_member": "--export {got} is not a member of the sweep in {workdir}: members are 0 to {last} (setting × seed, in the order of the table)",
     "sweep_export_exists": "--out {out} already holds checkpoints: export into a new folder",
+    "sweep_devices": "train.devices = {devices} does not divide the sweep's {members} members evenly: set train.devices to a divisor of {members}, or 0 (automatic)",
     "sweep_export_out": "--export needs --out DIR, the folder of the exported run",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",

@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import config as config_lib
 from . import data as data_lib
@@ -32,13 +33,15 @@ from . import runs
 from .checkpoint import Store
 from .config import Config
 from .errors import Interrupted, UsageError, printable_path
-from .evaluate import estimate_loss, split_loss
+from .evaluate import estimate_loss
 from .models.bigram import _pair_nll
+from .models.gpt import context_windows
 from .optimum import bigram_counts
 
 SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rate" = [...]``) and ``seeds``
 SWEEPABLE = tuple(f"train.{k}" for k in train.HPARAM_KEYS) + ("train.seed",)
 SWEEP_PNG = "sweep.png"
+MEMBER_AXIS = "members"  # the mesh axis the members are split along
 
 
 # ----------------------------------------------------------------------------- the plan (pure)
@@ -102,6 +105,31 @@ def check_shared(settings) -> None:
         raise UsageError("sweep_shape_keys", keys=", ".join(bad), allowed=", ".join(SWEEPABLE))
 
 
+def member_devices(members: int, requested: int = 0, devices=None) -> list:
+    """The devices the members are split over (each device trains ``members / len`` of them; members never talk to
+    each other, so there is no communication): ``train.devices`` = N takes the first N local devices, which must
+    divide the members evenly; 0 (automatic) the most local devices that do (on a 2-core CPU with two devices,
+    both cores)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if requested:
+        if requested > len(devices):
+            raise UsageError("devices_unavailable", requested=requested, available=len(devices))
+        if members % requested:
+            raise UsageError("sweep_devices", members=members, devices=requested)
+        return devices[:requested]
+    return devices[:max(d for d in range(1, len(devices) + 1) if members % d == 0)]
+
+
+def member_sharding(devices) -> NamedSharding:
+    """Arrays with a leading member axis, split along it over ``devices``."""
+    return NamedSharding(Mesh(np.array(devices), (MEMBER_AXIS,)), P(MEMBER_AXIS))
+
+
+def place(tree, sharding: NamedSharding):
+    """Every leaf of a stacked pytree (states, keys, hyperparameters) split along its member axis."""
+    return jax.device_put(tree, sharding)
+
+
 def stack(trees):
     """A list of same-shaped pytrees → one pytree with a leading member axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -140,18 +168,40 @@ def members_estimate(model, params, eval_keys, step, train_data, val_data, *, it
                                                loss_fn=member_loss(model)))(params, eval_keys)
 
 
+# the exact loss of a GPT scores this many tokens (members × windows × block_size) per call: its activations stay
+# well under a GiB for the presets, and calls are few enough that Python costs nothing
+EXACT_TOKENS_PER_CALL = 1 << 14
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _members_window_nll(model, params, x, y, mask):
+    return jax.vmap(model.window_nll, in_axes=(0, None, None, None))(params, x, y, mask)
+
+
 def members_split_loss(model, params, ids: np.ndarray, members: int) -> np.ndarray:
-    """The exact loss of every member over ``ids``. A bigram: counts once, the table's NLL ``vmap``ped over members.
-    Any other model: member by member (its windowed exact loss already batches windows over the devices; a member
-    axis on top would multiply its memory)."""
+    """The exact loss of every member over ``ids`` (``evaluate.split_loss`` of each). A bigram: counts once, the
+    table's NLL ``vmap``ped over members. A GPT: the same consecutive windows (``context_windows``), each call
+    scoring a batch of them for every member at once (``vmap`` over the member axis, split over its devices)."""
     if len(ids) < 2:
         return np.full(members, math.nan)
-    if model.kind == "bigram":
+    if model.cheap_split_loss:
         counts = bigram_counts(ids, model.vocab_size)
         nll = np.asarray(jax.vmap(_pair_nll, in_axes=(0, None, None))(params, jnp.asarray(counts.rows),
                                                                          jnp.asarray(counts.cols)), np.float64)
         return nll @ counts.counts / counts.total
-    return np.array([split_loss(model, member(params, k), ids) for k in range(members)])
+    x, y, mask = context_windows(ids, model.block_size)
+    n_win, t = x.shape
+    per_call = max(1, min(n_win, EXACT_TOKENS_PER_CALL // (members * t)))
+    pad = -n_win % per_call
+    if pad:
+        x, y, mask = (np.concatenate([a, np.zeros((pad, t), a.dtype)]) for a in (x, y, mask))
+    sharding = jax.tree.leaves(params)[0].sharding
+    replicated = NamedSharding(sharding.mesh, P()) if isinstance(sharding, NamedSharding) else None
+    total = np.zeros(members, np.float64)
+    for start in range(0, len(x), per_call):
+        window = jax.device_put(tuple(a[start:start + per_call] for a in (x, y, mask)), replicated)
+        total += np.asarray(_members_window_nll(model, params, *window), np.float64)
+    return total / (len(ids) - 1)
 
 
 # ----------------------------------------------------------------------------- the result (pure)
@@ -257,22 +307,25 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
     train_np, val_np = data_lib.split(corpus.ids, static.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(static.model, corpus.tokenizer.vocab_size, tcfg.block_size)
-    keys = stack([train.run_keys(m.train.seed) for m in members])
-    hparams = stack([train.hparams_of(m.train) for m in members])
-    train_data, val_data = jnp.asarray(train_np), jnp.asarray(val_np)
-    init = jax.vmap(lambda k: train.create_train_state(k, model, tcfg))
+    devices = member_devices(n, tcfg.devices)
+    split = member_sharding(devices)
+    keys = place(stack([train.run_keys(m.train.seed) for m in members]), split)
+    hparams = place(stack([train.hparams_of(m.train) for m in members]), split)
+    train_data, val_data = jax.device_put((train_np, val_np), NamedSharding(split.mesh, P()))
+    init = jax.jit(jax.vmap(lambda k: train.create_train_state(k, model, tcfg)), out_shardings=split)
     meta = _sweep_meta(plan, corpus, model)
     resumed = None if fresh or not store.steps() else runs.resume(store, jax.eval_shape(init, keys["init"]),
                                                                           meta, log)
     if resumed is None:
-        states, history, step = jax.jit(init)(keys["init"]), [], 0
+        states, history, step = init(keys["init"]), [], 0
     else:
         saved, states = resumed
-        states = states.replace(step=jnp.asarray(states.step, jnp.int32))
+        states = place(states.replace(step=jnp.asarray(states.step, jnp.int32)), split)
         history, step = saved[SWEEP_SECTION].get("history", []), int(states.step[0])
         log(f"resuming the sweep from step {step} in {printable_path(store.directory)}")
     log(f"sweep: {n} members ({len(plan.settings)} settings × {plan.seeds} seeds) of {model.kind} in one program, "
-        f"{tcfg.steps:,} steps")
+        f"{tcfg.steps:,} steps" + (f", {n // len(devices)} on each of {len(devices)} {jax.default_backend()} devices"
+                                   if len(devices) > 1 else ""))
     sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size)
     stale, start, t0, diverged = fresh, step, time.perf_counter(), set()
     with train.StopRequest() as stop:

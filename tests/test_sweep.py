@@ -81,13 +81,36 @@ def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused(
         sweep.make_plan(TINY, ["train.grad_clip=[0,1]"], seeds=1)
 
 
-def test_cli_sweep_prints_the_table(run_cli, tmp_path):
-    proc = run_cli("sweep", "--config", TINY, "--seeds", "2", "--set", "train.learning_rate=[0.02,0.05]",
-                   "--workdir", tmp_path / "s", "--json")
-    assert proc.returncode == 0, proc.stderr
+def test_members_are_split_over_the_devices_that_divide_them():
+    devices = ["cpu0", "cpu1", "cpu2", "cpu3"]
+    assert sweep.member_devices(8, 0, devices) == devices
+    assert sweep.member_devices(6, 0, devices) == devices[:3]  # the most devices that divide the members evenly
+    assert sweep.member_devices(7, 0, devices) == devices[:1]
+    assert sweep.member_devices(6, 2, devices) == devices[:2]
+    with pytest.raises(UsageError, match="does not divide the sweep's 6 members"):
+        sweep.member_devices(6, 4, devices)
+    with pytest.raises(UsageError, match="devices"):
+        sweep.member_devices(8, 5, devices)
+
+
+def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_cli, tmp_path):
+    """The CLI has two CPU devices: each trains half of the members (the in-process run here has one device)."""
     import json
 
+    sets = ["--set", "train.learning_rate=[0.02,0.05]"]
+    proc = run_cli("sweep", "--config", TINY, "--seeds", "2", *sets, "--workdir", tmp_path / "s", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 on each of 2 cpu devices" in proc.stderr
     report = json.loads(proc.stdout)
     assert len(report["settings"]) == 2 and len(report["val_loss"]) == 4
+    one_device = sweep.run_sweep(tmp_path / "one", sweep.make_plan(TINY, sets[1:], 2), err=io.StringIO(), plot=False)
+    assert report["val_loss"] == one_device.val.tolist()  # the bigram's math is elementwise: bit for bit
+    gpt_sets = ["train.steps=20", "eval.interval=20", "checkpoint.interval=20"]
+    proc = run_cli("sweep", "--config", GPT_TINY, "--seeds", "2", *[a for s in gpt_sets for a in ("--set", s)],
+                   "--workdir", tmp_path / "g", "--json")
+    assert proc.returncode == 0, proc.stderr
+    one_device = sweep.run_sweep(tmp_path / "g1", sweep.make_plan(GPT_TINY, gpt_sets, 2), err=io.StringIO(),
+                                 plot=False)
+    np.testing.assert_allclose(json.loads(proc.stdout)["val_loss"], one_device.val, rtol=1e-5)
     bad = run_cli("sweep", "--config", TINY, "--set", "model.n_embd=[16,32]", "--workdir", tmp_path / "t")
     assert bad.returncode == 2 and bad.stderr.count("error: ") == 1 and "model.n_embd" in bad.stderr
