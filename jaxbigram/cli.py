@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", "measure training, sampling and data-prep speed", "Benchmark this machine: fused training "
                 "next to a naive jit-per-step loop, whole preset runs, sampling, data prep and peak memory (medians "
                 "of repeats, after warm-up; see docs/performance.md).",
-                ["bench --quick", "bench --json > bench.json", "bench --scaling", "bench --against torch --json"],
+                ["bench --quick", "bench --json > bench.json", "bench --scaling", "bench --against torch --json",
+                 "bench --sweeps --json"],
                 "platform", "json")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller corpora (about half the time)")
     mode = p.add_mutually_exclusive_group()
@@ -185,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--against", choices=["torch"], default=None,
                       help="instead: whole runs of the lecture's bigram and gpt-cpu next to a PyTorch reference of the "
                            "same loops, alternating (needs the [compare] extra)")
+    mode.add_argument("--sweeps", action="store_true",
+                      help="instead: sweeps next to single runs — bigram default × 64 seeds and gpt-tiny × 16 vs one "
+                           "run, gpt-cpu × 4 vs 4 runs one after the other (sweep time / single time)")
     p.add_argument("--pairs", type=_int_at_least("--pairs", 1), default=None,
-                   help="with --against: jaxbigram/PyTorch pairs of runs (default 3; --quick: 1)")
+                   help="with --against: jaxbigram/PyTorch pairs of runs (default 3; --quick: 1); with --sweeps: "
+                        "single/sweep pairs of each case (default 3, gpt-cpu 1; --quick: 1)")
     return parser
 
 
@@ -395,6 +400,11 @@ def cmd_bench(args) -> int:
         pairs = args.pairs or (1 if args.quick else bench.TorchPlan.pairs)
         report = bench.run_against_torch(bench.TorchPlan(pairs=pairs), str(resolve_data_path(args.data)[0]),
                                          args.platform, log=_log)
+    elif args.sweeps:
+        from .data import resolve_data_path
+
+        report = bench.run_sweeps(bench.SweepPlan(), str(resolve_data_path(args.data)[0]), args.platform,
+                                  pairs=args.pairs or (1 if args.quick else None), log=_log)
     else:
         report = bench.run(quick=args.quick, scaling=args.scaling, data=args.data, platform=args.platform, log=_log)
     print(json.dumps(report) if args.json else bench.format_table(report))

@@ -83,6 +83,34 @@ def test_against_torch_reports_every_documented_key_and_both_sides_learn_alike(d
     assert report["gpt_val"] < math.log(65) - 1.0  # both well below the uniform guess
 
 
+def documented_sweep_keys() -> set[str]:
+    page = (REPO_ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    section = page[page.index("<!-- section: sweeps -->"):page.index("<!-- end: sweeps -->")]
+    return set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.MULTILINE))
+
+
+def test_bench_sweeps_reports_every_documented_key(data_path):
+    """The three cases under their documented names and member counts, on the tiny bigram for 20 steps (fresh
+    processes; nothing about speed is asserted): sane ratios, and the sweep's members learn like the single run."""
+    short = ("train.steps=20", "eval.interval=20", "checkpoint.interval=20")
+    plan = bench.SweepPlan(cases=(bench.SweepCase("bigram", "tiny", 64, pairs=1, overrides=short),
+                                  bench.SweepCase("gpt_tiny", "tiny", 16, pairs=1, overrides=short),
+                                  bench.SweepCase("gpt_cpu", "tiny", 4, versus="sequential", pairs=1,
+                                                  overrides=short)))
+    report = bench.run_sweeps(plan, str(data_path), log=lambda message: None)
+
+    assert set(report) == documented_sweep_keys()
+    json.dumps(report)
+    for key in ("sweep_bigram_64_vs_single", "sweep_gpt_tiny_16_vs_single", "sweep_gpt_cpu_4_vs_sequential"):
+        assert isinstance(report[key], float) and math.isfinite(report[key]) and report[key] > 0, key
+        assert report[f"{key}_ratios"] == [round(report[key], 3)]
+    # 4 runs one after the other take longer than one (each pays start-up and compiles)
+    assert report["sweep_gpt_cpu_4_sequential_s_median"] > report["sweep_gpt_tiny_16_single_s_median"]
+    for prefix in ("sweep_bigram_64", "sweep_gpt_tiny_16", "sweep_gpt_cpu_4"):
+        # member 0 is the single run (seed 1337): the mean over seeds is near it (20 steps of the tiny bigram)
+        assert abs(report[f"{prefix}_val_mean"] - report[f"{prefix}_single_val"]) < 0.05, prefix
+
+
 def test_against_torch_without_torch_is_one_line(tmp_path):
     code = ("import sys; sys.modules['torch'] = None; from jaxbigram.cli import main; "
             "sys.exit(main(['bench', '--against', 'torch', '--quick']))")

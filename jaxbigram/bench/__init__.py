@@ -11,6 +11,7 @@ This module is a harness at the edge: only ``cli bench`` imports it, and nothing
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform as platform_lib
 import re
@@ -838,4 +839,92 @@ def run_against_torch(plan: TorchPlan, data: str, platform: str | None = None, l
     report.update(gpt_val=statistics.median(j["val"] for j in runs["jax", "gpt"]),
                   torch_gpt_val=statistics.median(t["val"] for t in runs["torch", "gpt"]),
                   load_avg_end=_load_average())
+    return report
+
+
+# ----------------------------------------------------------------------------- --sweeps: a sweep next to its single runs
+
+@dataclass(frozen=True)
+class SweepCase:
+    """A sweep of ``seeds`` members of ``preset`` timed against one single run (``versus="single"``) or against
+    ``seeds`` single runs one after the other (``"sequential"``)."""
+
+    name: str  # in the keys: sweep_{name}_{seeds}_vs_{versus}
+    preset: str
+    seeds: int
+    versus: str = "single"
+    pairs: int = 3
+    overrides: tuple = ()
+
+    @property
+    def prefix(self) -> str:
+        return f"sweep_{self.name}_{self.seeds}"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What ``bench --sweeps`` runs (each run a fresh process, compile cache off on both sides)."""
+
+    cases: tuple = (SweepCase("bigram", "default", 64), SweepCase("gpt_tiny", "gpt-tiny", 16),
+                    SweepCase("gpt_cpu", "gpt-cpu", 4, versus="sequential", pairs=1))
+    # both sides: no samples at evals (a sweep prints none)
+    overrides: tuple = ("eval.sample_chars=0",)
+
+
+def _timed_cli(command: str, preset: str, overrides: tuple, data: str, workdir: Path, platform: str | None,
+               *extra: str) -> dict:
+    """``jaxbigram COMMAND --config PRESET --fresh`` in a fresh process, compile cache off: wall seconds and stdout."""
+    argv = _jaxbigram(command, "--config", preset, "--fresh", "--workdir", str(workdir), "--data", data,
+                      *[a for o in overrides for a in ("--set", o)], *extra,
+                      *(["--platform", platform] if platform else []))
+    run = run_measured(argv, _child_env(JAXBIGRAM_COMPILE_CACHE="off"))
+    if run["rc"] != 0:
+        raise RuntimeError(f"{command} --config {preset} failed (exit {run['rc']}):\n{run['stderr'][-2000:]}")
+    return run
+
+
+def run_sweeps(plan: SweepPlan, data: str, platform: str | None = None, pairs: int | None = None,
+               log=_log) -> dict:
+    """Each case's sweep next to its single run(s), alternating (baseline, sweep, baseline, sweep, …): per-pair
+    ratios sweep time / baseline time and their median (below 1: the sweep took less time), flat keys documented in
+    docs/performance.md. ``pairs`` overrides every case's."""
+    from .. import config as config_lib
+    from ..data import check_length_for, load_corpus
+
+    cfgs = {case.preset: config_lib.load(case.preset, plan.overrides + case.overrides) for case in plan.cases}
+    check_length_for(load_corpus(data), "bench --sweeps", {  # up front, in one line: what `train` would refuse
+        f"the {preset} preset": (cfg.train.block_size, cfg.data.val_fraction) for preset, cfg in cfgs.items()})
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+                    "load_avg_start": _load_average()}
+    with tempfile.TemporaryDirectory(prefix="jaxbigram-bench-sweeps-") as tmp:
+        for case in plan.cases:
+            overrides = plan.overrides + case.overrides
+            n_pairs, key = pairs or case.pairs, f"{case.prefix}_vs_{case.versus}"
+            baselines, sweeps, single_vals, sweep_vals = [], [], [], []
+            for pair in range(n_pairs):
+                seconds = 0.0
+                for i in range(case.seeds if case.versus == "sequential" else 1):
+                    run = _timed_cli("train", case.preset, overrides + (f"train.seed={1337 + i}",), data,
+                                     Path(tmp) / f"{case.name}-single-{pair}-{i}", platform)
+                    seconds += run["wall_s"]
+                    exact = re.search(r"val ([\d.]+) nats", run["stdout"])
+                    single_vals.append(float(exact.group(1)) if exact else math.nan)
+                baselines.append(seconds)
+                run = _timed_cli("sweep", case.preset, overrides + ("train.seed=1337",), data,
+                                 Path(tmp) / f"{case.name}-sweep-{pair}", platform, "--seeds", str(case.seeds),
+                                 "--json")
+                sweeps.append(run["wall_s"])
+                sweep_vals.append(statistics.fmean(json.loads(run["stdout"].strip().splitlines()[-1])["val_loss"]))
+                log(f"{key} pair {pair + 1}/{n_pairs}: {case.versus} {baselines[-1]:.1f} s, sweep of {case.seeds} "
+                    f"{sweeps[-1]:.1f} s (ratio {sweeps[-1] / baselines[-1]:.2f})")
+            ratios = [s / b for s, b in zip(sweeps, baselines)]
+            report.update({
+                key: statistics.median(ratios), f"{key}_ratios": [round(r, 3) for r in ratios],
+                f"{case.prefix}_preset": case.preset, f"{case.prefix}_pairs": n_pairs,
+                f"{case.prefix}_s_median": statistics.median(sweeps),
+                f"{case.prefix}_{case.versus}_s_median": statistics.median(baselines),
+                f"{case.prefix}_val_mean": statistics.median(sweep_vals),
+                f"{case.prefix}_single_val": statistics.median(single_vals),
+            })
+    report["load_avg_end"] = _load_average()
     return report
