@@ -129,6 +129,7 @@ MESSAGES = {
     "warn_metrics_unreadable": "warning: cannot read {path} ({reason}); the metrics log is ignored",
     "warn_metrics_damaged": "warning: skipped {n} damaged line(s) of {path}",
     "warn_metrics_not_regular": "warning: {path} is not a regular file: this run's evals are not logged there",
+    "warn_events_unwritable": "warning: cannot write TensorBoard events into {path} ({reason}): metrics.jsonl still logs the evals",
     "warn_metrics_unwritable": "warning: cannot write {path} ({reason}): this run's evals are not logged",
     "note_other_text": "note: {path} (from {source}) is not the text step {step} was trained on (sha256 {sha256}…, trained on {trained_sha256}… at {trained_path})",
 }

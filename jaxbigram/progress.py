@@ -1,4 +1,5 @@
-"""What a user sees while ``train`` runs: a tqdm bar (or plain lines when stderr is no terminal) and ``metrics.jsonl``.
+"""What a user sees while ``train`` runs: a tqdm bar (or plain lines when stderr is no terminal), ``metrics.jsonl``
+and the same rows as TensorBoard events (``<workdir>/tensorboard/``).
 
 The ``fit`` driver owns one ``Reporter`` and calls four hooks: ``chunk`` after each fused training call, ``eval`` at
 each evaluation (printed on ``out``, logged once its checkpoint is saved), ``saved`` after each checkpoint, and the
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import message
+from .tensorboard import EVENTS_DIR, EventLog
 
 METRICS_FILE = "metrics.jsonl"
 PLAIN_EVERY_S = 30.0  # without a terminal: a plain line at each eval, and at least this often in between
@@ -76,9 +78,10 @@ class MetricsLog:
     never a reason to stop training.
     """
 
-    def __init__(self, path: str | Path, resumed_step: int | None, history=(), log=None):
+    def __init__(self, path: str | Path, resumed_step: int | None, history=(), log=None, events=None):
         self.path = Path(path)
         self.log = log or (lambda message: None)
+        self.events = events  # a tensorboard.EventLog mirroring the rows as they are written (None: none)
         self.disabled = self.path.exists() and not self.path.is_file()
         if self.disabled:
             self.log(message("warn_metrics_not_regular", path=self.path))
@@ -93,6 +96,8 @@ class MetricsLog:
         self._dirty = self.rows != existing or not self._ends_cleanly()
         if self.started:
             self._sync()
+            if self.events is not None:
+                self.events.start(resumed_step)
         self.steps = {r["step"] for r in self.rows}
         self.last_step = max(self.steps, default=None)
         self.wall_offset = float(self.rows[-1].get("wall_s") or 0.0) if self.rows else 0.0
@@ -102,6 +107,9 @@ class MetricsLog:
         if not self.started:
             self.started, self._dirty = True, True
             self._sync()
+            if self.events is not None:  # the old run's events go with its log
+                self.events.clear()
+                self.events.rows(self.rows)
 
     def _ends_cleanly(self) -> bool:
         """False when the last line was cut short (a kill mid-append)."""
@@ -148,12 +156,15 @@ class MetricsLog:
         self.rows += done
         if not self.started:
             self.start()
-        elif done and not self.disabled:
+            return
+        if done and not self.disabled:
             try:
                 with self.path.open("a", encoding="utf-8") as f:
                     f.write("".join(json.dumps(r) + "\n" for r in done))
             except OSError as e:
                 self._disable(e)
+        if done and self.events is not None:
+            self.events.rows(done)
 
 
 # ----------------------------------------------------------------------------- progress display
@@ -198,8 +209,11 @@ class Reporter:
         self.clock = clock
         self.plain_every_s = plain_every_s
         self.use_bar = (_isatty(self.err) if bar is None else bar) and enabled
-        self.metrics = (MetricsLog(metrics_path, start_step if resumed else None, history,
-                                   lambda message: print(message, file=self.err, flush=True))
+        def warn(text: str) -> None:
+            print(text, file=self.err, flush=True)
+
+        self.metrics = (MetricsLog(metrics_path, start_step if resumed else None, history, warn,
+                                   events=EventLog(Path(metrics_path).parent / EVENTS_DIR, warn))
                         if metrics_path and enabled else None)
         self.train_loss = None  # "chunk loss": the mean training loss of the last chunk's steps (not an estimate)
         self.last_eval: dict | None = None

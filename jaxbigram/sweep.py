@@ -37,6 +37,7 @@ from .evaluate import estimate_loss
 from .models.bigram import _pair_nll
 from .models.gpt import context_windows
 from .optimum import bigram_counts
+from .tensorboard import EVENTS_DIR, EventLog, clear_tree, run_name
 
 SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rate" = [...]``) and ``seeds``
 SWEEPABLE = tuple(f"train.{k}" for k in train.HPARAM_KEYS) + ("train.seed",)
@@ -323,6 +324,10 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
         states = place(states.replace(step=jnp.asarray(states.step, jnp.int32)), split)
         history, step = saved[SWEEP_SECTION].get("history", []), int(states.step[0])
         log(f"resuming the sweep from step {step} in {printable_path(store.directory)}")
+    events = [EventLog(store.workdir / EVENTS_DIR / member_run(plan, k), log) for k in range(n)]
+    written = step if resumed is not None else -1  # the evals up to here are in the event files
+    for member_events in events if resumed is not None else ():
+        member_events.start(step)
     log(f"sweep: {n} members ({len(plan.settings)} settings × {plan.seeds} seeds) of {model.kind} in one program, "
         f"{tcfg.steps:,} steps" + (f", {n // len(devices)} on each of {len(devices)} {jax.default_backend()} devices"
                                    if len(devices) > 1 else ""))
@@ -342,6 +347,7 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
             if save_now:
                 if stale:
                     store.clear()
+                    clear_tree(store.workdir / EVENTS_DIR, log)
                     stale = False
                 last = history[-1]
                 mean_row = {"step": step, "train_loss": float(np.mean(last["train_loss"])),
@@ -349,6 +355,11 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
                 store.save(step, states, {**meta, "step": step, "history": [], "last_eval": mean_row,
                                           SWEEP_SECTION: {**meta[SWEEP_SECTION], "history": history}},
                            val_loss=mean_row["val_loss"])
+                new_rows = [h for h in history if written < h["step"] <= step]  # TensorBoard: as metrics.jsonl
+                for k, member_events in enumerate(events):
+                    member_events.rows([{**h, "train_loss": h["train_loss"][k], "val_loss": h["val_loss"][k]}
+                                        for h in new_rows])
+                written = step
             if done:
                 break
             if stopping:
@@ -366,6 +377,15 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
     train_loss = members_split_loss(model, states.params, train_np, n) if model.cheap_split_loss else None
     return SweepResult(rows=summarize(plan, val, train_loss), states=states, history=history, val=val,
                        train=train_loss, step=step)
+
+
+def member_run(plan: Plan, k: int) -> str:
+    """Member ``k``'s folder under ``tensorboard/``: its index, setting and seed (``member-003_train.learning_rate=
+    0.05_seed1338``), so TensorBoard's run list reads like the table."""
+    setting = plan.labels[k // plan.seeds]
+    seed = plan.members[k].train.seed
+    return run_name(f"member-{k:03d}" + ("" if setting == "base" else f"_{setting.replace(', ', '_')}")
+                    + f"_seed{seed}")
 
 
 def plot_sweep(plan: Plan, history: list, path: Path) -> Path | None:

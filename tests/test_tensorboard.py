@@ -1,0 +1,91 @@
+"""tensorboard.py: the event files ``train`` and ``sweep`` write, read back with TensorBoard's own reader (the
+``tensorboard`` package of the test extra), next to metrics.jsonl and the sweep's history."""
+
+import io
+import json
+import zlib
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+from jaxbigram import sweep, tensorboard
+from conftest import TINY
+
+
+def scalars(folder, tag="loss/val_estimate"):
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def metrics(workdir, key="val_loss"):
+    return [(r["step"], r[key]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_crc32c_is_castagnoli_and_records_frame_their_data():
+    assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the published check value of CRC-32C
+    assert tensorboard.crc32c(b"123456789") != zlib.crc32(b"123456789")  # not the zip CRC
+    data = b"hello"
+    rec = tensorboard.record(data)
+    assert int.from_bytes(rec[:8], "little") == len(data) and rec[12:17] == data and len(rec) == 8 + 4 + 5 + 4
+
+
+def test_train_writes_the_metrics_rows_as_events(tiny_workdir):
+    """The session's tiny run (evals at 0, 100, 200): every tag equals metrics.jsonl in float32."""
+    folder = tiny_workdir / tensorboard.EVENTS_DIR
+    for tag, key in (("loss/val_estimate", "val_loss"), ("loss/train_estimate", "train_loss"),
+                     ("learning_rate", "lr")):
+        got, expected = scalars(folder, tag), metrics(tiny_workdir, key)
+        assert [s for s, _ in got] == [s for s, _ in expected] == [0, 100, 200]
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6)
+
+
+def test_a_resume_continues_the_events_and_fresh_replaces_them(run_cli, tmp_path):
+    workdir = tmp_path / "run"
+    assert run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
+    assert run_cli("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
+    folder = workdir / tensorboard.EVENTS_DIR
+    assert len(list(folder.iterdir())) == 2  # one file per process
+    got = scalars(folder)
+    assert got == [(s, pytest.approx(v, rel=1e-6)) for s, v in metrics(workdir)] and [s for s, _ in got] == [0, 100, 200]
+    proc = run_cli("train", "--config", TINY, "--steps", "100", "--fresh", "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(folder.iterdir())) == 1 and [s for s, _ in scalars(folder)] == [0, 100]
+
+
+def test_a_resume_start_drops_what_an_earlier_process_logged_past_it(tmp_path):
+    """A checkpoint set aside as damaged means a resume from an older step: TensorBoard shows the new values."""
+    first = tensorboard.EventLog(tmp_path)
+    first.rows([{"step": s, "train_loss": 3.0, "val_loss": float(s)} for s in (0, 100, 200)])
+    second = tensorboard.EventLog(tmp_path)
+    second.start(100)
+    second.rows([{"step": 200, "train_loss": 2.0, "val_loss": 9.0}])
+    assert len(list(tmp_path.iterdir())) == 2
+    assert scalars(tmp_path) == [(0, 0.0), (100, 100.0), (200, 9.0)]
+
+
+def test_an_unwritable_events_folder_is_one_warning_and_training_goes_on(run_cli, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / tensorboard.EVENTS_DIR).write_text("not a folder")
+    proc = run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("warning: cannot write TensorBoard events") == 1
+    assert [s for s, _ in metrics(workdir)] == [0, 100]
+
+
+def test_sweep_writes_one_run_per_member(tmp_path):
+    plan = sweep.make_plan(TINY, ["train.learning_rate=[0.02,0.05]", "train.steps=100"], seeds=2)
+    result = sweep.run_sweep(tmp_path / "s", plan, err=io.StringIO(), plot=False)
+    mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "s" / tensorboard.EVENTS_DIR))
+    mux.Reload()
+    runs = sorted(mux.Runs())
+    assert runs == [sweep.member_run(plan, k) for k in range(4)]
+    assert runs[3] == "member-003_train.learning_rate=0.05_seed1338"
+    for k, run in enumerate(runs):
+        got = [(e.step, e.value) for e in mux.Scalars(run, "loss/val_estimate")]
+        expected = [(h["step"], h["val_loss"][k]) for h in result.history]
+        assert [s for s, _ in got] == [s for s, _ in expected] == [0, 100]
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6)
