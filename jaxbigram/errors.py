@@ -110,6 +110,7 @@ MESSAGES = {
     "sweep_member": "--export {got} is not a member of the sweep in {workdir}: members are 0 to {last} (setting × seed, in the order of the table)",
     "sweep_export_exists": "--out {out} already holds checkpoints: export into a new folder",
     "sweep_devices": "train.devices = {devices} does not divide the sweep's {members} members evenly: set train.devices to a divisor of {members}, or 0 (automatic)",
+    "sweep_too_big": "the sweep's {members} members need about {need} of memory ({each} each) but only {available} is available: sweep at most {fits} members at once (fewer --seeds or list values), or lower train.batch_size",
     "sweep_export_out": "--export needs --out DIR, the folder of the exported run",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",

@@ -28,11 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import config as config_lib
 from . import data as data_lib
-from . import models, progress, train
+from . import memory, models, progress, train
 from . import runs
 from .checkpoint import Store
 from .config import Config
-from .errors import Interrupted, UsageError, printable_path
+from .errors import Interrupted, ResourceError, UsageError, printable_path
 from .evaluate import estimate_loss
 from .models.bigram import _pair_nll
 from .models.gpt import context_windows
@@ -129,6 +129,23 @@ def member_sharding(devices) -> NamedSharding:
 def place(tree, sharding: NamedSharding):
     """Every leaf of a stacked pytree (states, keys, hyperparameters) split along its member axis."""
     return jax.device_put(tree, sharding)
+
+
+def check_memory(cfg: Config, corpus, model, members: int) -> None:
+    """Refuse, in one line and before anything is built, a sweep whose members do not fit in memory together: each
+    member has its own parameters, AdamW moments, gradient, activations and evaluation batch (``memory``'s terms of
+    one run × members); the text and the batch buffer are shared."""
+    one = memory.estimate_for_config(cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize,
+                                     num_params=model.param_count(),
+                                     activation_bytes=memory.activation_bytes(model, cfg.train.batch_size))
+    shared = sum(size for term, size in one.items() if term in ("data", "batch_buffers"))
+    each = sum(one.values()) - shared
+    available = memory.available_memory_bytes(jax.local_devices()[0])
+    if available is not None and shared + each * members > available:
+        memory.check_fits(one, available)  # one member alone does not fit: say which term, as `train` would
+        raise ResourceError("sweep_too_big", members=members, need=memory.human_bytes(shared + each * members),
+                            each=memory.human_bytes(each), available=memory.human_bytes(available),
+                            fits=max(1, (available - shared) // each))
 
 
 def stack(trees):
@@ -310,8 +327,11 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
     model = models.build(static.model, corpus.tokenizer.vocab_size, tcfg.block_size)
     devices = member_devices(n, tcfg.devices)
     split = member_sharding(devices)
-    keys = place(stack([train.run_keys(m.train.seed) for m in members]), split)
-    hparams = place(stack([train.hparams_of(m.train) for m in members]), split)
+    check_memory(static, corpus, model, n)
+    seeds = jnp.asarray(np.array([m.train.seed for m in members], np.uint32))
+    keys = place(jax.vmap(train.keys_from)(jax.vmap(jax.random.key)(seeds)), split)  # run_keys of each seed
+    hparams = place({k: jnp.asarray(np.array([getattr(m.train, k) for m in members], np.float32))
+                     for k in train.HPARAM_KEYS}, split)  # hparams_of each member, stacked
     train_data, val_data = jax.device_put((train_np, val_np), NamedSharding(split.mesh, P()))
     init = jax.jit(jax.vmap(lambda k: train.create_train_state(k, model, tcfg)), out_shardings=split)
     meta = _sweep_meta(plan, corpus, model)

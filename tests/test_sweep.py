@@ -114,3 +114,17 @@ def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_c
     np.testing.assert_allclose(json.loads(proc.stdout)["val_loss"], one_device.val, rtol=1e-5)
     bad = run_cli("sweep", "--config", TINY, "--set", "model.n_embd=[16,32]", "--workdir", tmp_path / "t")
     assert bad.returncode == 2 and bad.stderr.count("error: ") == 1 and "model.n_embd" in bad.stderr
+
+
+def test_a_sweep_too_big_for_memory_is_one_line_naming_how_many_members_fit(monkeypatch, tmp_path):
+    from jaxbigram import memory
+    from jaxbigram.errors import ResourceError
+
+    plan = sweep.make_plan(TINY, [], seeds=1000)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device=None: 200 * 2**20)
+    with pytest.raises(ResourceError, match=r"sweep's 1000 members need about .* sweep at most \d+ members") as e:
+        sweep.run_sweep(tmp_path / "s", plan, err=io.StringIO(), plot=False)
+    fits = int(str(e.value).split("at most ")[1].split()[0])
+    assert 1 <= fits < 1000
+    assert not (tmp_path / "s" / "checkpoints").exists() or not any((tmp_path / "s" / "checkpoints").iterdir())
+
