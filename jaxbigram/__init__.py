@@ -10,7 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "memory", "metadata",
-              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "sweep", "train")
+              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "sweep",
+              "tensorboard", "train")
 
 
 def __getattr__(name: str):
