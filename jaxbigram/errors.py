@@ -105,6 +105,10 @@ MESSAGES = {
     "devices_unavailable": "train.devices = {requested} but JAX has {available} device(s) here: set train.devices to at most {available} (0 picks automatically)",
     # sweeps
     "sweep_shape_keys": "a sweep's members must share one compiled program, but its settings differ in {keys}: sweep only {allowed} (one value each for everything else; grad_clip all 0 or all > 0)",
+    "sweep_seeds": "seeds (--seeds or [sweep] seeds) must be a whole number from 1 to {max}, got {got!r}",
+    "sweep_members": "{seeds} seeds × {settings} settings = {members} members, more than {max}: sweep fewer at once",
+    "sweep_key": "[sweep] {key}: a swept key is section.key (e.g. \"train.learning_rate\" = [0.01, 0.1]), or seeds = N",
+    "sweep_not_list": "[sweep] {key} = {got!r} is not a list: give the values to sweep as a TOML list, e.g. \"{key}\" = [0.01, 0.1]",
     "sweep_empty_list": "--set {key}=[] (or [sweep] {key}) has no value: give at least one, e.g. {key}=[0.01, 0.1]",
     "sweep_changed": "the checkpoints in {workdir} are of {what}: run the same sweep command to resume it (only {resumable} may change), or start over with --fresh or another --workdir",
     "sweep_member": "--export {got} is not a member of the sweep in {workdir}: members are 0 to {last} (setting × seed, in the order of the table)",

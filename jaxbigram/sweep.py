@@ -66,13 +66,33 @@ class Plan:
                 "configs": [c.to_dict() for c in self.settings]}
 
 
+MAX_MEMBERS = 1 << 20  # settings × seeds: past this, building the members alone takes minutes (and memory refuses)
+
+
+def _check_members(seeds, settings: int) -> int:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_MEMBERS:
+        raise UsageError("sweep_seeds", got=seeds, max=f"{MAX_MEMBERS:,}")
+    if seeds * settings > MAX_MEMBERS:
+        raise UsageError("sweep_members", seeds=seeds, settings=settings, members=f"{seeds * settings:,}",
+                         max=f"{MAX_MEMBERS:,}")
+    return seeds
+
+
 def make_plan(config_path, overrides, seeds: int | None) -> Plan:
     """Settings = the product of every list value (``--set key=[a, b]`` or the config's ``[sweep]`` table)."""
     raw = config_lib.read(config_path or config_lib.DEFAULT_PRESET)
-    table = dict(raw.pop(SWEEP_SECTION, {}) or {})
-    seeds = seeds or int(table.pop("seeds", 1))
-    table.pop("seeds", None)
-    axes = {key: values for key, values in table.items()}
+    table = raw.pop(SWEEP_SECTION, None)
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise UsageError("config_not_table", section=SWEEP_SECTION)
+    table = dict(table)
+    seeds = table.pop("seeds", 1) if seeds is None else seeds
+    axes = {}
+    for key, values in table.items():
+        if key.count(".") != 1 or not all(key.split(".")):
+            raise UsageError("sweep_key", key=key)
+        axes[key] = values
     for item in overrides:
         section, key, value = config_lib.parse_override(item)
         if isinstance(value, list):
@@ -81,8 +101,11 @@ def make_plan(config_path, overrides, seeds: int | None) -> Plan:
             axes.pop(f"{section}.{key}", None)
             raw.setdefault(section, {})[key] = value
     for key, values in axes.items():
-        if not isinstance(values, list) or not values:
+        if not isinstance(values, list):
+            raise UsageError("sweep_not_list", key=key, got=values)
+        if not values:
             raise UsageError("sweep_empty_list", key=key)
+    _check_members(seeds, math.prod(len(v) for v in axes.values()))
     settings, labels = [], []
     for combo in itertools.product(*axes.values()):
         setting = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items()}

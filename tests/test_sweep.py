@@ -159,3 +159,28 @@ def test_kill9_mid_sweep_then_the_same_command_resumes_bit_identical(run_cli, tm
     whole = sweep.run_sweep(tmp_path / "w", sweep.make_plan(TINY, sets, 2), err=io.StringIO(), plot=False)
     params, _ = Store(tmp_path / "k", read_only=True).restore_params(400)
     assert same_tree(params, whole.states.params)
+
+
+@pytest.mark.parametrize("table, expected", [
+    ('seeds = "x"', "whole number from 1 to"), ("seeds = -1", "whole number"), ("seeds = 0", "whole number"),
+    ("seeds = 1e9", "whole number"), ("seeds = true", "got True"), ("seeds = 99999999999999999999", "whole number"),
+    ('"train.learning_rate" = "notalist"', "is not a list"), ('"train.learning_rate" = []', "has no value"),
+    ('"bad" = [1, 2]', "a swept key is section.key"), ('"train.foo" = [1, 2]', "unknown config key train.foo"),
+    ('"train.learning_rate" = [-1, 0.1]', "must be > 0"), ('"train.learning_rate" = [0.1, "a"]', "must be a number"),
+    ('"model.n_embd" = [16, 32]', "differ in model.n_embd"),
+    ('"train.learning_rate" = [1,2,3,4,5,6,7,8,9,10]\nseeds = 1048576', "members, more than 1,048,576"),
+])
+def test_a_bad_sweep_table_is_one_usage_error(table, expected, tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f"[sweep]\n{table}\n")
+    with pytest.raises(UsageError, match=expected):
+        sweep.make_plan(str(path), [], None)
+
+
+def test_a_sweep_that_is_not_a_table_is_one_usage_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("sweep = 3\n")
+    with pytest.raises(UsageError, match=r"\[sweep\] must be a table"):
+        sweep.make_plan(str(path), [], None)
+    with pytest.raises(UsageError, match="got 0"):
+        sweep.make_plan(TINY, [], 0)
