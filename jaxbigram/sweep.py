@@ -338,7 +338,7 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
         finally:
             store.close()
         if plot:
-            result.plot = plot_sweep(plan, result.history, workdir / SWEEP_PNG)
+            result.plot = plot_sweep(plan, result.history, workdir / SWEEP_PNG, result.rows)
         return result
 
 
@@ -431,8 +431,10 @@ def member_run(plan: Plan, k: int) -> str:
                     + f"_seed{seed}")
 
 
-def plot_sweep(plan: Plan, history: list, path: Path) -> Path | None:
-    """``sweep.png``: val-loss estimates by step, per setting the mean over seeds with a min–max band."""
+def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None) -> Path | None:
+    """``sweep.png``. Left: val-loss estimates by step, per setting the mean over seeds with a min–max band (the
+    y axis fits the curves after the first eval; the untrained start is off the scale). Right (with ``rows``, the
+    table): each setting's exact val loss, mean ± std over seeds, a thin line from min to max, the best in bold."""
     from .plot import _pyplot
 
     try:
@@ -440,16 +442,38 @@ def plot_sweep(plan: Plan, history: list, path: Path) -> Path | None:
     except UsageError:
         return None
     steps = np.array([h["step"] for h in history])
-    val = np.array([h["val_loss"] for h in history])  # (evals, members)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    val = np.array([h["val_loss"] for h in history], dtype=np.float64)  # (evals, members)
+    fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(12 if rows else 8, 5), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if rows else None)
+    ax = axes[0][0]
     for s, label in enumerate(plan.labels):
         block = val[:, s * plan.seeds:(s + 1) * plan.seeds]
         line, = ax.plot(steps, block.mean(axis=1), label=label)
         ax.fill_between(steps, block.min(axis=1), block.max(axis=1), color=line.get_color(), alpha=0.2)
+    later = val[1:][np.isfinite(val[1:])] if len(val) > 2 else np.array([])
+    if later.size:
+        low, high = later.min(), later.max()
+        pad = max(high - low, 1e-3) * 0.1
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_title(f"val loss estimate: mean over {plan.seeds} seed(s), band = min to max\n"
+                     f"(step {int(steps[0])}: {np.nanmean(val[0]):.2f}, off the scale)", fontsize=10)
+    else:
+        ax.set_title(f"val loss estimate: mean over {plan.seeds} seed(s), band = min to max", fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("val loss (estimate, nats)")
-    ax.set_title(f"sweep: mean over {plan.seeds} seed(s), band = min to max")
     ax.legend(fontsize=8)
+    if rows:
+        ax = axes[0][1]
+        y = np.arange(len(rows))[::-1]
+        for yi, row in zip(y, rows):
+            ax.plot([row["val_min"], row["val_max"]], [yi, yi], color="0.6", linewidth=1)
+            ax.errorbar(row["val_mean"], yi, xerr=row["val_std"], fmt="o", color="C3" if row["best"] else "C0",
+                        capsize=4, markersize=6 if row["best"] else 4)
+        ax.set_yticks(y, [("* " if r["best"] else "") + r["setting"] for r in rows], fontsize=8)
+        ax.set_xlabel("exact val loss (nats): mean ± std, line = min to max")
+        ax.set_title(f"at step {int(steps[-1]) if len(steps) else 0}, {plan.seeds} seed(s) per setting",
+                     fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
