@@ -125,7 +125,13 @@ def test_a_sweep_too_big_for_memory_is_one_line_naming_how_many_members_fit(monk
     with pytest.raises(ResourceError, match=r"sweep's 1000 members need about .* sweep at most \d+ members") as e:
         sweep.run_sweep(tmp_path / "s", plan, err=io.StringIO(), plot=False)
     fits = int(str(e.value).split("at most ")[1].split()[0])
-    assert 1 <= fits < 1000
+    # the number it names is the real limit: that many members pass the check, one more does not
+    corpus = data.load_corpus(str(data.resolve_data_path(None)[0]))
+    cfg = plan.settings[0]
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, cfg.train.block_size)
+    sweep.check_memory(cfg, corpus, model, fits)
+    with pytest.raises(ResourceError, match=f"sweep's {fits + 1} members"):
+        sweep.check_memory(cfg, corpus, model, fits + 1)
     assert not (tmp_path / "s" / "checkpoints").exists() or not any((tmp_path / "s" / "checkpoints").iterdir())
 
 
