@@ -58,8 +58,12 @@ class Plan:
     @property
     def members(self) -> list[Config]:
         """Every member's config, setting-major: member ``s * seeds + i`` is setting ``s`` with seed ``seed + i``."""
-        return [config_lib.replace(c, "train", seed=config_lib.reduce_seed(c.train.seed + i))
-                for c in self.settings for i in range(self.seeds)]
+        return [config_lib.replace(c, "train", seed=self.seed(s * self.seeds + i))
+                for s, c in enumerate(self.settings) for i in range(self.seeds)]
+
+    def seed(self, k: int) -> int:
+        """Member ``k``'s seed."""
+        return config_lib.reduce_seed(self.settings[k // self.seeds].train.seed + k % self.seeds)
 
     def spec(self) -> dict:
         return {"members": len(self.settings) * self.seeds, "seeds": self.seeds, "labels": list(self.labels),
@@ -69,13 +73,13 @@ class Plan:
 MAX_MEMBERS = 1 << 20  # settings × seeds: past this, building the members alone takes minutes (and memory refuses)
 
 
-def _check_members(seeds, settings: int) -> int:
+def _check_members(seeds, settings: int) -> None:
+    """Seeds a whole number in 1..MAX_MEMBERS, and settings × seeds no more than that (before anything is built)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_MEMBERS:
         raise UsageError("sweep_seeds", got=seeds, max=f"{MAX_MEMBERS:,}")
     if seeds * settings > MAX_MEMBERS:
         raise UsageError("sweep_members", seeds=seeds, settings=settings, members=f"{seeds * settings:,}",
                          max=f"{MAX_MEMBERS:,}")
-    return seeds
 
 
 def make_plan(config_path, overrides, seeds: int | None) -> Plan:
@@ -169,11 +173,6 @@ def check_memory(cfg: Config, corpus, model, members: int) -> None:
         raise ResourceError("sweep_too_big", members=members, need=memory.human_bytes(shared + each * members),
                             each=memory.human_bytes(each), available=memory.human_bytes(available),
                             fits=max(1, (available - shared) // each))
-
-
-def stack(trees):
-    """A list of same-shaped pytrees → one pytree with a leading member axis."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def member(tree, k: int):
@@ -426,15 +425,14 @@ def member_run(plan: Plan, k: int) -> str:
     """Member ``k``'s folder under ``tensorboard/``: its index, setting and seed (``member-003_train.learning_rate=
     0.05_seed1338``), so TensorBoard's run list reads like the table."""
     setting = plan.labels[k // plan.seeds]
-    seed = plan.members[k].train.seed
     return run_name(f"member-{k:03d}" + ("" if setting == "base" else f"_{setting.replace(', ', '_')}")
-                    + f"_seed{seed}")
+                    + f"_seed{plan.seed(k)}")
 
 
 def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None) -> Path | None:
     """``sweep.png``. Left: val-loss estimates by step, per setting the mean over seeds with a min–max band (the
     y axis fits the curves after the first eval; the untrained start is off the scale). Right (with ``rows``, the
-    table): each setting's exact val loss, mean ± std over seeds, a thin line from min to max, the best in bold."""
+    table): each setting's exact val loss, mean ± std over seeds, a thin line from min to max, the best in red."""
     from .plot import _pyplot
 
     try:
