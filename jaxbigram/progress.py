@@ -96,8 +96,11 @@ class MetricsLog:
         self._dirty = self.rows != existing or not self._ends_cleanly()
         if self.started:
             self._sync()
-            if self.events is not None:
-                self.events.start(resumed_step)
+            if self.events is not None:  # a resume: mark it; a run from before event files gets its history
+                if self.events.has_files():
+                    self.events.start(resumed_step)
+                else:
+                    self.events.rows(self.rows)
         self.steps = {r["step"] for r in self.rows}
         self.last_step = max(self.steps, default=None)
         self.wall_offset = float(self.rows[-1].get("wall_s") or 0.0) if self.rows else 0.0
@@ -209,6 +212,7 @@ class Reporter:
         self.clock = clock
         self.plain_every_s = plain_every_s
         self.use_bar = (_isatty(self.err) if bar is None else bar) and enabled
+
         def warn(text: str) -> None:
             print(text, file=self.err, flush=True)
 

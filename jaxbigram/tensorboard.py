@@ -141,6 +141,13 @@ class EventLog:
             self.disabled = True
             self.log(message("warn_events_unwritable", path=self.folder, reason=e.strerror or e))
 
+    def has_files(self) -> bool:
+        """Whether this folder holds event files already (an earlier process of the run wrote them)."""
+        try:
+            return self.folder.is_dir() and any(p.name.startswith(FILE_PREFIX) for p in self.folder.iterdir())
+        except OSError:
+            return False
+
     def start(self, step: int) -> None:
         self._write(event(time.time(), step + 1, session_start=True))
 

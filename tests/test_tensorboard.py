@@ -3,6 +3,7 @@
 
 import io
 import json
+import shutil
 import zlib
 
 import numpy as np
@@ -53,6 +54,14 @@ def test_a_resume_continues_the_events_and_fresh_replaces_them(run_cli, tmp_path
     proc = run_cli("train", "--config", TINY, "--steps", "100", "--fresh", "--workdir", workdir)
     assert proc.returncode == 0, proc.stderr
     assert len(list(folder.iterdir())) == 1 and [s for s, _ in scalars(folder)] == [0, 100]
+
+
+def test_a_run_from_before_event_files_gets_its_history_on_resume(run_cli, tmp_path):
+    workdir = tmp_path / "run"
+    assert run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
+    shutil.rmtree(workdir / tensorboard.EVENTS_DIR)  # as a run of an older version left it
+    assert run_cli("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
+    assert [s for s, _ in scalars(workdir / tensorboard.EVENTS_DIR)] == [s for s, _ in metrics(workdir)] == [0, 100, 200]
 
 
 def test_a_resume_start_drops_what_an_earlier_process_logged_past_it(tmp_path):
