@@ -349,6 +349,10 @@ def cmd_info(args) -> int:
     params = f", {info['num_params']:,} parameters" if info["num_params"] else ""
     print(f"model:       {info['model']}{params}")
     print(f"checkpoints: steps {', '.join(map(str, info['steps']))} (latest {info['latest_step']})")
+    if info["sweep"]:
+        sw = info["sweep"]
+        print(f"sweep:       {sw['members']} members = {len(sw['settings'] or [])} setting(s) × {sw['seeds']} seed(s): "
+              f"{'; '.join(sw['settings'] or [])} (`{errors.program()} sweep --export K --out DIR` writes one as a run)")
     if info["best_step"] is not None:
         print(f"best kept:   val est. {info['best_val_loss']:.4f} at step {info['best_step']} (the best of the "
               f"checkpoints kept)")

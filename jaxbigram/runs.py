@@ -171,9 +171,20 @@ def newest_meta(store, log) -> dict | None:
     return None
 
 
+def refuse_sweep(meta: dict, workdir) -> None:
+    """A sweep's checkpoints hold many runs stacked: a command about one run says how to get one (never reads them
+    as one run, never sets them aside as damaged)."""
+    spec = meta.get("sweep")
+    if isinstance(spec, dict):
+        raise UsageError("is_sweep", workdir=workdir, members=spec.get("members", "?"),
+                         last=max(0, int(spec.get("members", 1) or 1) - 1))
+
+
 def run_config(saved: dict | None, config_path, overrides, workdir: Path) -> config_lib.Config:
     """The config of this run: the given one for a new run; the checkpoint's own for a resume, where a --config or
-    --set may change only ``RESUMABLE_KEYS`` (anything else would mix two runs)."""
+    --set may change only ``RESUMABLE_KEYS`` (anything else would mix two runs). A sweep's folder is refused."""
+    if saved is not None:
+        refuse_sweep(saved, workdir)
     if saved is None:
         return config_lib.load(config_path or config_lib.DEFAULT_PRESET, overrides)
     given = config_lib.load(config_path, overrides, base=None if config_path else saved["config"])
@@ -269,6 +280,7 @@ def load_checkpoint(workdir: str | Path, step: int | None = None, attempts: int 
                     raise CheckpointError("step_moved", step=step, workdir=store.workdir,
                                           steps=", ".join(map(str, store.steps())) or "none") from None
                 continue  # the running train replaced it: read the newest again
+            refuse_sweep(meta, store.workdir)
             return Checkpoint(step=chosen, params=params, meta=meta, tokenizer=data_lib.Tokenizer(meta["vocab"]),
                               model=model_of(meta), workdir=store.workdir)
     finally:
@@ -306,7 +318,15 @@ def run_info(workdir: str | Path, log=None) -> dict:
             "best_step": best_step, "model": ckpt_model.kind, "num_params": latest.get("num_params"),
             "vocab_size": latest["vocab_size"], "vocab": latest["vocab"],
             "data": latest["data"], "config": latest["config"], "exact": latest.get("exact"),
-            "metrics": metrics_summary(store.workdir, log)}
+            "metrics": metrics_summary(store.workdir, log), "sweep": _sweep_summary(latest)}
+
+
+def _sweep_summary(meta: dict) -> dict | None:
+    """A sweep's members, seeds and settings (None for a single run)."""
+    spec = meta.get("sweep")
+    if not isinstance(spec, dict):
+        return None
+    return {"members": spec.get("members"), "seeds": spec.get("seeds"), "settings": spec.get("labels")}
 
 
 def metrics_summary(workdir: str | Path, log=None) -> dict | None:

@@ -190,3 +190,30 @@ def test_a_sweep_that_is_not_a_table_is_one_usage_error(tmp_path):
         sweep.make_plan(str(path), [], None)
     with pytest.raises(UsageError, match="got 0"):
         sweep.make_plan(TINY, [], 0)
+
+
+@pytest.fixture(scope="module")
+def sweep_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep") / "s"
+    sweep.run_sweep(workdir, sweep.make_plan(TINY, ["train.steps=100"], 2), err=io.StringIO(), plot=False)
+    return workdir
+
+
+@pytest.mark.parametrize("command", [["sample"], ["eval"], ["plot"], ["plot", "--attention"], ["train"],
+                                     ["train", "--steps", "300"]])
+def test_a_command_about_one_run_on_a_sweep_folder_is_one_line_and_touches_nothing(command, sweep_workdir,
+                                                                                   capsys):
+    """Once, ``train`` here set the sweep's checkpoints aside as damaged and trained over them."""
+    from conftest import run_main, snapshot
+
+    before = snapshot(sweep_workdir)
+    line = run_main(capsys, [*command, "--workdir", sweep_workdir])
+    assert "are a sweep of 2 runs, not one run" in line and "--export K --out DIR" in line
+    assert snapshot(sweep_workdir) == before
+
+
+def test_info_on_a_sweep_folder_names_its_members(sweep_workdir, capsys):
+    from jaxbigram.cli import main
+
+    assert main(["info", "--workdir", str(sweep_workdir)]) == 0
+    assert "sweep:       2 members = 1 setting(s) × 2 seed(s): base" in capsys.readouterr().out
