@@ -116,6 +116,7 @@ MESSAGES = {
     "sweep_devices": "train.devices = {devices} does not divide the sweep's {members} members evenly: set train.devices to a divisor of {members}, or 0 (automatic)",
     "sweep_too_big": "the sweep's {members} members need about {need} of memory ({each} each) but only {available} is available: sweep at most {fits} members at once (fewer --seeds or list values), or lower train.batch_size",
     "is_sweep": "the checkpoints in {workdir} are a sweep of {members} runs, not one run: write member K (0 to {last}) as a run folder with `{program} sweep --workdir {workdir:shell} --export K --out DIR` and use DIR (`{program} info --workdir {workdir:shell}` lists the settings)",
+    "sweep_no_checkpoint": "no checkpoint in {workdir} to export a member from: run `{program} sweep --workdir {workdir:shell}` (with its --seeds and --set) first",
     "sweep_export_out": "--export needs --out DIR, the folder of the exported run",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",

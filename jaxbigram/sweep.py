@@ -261,7 +261,7 @@ def summarize(plan: Plan, val: np.ndarray, train_loss: np.ndarray | None) -> lis
         rows.append(row)
     best = min(range(len(rows)), key=lambda i: (not math.isfinite(rows[i]["val_mean"]), rows[i]["val_mean"]))
     for i, row in enumerate(rows):
-        row["best"] = i == best
+        row["best"] = i == best and math.isfinite(row["val_mean"])  # no best when every setting diverged
     return rows
 
 
@@ -486,7 +486,7 @@ def export_member(workdir, k: int, out, log=None) -> Path:
     try:
         steps = source.steps()
         if not steps:
-            raise UsageError("no_checkpoint", workdir=source.workdir)
+            raise UsageError("sweep_no_checkpoint", workdir=source.workdir)
         meta = source.read_meta(steps[-1])
         spec = meta.get(SWEEP_SECTION)
         if not isinstance(spec, dict):

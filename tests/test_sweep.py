@@ -75,6 +75,8 @@ def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused(
     rows = sweep.summarize(plan, np.array([2.0, 2.2, 1.9, 1.9]), None)
     assert [r["best"] for r in rows] == [False, True] and rows[0]["val_max"] == 2.2
     assert rows[1]["val_std"] == 0.0 and "*" in sweep.format_table(rows)
+    diverged = sweep.summarize(plan, np.full(4, np.nan), None)  # every member diverged: no best setting
+    assert not any(r["best"] for r in diverged) and "*" not in sweep.format_table(diverged).splitlines()[1]
     with pytest.raises(UsageError, match="train.batch_size"):
         sweep.make_plan(TINY, ["train.batch_size=[8,16]"], seeds=1)
     with pytest.raises(UsageError, match="grad_clip"):
