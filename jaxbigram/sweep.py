@@ -37,7 +37,7 @@ from .evaluate import estimate_loss
 from .models.bigram import _pair_nll
 from .models.gpt import context_windows
 from .optimum import bigram_counts
-from .tensorboard import EVENTS_DIR, EventLog, clear_tree, run_name
+from .tensorboard import EVENTS_DIR, EventLog, run_name
 
 SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rate" = [...]``) and ``seeds``
 SWEEPABLE = tuple(f"train.{k}" for k in train.HPARAM_KEYS) + ("train.seed",)
@@ -389,7 +389,7 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
             if save_now:
                 if stale:
                     store.clear()
-                    clear_tree(store.workdir / EVENTS_DIR, log)
+                    EventLog(store.workdir / EVENTS_DIR, log).clear()
                     stale = False
                 last = history[-1]
                 mean_row = {"step": step, "train_loss": float(np.mean(last["train_loss"])),

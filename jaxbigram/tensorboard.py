@@ -130,12 +130,13 @@ class EventLog:
             self.log(message("warn_events_unwritable", path=self.folder, reason=e.strerror or e))
 
     def clear(self) -> None:
-        """Remove the event files of this folder (only files named like TensorBoard's)."""
+        """Remove the event files of this folder and of the folders below it (a sweep's member runs, or a sweep's
+        left by a run this one replaces); only files named like TensorBoard's, never the folders themselves."""
         if self.disabled or not self.folder.is_dir():
             return
         try:
-            for path in self.folder.iterdir():
-                if path.name.startswith(FILE_PREFIX) and path.is_file() and path != self.path:
+            for path in sorted(self.folder.rglob(FILE_PREFIX + "*")):
+                if path.is_file() and not path.is_symlink() and path != self.path:
                     path.unlink()
         except OSError as e:
             self.disabled = True
@@ -155,14 +156,6 @@ class EventLog:
         """Write metrics rows (``step``, losses, …; ``time`` as the wall time when present) as scalars."""
         self._write(*(event(float(r.get("time") or time.time()), int(r["step"]), scalars=scalars_of(r))
                       for r in rows if scalars_of(r)))
-
-
-def clear_tree(folder: str | Path, log=None) -> None:
-    """``EventLog.clear`` of ``folder`` and of every folder below it (a sweep's member folders)."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for sub in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())]:
-            EventLog(sub, log).clear()
 
 
 def run_name(text: str) -> str:

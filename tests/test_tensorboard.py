@@ -51,9 +51,13 @@ def test_a_resume_continues_the_events_and_fresh_replaces_them(run_cli, tmp_path
     assert len(list(folder.iterdir())) == 2  # one file per process
     got = scalars(folder)
     assert got == [(s, pytest.approx(v, rel=1e-6)) for s, v in metrics(workdir)] and [s for s, _ in got] == [0, 100, 200]
+    member = folder / "member-000_seed1337"  # as a sweep in the same folder would have left it
+    member.mkdir()
+    tensorboard.EventLog(member).rows([{"step": 0, "train_loss": 1.0, "val_loss": 1.0}])
     proc = run_cli("train", "--config", TINY, "--steps", "100", "--fresh", "--workdir", workdir)
     assert proc.returncode == 0, proc.stderr
-    assert len(list(folder.iterdir())) == 1 and [s for s, _ in scalars(folder)] == [0, 100]
+    assert len([p for p in folder.iterdir() if p.is_file()]) == 1 and [s for s, _ in scalars(folder)] == [0, 100]
+    assert not list(member.iterdir())  # the replaced run's event files are gone, at every depth
 
 
 def test_a_run_from_before_event_files_gets_its_history_on_resume(run_cli, tmp_path):
