@@ -33,3 +33,4 @@ def test_the_walkthrough_runs_top_to_bottom(data_path, _session_cache, tmp_path,
     printed = "".join(o.get("text", "") for o in outputs)
     assert "loop == matrix: True | matrix == softmax: True" in printed and "rows sum to 1: True" in printed
     assert "nothing above the diagonal: True" in printed and "logits changed at positions [31]" in printed
+    assert "8 seeds x 1000 steps in" in printed and "losses (8, 1000)" in printed  # vmap over seeds, one program
