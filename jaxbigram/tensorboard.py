@@ -103,9 +103,9 @@ def scalars_of(row: dict) -> dict:
 class EventLog:
     """One event file in ``folder``, opened for each append (a kill loses at most the append in progress).
 
-    ``clear()`` deletes this folder's event files (a ``--fresh`` run replacing the old one). ``start(step)`` marks a
-    resume from ``step``: TensorBoard drops anything an earlier process logged after it (a session start at
-    ``step + 1``: TensorBoard drops the events of that step and later that came before it)."""
+    ``clear()`` deletes the event files here and below (a ``--fresh`` run replacing the old one). ``start(step)``
+    marks a resume from ``step`` with a session start at ``step + 1``: TensorBoard then drops what an earlier process
+    logged past ``step`` (a resume from an older checkpoint trains those steps again)."""
 
     def __init__(self, folder: str | Path, log=None):
         self.folder = Path(folder)
@@ -120,8 +120,8 @@ class EventLog:
             if self.path is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 now = time.time_ns()  # TensorBoard reads a folder's files in name order: seconds, host, pid, then ns
-                self.path = self.folder / (f"{FILE_PREFIX}{now // 10**9}.{socket.gethostname()}.{os.getpid()}."
-                                           f"{now % 10**9:09d}")
+                self.path = self.folder / (f"{FILE_PREFIX}{now // 10**9}.{run_name(socket.gethostname())}."
+                                           f"{os.getpid()}.{now % 10**9:09d}")
                 events = (event(time.time(), file_version="brain.Event:2"),) + events
             with self.path.open("ab") as f:
                 f.write(b"".join(record(e) for e in events))
@@ -154,8 +154,9 @@ class EventLog:
 
     def rows(self, rows) -> None:
         """Write metrics rows (``step``, losses, …; ``time`` as the wall time when present) as scalars."""
-        self._write(*(event(float(r.get("time") or time.time()), int(r["step"]), scalars=scalars_of(r))
-                      for r in rows if scalars_of(r)))
+        scalars = [(r, scalars_of(r)) for r in rows]
+        self._write(*(event(float(r.get("time") or time.time()), int(r["step"]), scalars=values)
+                      for r, values in scalars if values))
 
 
 def run_name(text: str) -> str:
