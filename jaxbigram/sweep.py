@@ -189,15 +189,30 @@ def member_loss(model):
     return getattr(model, "fast_loss", None)
 
 
-@partial(jax.jit, static_argnames=("model", "cfg", "max_steps"), donate_argnums=(0,))
-def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, max_steps: int):
-    """``train.train_steps`` of every member at once: (states, (members, max_steps) losses). The batch buffer is
-    shared by the members (each draws ``1 / members`` of a single run's), so memory stays that of one run."""
+@partial(jax.jit, static_argnames=("model", "cfg", "max_steps", "loss_fn"), donate_argnums=(0,))
+def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, max_steps: int, loss_fn=None):
+    """``train.train_steps`` of every member at once: (states, (members, max_steps) losses); ``loss_fn``:
+    ``train_step``'s (the sweep passes ``member_loss(model)``). The batch buffer is shared by the members (each draws
+    ``1 / members`` of a single run's), so memory stays that of one run."""
     members = jax.tree.leaves(states.params)[0].shape[0]
     buffer = max(1, train.DEFAULT_BATCH_BUFFER // members)
     return jax.vmap(lambda s, h, k: train.train_steps(s, model, cfg, h, train_data, k, num_steps, max_steps=max_steps,
-                                                      batch_buffer=buffer, loss_fn=member_loss(model)))(
-        states, hparams, keys)
+                                                      batch_buffer=buffer, loss_fn=loss_fn))(states, hparams, keys)
+
+
+def member_inputs(members: list, split: NamedSharding) -> tuple[dict, dict]:
+    """Every member's keys (``train.run_keys`` of its seed) and ``train.hparams_of`` values, stacked and split over
+    the devices: built vectorised, not member by member."""
+    seeds = jnp.asarray(np.array([m.train.seed for m in members], np.uint32))
+    keys = place(jax.vmap(train.keys_from)(jax.vmap(jax.random.key)(seeds)), split)
+    hparams = place({k: jnp.asarray(np.array([getattr(m.train, k) for m in members], np.float32))
+                     for k in train.HPARAM_KEYS}, split)
+    return keys, hparams
+
+
+def member_init(model, tcfg, split: NamedSharding):
+    """The compiled ``keys["init"] → states`` of the members (fresh TrainStates, split like the keys)."""
+    return jax.jit(jax.vmap(lambda k: train.create_train_state(k, model, tcfg)), out_shardings=split)
 
 
 @partial(jax.jit, static_argnames=("model", "iters", "batch_size", "block_size"))
@@ -350,12 +365,9 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
     devices = member_devices(n, tcfg.devices)
     split = member_sharding(devices)
     check_memory(static, corpus, model, n)
-    seeds = jnp.asarray(np.array([m.train.seed for m in members], np.uint32))
-    keys = place(jax.vmap(train.keys_from)(jax.vmap(jax.random.key)(seeds)), split)  # run_keys of each seed
-    hparams = place({k: jnp.asarray(np.array([getattr(m.train, k) for m in members], np.float32))
-                     for k in train.HPARAM_KEYS}, split)  # hparams_of each member, stacked
+    keys, hparams = member_inputs(members, split)
     train_data, val_data = jax.device_put((train_np, val_np), NamedSharding(split.mesh, P()))
-    init = jax.jit(jax.vmap(lambda k: train.create_train_state(k, model, tcfg)), out_shardings=split)
+    init = member_init(model, tcfg, split)
     meta = _sweep_meta(plan, corpus, model)
     resumed = None if fresh or not store.steps() else runs.resume(store, jax.eval_shape(init, keys["init"]),
                                                                           meta, log)
@@ -408,7 +420,7 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepRes
                 raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
             stop_at = train._next_boundary(step, tcfg.steps, static)
             states, losses = members_chunk(states, hparams, keys, train_data, stop_at - step, model=model, cfg=tcfg,
-                                           max_steps=tcfg.steps_per_call)
+                                           max_steps=tcfg.steps_per_call, loss_fn=member_loss(model))
             losses = np.asarray(losses[:, : stop_at - step])
             for k in sorted(set(np.argwhere(~np.isfinite(losses))[:, 0].tolist()) - diverged):
                 diverged.add(k)  # one member diverging does not stop the others: its losses show as nan

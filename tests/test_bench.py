@@ -96,7 +96,8 @@ def test_bench_sweeps_reports_every_documented_key(data_path):
     plan = bench.SweepPlan(cases=(bench.SweepCase("bigram", "tiny", 64, pairs=1, overrides=short),
                                   bench.SweepCase("gpt_tiny", "tiny", 16, pairs=1, overrides=short),
                                   bench.SweepCase("gpt_cpu", "tiny", 4, versus="sequential", pairs=1,
-                                                  overrides=short)))
+                                                  overrides=short)),
+                            step_bigram=("tiny", 4, 5), step_gpt=("gpt-tiny", 2, 2), step_repeats=1)
     report = bench.run_sweeps(plan, str(data_path), log=lambda message: None)
 
     assert set(report) == documented_sweep_keys()
@@ -106,6 +107,11 @@ def test_bench_sweeps_reports_every_documented_key(data_path):
         assert report[f"{key}_ratios"] == [round(report[key], 3)]
     # 4 runs one after the other take longer than one (each pays start-up and compiles)
     assert report["sweep_gpt_cpu_4_sequential_s_median"] > report["sweep_gpt_tiny_16_single_s_median"]
+    for key in ("step_bigram_logits_ms", "step_bigram_fast_loss_ms", "step_bigram_fast_loss_speedup",
+                "step_gpt_one_device_ms"):
+        assert isinstance(report[key], float) and math.isfinite(report[key]) and report[key] > 0, key
+    assert report["step_bigram_members"] == 4 and report["step_gpt_preset"] == "gpt-tiny"
+    assert report["step_gpt_two_devices_ms"] is None  # this process has one device: nothing to split over
     for prefix in ("sweep_bigram_64", "sweep_gpt_tiny_16", "sweep_gpt_cpu_4"):
         # member 0 is the single run (seed 1337): the mean over seeds is near it (20 steps of the tiny bigram)
         assert abs(report[f"{prefix}_val_mean"] - report[f"{prefix}_single_val"]) < 0.05, prefix

@@ -869,6 +869,82 @@ class SweepPlan:
                     SweepCase("gpt_cpu", "gpt-cpu", 4, versus="sequential", pairs=1))
     # both sides: no samples at evals (a sweep prints none)
     overrides: tuple = ("eval.sample_chars=0",)
+    # in this process, one compiled chunk of member steps timed two ways (preset, members, steps per call):
+    step_bigram: tuple = ("default", 64, 50)  # the logits' cross-entropy vs Bigram.fast_loss, one device
+    step_gpt: tuple = ("gpt-cpu", 4, 10)  # members on one device vs split over two
+    step_repeats: int = 3
+
+
+def _time_member_chunks(preset: str, members: int, steps: int, repeats: int, corpus, variants: dict) -> dict:
+    """Seconds per step of ``sweep.members_chunk`` for each variant (name → (loss_fn or None, devices)), called
+    alternately (A B A B …) after one warm-up call each; medians."""
+    import jax
+
+    from .. import config as config_lib
+    from .. import data as data_lib
+    from .. import models, sweep
+
+    cfg = config_lib.load(preset)
+    train_np, _ = data_lib.split(corpus.ids, cfg.data.val_fraction)
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, cfg.train.block_size)
+    plan = sweep.Plan((cfg,), ("base",), members)
+    setups = {}
+    for name, (loss_fn, devices) in variants.items():
+        split = sweep.member_sharding(devices)
+        keys, hparams = sweep.member_inputs(plan.members, split)
+        data = jax.device_put(train_np, jax.sharding.NamedSharding(split.mesh, jax.sharding.PartitionSpec()))
+        setups[name] = [sweep.member_init(model, cfg.train, split)(keys["init"]), hparams, keys, data, loss_fn]
+
+    def call(name):
+        states, hparams, keys, data, loss_fn = setups[name]
+        t0 = time.perf_counter()
+        states, losses = sweep.members_chunk(states, hparams, keys, data, steps, model=model, cfg=cfg.train,
+                                             max_steps=steps, loss_fn=loss_fn)
+        jax.block_until_ready((states, losses))
+        setups[name][0] = states
+        return (time.perf_counter() - t0) / steps
+
+    for name in setups:  # compile and warm up
+        call(name)
+    times = {name: [] for name in setups}
+    for _ in range(repeats):
+        for name in setups:
+            times[name].append(call(name))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def sweep_step_ratios(plan: SweepPlan, corpus, log=_log) -> dict:
+    """What makes a sweep fast, measured side by side in this process: a bigram sweep's step with the logits'
+    cross-entropy against ``Bigram.fast_loss`` (the pair counts), and a GPT sweep's step with its members on one
+    device against split over two (None with a single device)."""
+    import jax
+
+    from .. import config as config_lib
+    from .. import models
+
+    preset, members, steps = plan.step_bigram
+    bigram = models.build(config_lib.load(preset).model, corpus.tokenizer.vocab_size, 1)
+    devices = jax.local_devices()
+    bi = _time_member_chunks(preset, members, steps, plan.step_repeats, corpus,
+                             {"logits": (None, devices[:1]), "fast_loss": (bigram.fast_loss, devices[:1])})
+    log(f"{members} {preset} members per step: logits' cross-entropy {bi['logits'] * 1e3:.2f} ms, fast_loss "
+        f"{bi['fast_loss'] * 1e3:.3f} ms")
+    report = {"step_bigram_preset": preset, "step_bigram_members": members,
+              "step_bigram_logits_ms": bi["logits"] * 1e3, "step_bigram_fast_loss_ms": bi["fast_loss"] * 1e3,
+              "step_bigram_fast_loss_speedup": bi["logits"] / bi["fast_loss"]}
+    preset, members, steps = plan.step_gpt
+    variants = {"one_device": (None, devices[:1])}
+    if len(devices) > 1 and members % 2 == 0:
+        variants["two_devices"] = (None, devices[:2])
+    gpt = _time_member_chunks(preset, members, steps, plan.step_repeats, corpus, variants)
+    two = gpt.get("two_devices")
+    log(f"{members} {preset} members per step: one device {gpt['one_device'] * 1e3:.1f} ms, two devices "
+        f"{'-' if two is None else f'{two * 1e3:.1f} ms'}")
+    report.update({"step_gpt_preset": preset, "step_gpt_members": members,
+                   "step_gpt_one_device_ms": gpt["one_device"] * 1e3,
+                   "step_gpt_two_devices_ms": None if two is None else two * 1e3,
+                   "step_gpt_two_devices_speedup": None if two is None else gpt["one_device"] / two})
+    return report
 
 
 def _timed_cli(command: str, preset: str, overrides: tuple, data: str, workdir: Path, platform: str | None,
@@ -892,10 +968,13 @@ def run_sweeps(plan: SweepPlan, data: str, platform: str | None = None, pairs: i
     from ..data import check_length_for, load_corpus
 
     cfgs = {case.preset: config_lib.load(case.preset, plan.overrides + case.overrides) for case in plan.cases}
-    check_length_for(load_corpus(data), "bench --sweeps", {  # up front, in one line: what `train` would refuse
+    cfgs.update({preset: config_lib.load(preset) for preset, _, _ in (plan.step_bigram, plan.step_gpt)})
+    corpus = load_corpus(data)
+    check_length_for(corpus, "bench --sweeps", {  # up front, in one line: what `train` would refuse
         f"the {preset} preset": (cfg.train.block_size, cfg.data.val_fraction) for preset, cfg in cfgs.items()})
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
                     "load_avg_start": _load_average()}
+    report.update(sweep_step_ratios(plan, corpus, log))
     with tempfile.TemporaryDirectory(prefix="jaxbigram-bench-sweeps-") as tmp:
         for case in plan.cases:
             overrides = plan.overrides + case.overrides
