@@ -184,8 +184,8 @@ def member(tree, k: int):
 
 def member_loss(model):
     """The loss members train and are estimated with: the model's ``fast_loss`` where it has one (the bigram's, from
-    pair counts: under ``vmap`` the logits' gradient is a per-member scatter of (B·T, V) rows, ~100× slower at 64
-    members on a CPU), else None (``train_step``'s cross-entropy of the logits)."""
+    pair counts: under ``vmap`` the logits' gradient is a per-member scatter of (B·T, V) rows, which ``bench
+    --sweeps`` times against it), else None (``train_step``'s cross-entropy of the logits)."""
     return getattr(model, "fast_loss", None)
 
 
