@@ -9,8 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "memory", "metadata",
-              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "sweep",
+SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "loop", "memory", "metadata",
+              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "signals", "sweep",
               "tensorboard", "train")
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
-from . import errors
+from . import errors, signals
 from .errors import Interrupted, JaxbigramError, UsageError, message, printable_path, shell_join, shell_word
 from .runs import WORKDIR_ROOM, resumable_keys_text
 
@@ -276,9 +274,10 @@ def cmd_sweep(args) -> int:
     seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps({"step": result.step, "seconds": seconds, "settings": result.rows,
-                          "val_loss": result.val.tolist(),
-                          "train_loss": None if result.train is None else result.train.tolist(),
-                          "plot": None if result.plot is None else str(result.plot)}))
+                          "val_loss": sweep.finite_or_none(result.val),  # JSON has no NaN: a diverged member's null
+                          "train_loss": None if result.train is None else sweep.finite_or_none(result.train),
+                          "diverged": {str(k): s for k, s in sorted(result.diverged.items())},
+                          "plot": None if result.plot is None else str(result.plot)}, allow_nan=False))
     else:
         print(f"swept {len(result.val)} members to step {result.step} in {seconds:.1f} s")
         print(sweep.format_table(result.rows))
@@ -419,37 +418,10 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "sample": cmd_sample, "eval"
             "bench": cmd_bench}
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def resume_command(argv: list[str], keep_fresh: bool = False) -> str:
     """The command that continues an interrupted ``train``: the same one, without ``--fresh`` once the new run has
     saved a checkpoint (``keep_fresh`` when it has not: then nothing changed yet)."""
     return f"{errors.program()} {shell_join(a for a in argv if keep_fresh or a != '--fresh')}"
-
-
-def _stop_now(context: dict):
-    """A SIGINT/SIGTERM handler for everywhere but the training loop: say one line and exit 128 + N at once.
-
-    It exits rather than raising: a signal can arrive while JAX runs a Python callback from C++ (its garbage
-    collector hook, a compile), where an exception would be swallowed or abort the process. Outside the loop nothing
-    is half-written that matters: checkpoints are saved only inside it, every other file is replaced atomically.
-    """
-    def handler(signum, frame):
-        try:
-            sys.stdout.flush()
-        except Exception:  # a flush the signal interrupted; the text so far is all there is
-            pass
-        line = message("stopped", signal=_signal_name(signum),
-                       detail=_stopped_detail(context.get("command"), context["argv"]))
-        os.write(2, (line + "\n").encode("utf-8", "replace"))
-        os._exit(128 + signum)
-
-    return handler
 
 
 def _stopped_detail(command: str | None, argv) -> str:
@@ -465,37 +437,27 @@ def main(argv: list[str] | None = None, program: str | None = None) -> int:
     """Entry point: returns the process exit code (0 ok, 2 bad input, 128+N on signal N). ``program`` is the command
     the user ran, as messages name it (``python run.py``, ``jaxbigram``, ``python -m jaxbigram``; default: as before).
 
-    SIGINT and SIGTERM end the command at once with one line (``_stop_now``), except inside the training loop,
-    which finishes its chunk, saves and raises ``Interrupted``; either way the exit code is 128 + N.
+    SIGINT and SIGTERM end the command at once with one line (``signals.exiting_on_signal``), except inside the
+    training loop, which finishes its chunk, saves and raises ``Interrupted``; either way the exit code is 128 + N.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if program is not None:
         errors.set_program(program)
     context = {"argv": argv}
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for signum in previous:
-            signal.signal(signum, _stop_now(context))
-        args = build_parser().parse_args(argv)
-        context["command"] = args.command
-        from . import runtime
 
-        if args.command == "info":  # it starts no computation: only XLA_FLAGS, which XLA would abort on
-            runtime.check_xla_flags()
-        else:  # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
-            runtime.configure(getattr(args, "platform", None), compile_cache=args.command != "bench", log=_log)
-        return COMMANDS[args.command](args)
+    def stopped_line(signal_name: str) -> str:
+        return message("stopped", signal=signal_name, detail=_stopped_detail(context.get("command"), argv))
+
+    try:
+        with signals.exiting_on_signal(stopped_line):
+            return _run(argv, context)
     except JaxbigramError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(message("interrupted" if e.saved else "interrupted_unsaved", signal=_signal_name(e.signum),
+        print(message("interrupted" if e.saved else "interrupted_unsaved", signal=signals.signal_name(e.signum),
                       step=e.step, path=e.path, command=resume_command(argv, not e.saved)), file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:  # main called from Python code that had not set the handlers (tests, notebooks)
-        print(message("stopped", signal="SIGINT", detail=_stopped_detail(context.get("command"), argv)),
-              file=sys.stderr)
-        return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # XLA running out of device or host memory despite the estimate: one line, not a trace
@@ -503,9 +465,19 @@ def main(argv: list[str] | None = None, program: str | None = None) -> int:
             raise
         print(f"error: {message('xla_oom', reason=str(e).splitlines()[0][:200])}", file=sys.stderr)
         return 2
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+
+
+def _run(argv: list[str], context: dict) -> int:
+    """Parse ``argv``, set up the runtime, run the command."""
+    args = build_parser().parse_args(argv)
+    context["command"] = args.command
+    from . import runtime
+
+    if args.command == "info":  # it starts no computation: only XLA_FLAGS, which XLA would abort on
+        runtime.check_xla_flags()
+    else:  # XLA CPU tuning and the compile cache, before the first compile (bench times cold compiles itself)
+        runtime.configure(getattr(args, "platform", None), compile_cache=args.command != "bench", log=_log)
+    return COMMANDS[args.command](args)
 
 
 def console_main(program: str = "jaxbigram") -> None:
@@ -513,7 +485,6 @@ def console_main(program: str = "jaxbigram") -> None:
     signals ignored, so that a Ctrl-C while the interpreter shuts down (JAX's and orbax's exit hooks) cannot print a
     traceback after the command's last line."""
     code = main(program=program)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    signals.ignore_at_exit()
     sys.stdout.flush()
     sys.exit(code)
