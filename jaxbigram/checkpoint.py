@@ -5,7 +5,7 @@ appears by one atomic rename of a finished temp directory; half-written temp dir
 the keep policy drops are renamed into ``_trash`` (atomic) before being deleted, so a kill never leaves a half-deleted
 step that looks finished. Every array's CRC32 is stored in the metadata and checked on restore; the metadata itself is
 checked (``metadata.check``) on every read, before anything uses it. What to do with a damaged or incompatible step
-is the resume logic's business (``workdir.py``), not this module's.
+is the resume logic's business (``runs.py``), not this module's.
 """
 
 from __future__ import annotations
@@ -144,10 +144,11 @@ class Store:
             self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta, step,
             _saved_params(self.directory / str(step) / "state")))
 
-    def restore(self, step: int, template):
+    def restore(self, step: int, template, meta: dict | None = None):
         """(metadata, TrainState) of ``step``, laid out like ``template`` (shapes from ``jax.eval_shape``); every
-        array is checked against its saved CRC32."""
-        meta = self.read_meta(step)
+        array is checked against its saved CRC32. ``meta``: the step's metadata as ``read_meta`` returned it, when
+        the caller has it already (read otherwise)."""
+        meta = self.read_meta(step) if meta is None else meta
 
         def read():
             state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state

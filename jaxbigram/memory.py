@@ -102,6 +102,25 @@ def check_fits(terms: dict[str, int], available_bytes: int | None) -> int:
     return total
 
 
+SHARED_TERMS = ("data", "batch_buffers")  # what the members of a sweep share (the text; the batch buffer is split)
+
+
+def check_members_fit(terms: dict[str, int], members: int, available_bytes: int | None, copies: int = 1) -> None:
+    """``check_fits`` for ``members`` runs trained together (a sweep; 1: a single run), each needing ``terms`` but
+    sharing ``SHARED_TERMS``, the whole held ``copies`` times (CPU devices share the host's memory: each holds its own
+    copy of a single run's state). Too many members is one line naming how many fit."""
+    if members == 1:
+        check_fits({term: size * copies for term, size in terms.items()}, available_bytes)
+        return
+    shared = sum(size for term, size in terms.items() if term in SHARED_TERMS)
+    each = sum(terms.values()) - shared
+    if available_bytes is not None and shared + each * members > available_bytes:
+        check_fits(terms, available_bytes)  # one member alone does not fit: say which term, as `train` would
+        raise ResourceError("sweep_too_big", members=members, need=human_bytes(shared + each * members),
+                            each=human_bytes(each), available=human_bytes(available_bytes),
+                            fits=max(1, (available_bytes - shared) // each))
+
+
 def _read_int(path: str) -> int | None:
     try:
         with open(path, encoding="ascii") as f:

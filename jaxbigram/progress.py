@@ -79,11 +79,11 @@ class MetricsLog:
     """
 
     def __init__(self, path: str | Path, resumed_step: int | None, history=(), log=None, events=None):
-        self.path = Path(path)
+        self.path = None if path is None else Path(path)
         self.log = log or (lambda message: None)
         self.events = events  # a tensorboard.EventLog mirroring the rows as they are written (None: none)
-        self.disabled = self.path.exists() and not self.path.is_file()
-        if self.disabled:
+        self.disabled = self.path is None or (self.path.exists() and not self.path.is_file())
+        if self.disabled and self.path is not None:
             self.log(message("warn_metrics_not_regular", path=self.path))
         existing = [] if self.disabled else read_metrics(self.path, self.log)
         kept = {r["step"]: r for r in existing if resumed_step is not None and r["step"] <= resumed_step}
@@ -96,11 +96,9 @@ class MetricsLog:
         self._dirty = self.rows != existing or not self._ends_cleanly()
         if self.started:
             self._sync()
-            if self.events is not None:  # a resume: mark it; a run from before event files gets its history
-                if self.events.has_files():
-                    self.events.start(resumed_step)
-                else:
-                    self.events.rows(self.rows)
+            if self.events is not None:  # a resume: the event files are rewritten as the repaired log, so they hold
+                self.events.clear()      # every eval it holds (a kill between a save and its rows loses none) and
+                self.events.rows(self.rows)  # nothing past the resumed step
         self.steps = {r["step"] for r in self.rows}
         self.last_step = max(self.steps, default=None)
         self.wall_offset = float(self.rows[-1].get("wall_s") or 0.0) if self.rows else 0.0
@@ -288,6 +286,14 @@ class Reporter:
         """After the checkpoint of ``step`` was saved: the evals up to it go into the metrics log."""
         if self.metrics is not None:
             self.metrics.commit(step)
+
+    def replacing(self) -> None:
+        """A ``--fresh`` run has just deleted the old run's checkpoints: its metrics log and event files go too."""
+        if self.metrics is not None:
+            self.metrics.start()
+
+    def diverged(self, member: int, step: int, value: float, who: str) -> None:  # a single run stops instead
+        print(f"warning: {who}: the training loss became {value} at step {step}", file=self.err, flush=True)
 
     # -- rendering
     def rate(self) -> float | None:

@@ -205,16 +205,18 @@ def check_compatible(saved: dict, expected: dict, workdir: Path) -> None:
         raise CheckpointError("incompatible", workdir=workdir, what=what)
 
 
-def resume(store, template, expected: dict, log):
-    """(saved metadata, TrainState) of the newest step that restores intact, or None if none does.
+def resume(store, template, expected: dict, log, newest: dict | None = None):
+    """(saved metadata, TrainState) of the newest step that restores intact, or None if none does. ``newest``: the
+    metadata of the newest step, when the caller has read it already (``saved_meta``): it is not read again.
 
     Damaged steps are set aside with a note on ``log``; an incompatible one is refused (CheckpointError).
     """
     for step in reversed(store.steps()):
         try:
-            saved = store.read_meta(step)
+            known = newest if newest is not None and newest.get("step") == step else None
+            saved = known if known is not None else store.read_meta(step)
             check_compatible(saved, expected, store.workdir)  # before the arrays: another vocabulary is not damage
-            return store.restore(step, template)
+            return store.restore(step, template, meta=saved)
         except CheckpointError as e:
             if e.code != "corrupt_checkpoint":
                 raise

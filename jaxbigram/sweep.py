@@ -3,7 +3,7 @@
 Every member is an ordinary run (``train.make_train``'s math): its keys come from its seed as ``run_keys`` derives
 them, its ``train.HPARAM_KEYS`` are traced values, so one compile serves every member. The members' TrainStates are
 one pytree with a leading member axis; the fused chunk, the loss estimate and the bigram's exact loss are ``vmap``ped
-over it. Checkpoints, resume, the lock, ``--fresh`` and the damage rules are ``train``'s (``Store``, ``workdir``):
+over it. Checkpoints, resume, the lock, ``--fresh``, the damage rules and the loop are ``train``'s (``Store``, ``runs``, ``loop``):
 the member axis is just a bigger pytree. Everything runs on one device: members are independent, and on a CPU XLA
 already spreads each batched (member × batch) step over the cores; splitting members over devices is left for
 accelerators (a ``NamedSharding`` of the leading axis).
@@ -17,7 +17,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -28,11 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import config as config_lib
 from . import data as data_lib
-from . import memory, models, progress, train
+from . import loop, models, progress, train
 from . import runs
 from .checkpoint import Store
 from .config import Config
-from .errors import Interrupted, ResourceError, UsageError, printable_path
+from .errors import UsageError, message, printable_path
 from .evaluate import estimate_loss
 from .models.bigram import _pair_nll
 from .models.gpt import context_windows
@@ -158,23 +158,6 @@ def place(tree, sharding: NamedSharding):
     return jax.device_put(tree, sharding)
 
 
-def check_memory(cfg: Config, corpus, model, members: int) -> None:
-    """Refuse, in one line and before anything is built, a sweep whose members do not fit in memory together: each
-    member has its own parameters, AdamW moments, gradient, activations and evaluation batch (``memory``'s terms of
-    one run × members); the text and the batch buffer are shared."""
-    one = memory.estimate_for_config(cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize,
-                                     num_params=model.param_count(),
-                                     activation_bytes=memory.activation_bytes(model, cfg.train.batch_size))
-    shared = sum(size for term, size in one.items() if term in ("data", "batch_buffers"))
-    each = sum(one.values()) - shared
-    available = memory.available_memory_bytes(jax.local_devices()[0])
-    if available is not None and shared + each * members > available:
-        memory.check_fits(one, available)  # one member alone does not fit: say which term, as `train` would
-        raise ResourceError("sweep_too_big", members=members, need=memory.human_bytes(shared + each * members),
-                            each=memory.human_bytes(each), available=memory.human_bytes(available),
-                            fits=max(1, (available - shared) // each))
-
-
 def member(tree, k: int):
     """Member ``k`` of a stacked pytree."""
     return jax.tree.map(lambda leaf: leaf[k], tree)
@@ -200,12 +183,15 @@ def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, m
                                                       batch_buffer=buffer, loss_fn=loss_fn))(states, hparams, keys)
 
 
-def member_inputs(members: list, split: NamedSharding) -> tuple[dict, dict]:
+def member_inputs(plan: Plan, split: NamedSharding) -> tuple[dict, dict]:
     """Every member's keys (``train.run_keys`` of its seed) and ``train.hparams_of`` values, stacked and split over
-    the devices: built vectorised, not member by member."""
-    seeds = jnp.asarray(np.array([m.train.seed for m in members], np.uint32))
+    the devices: built vectorised from the settings, never member by member."""
+    n = len(plan.settings) * plan.seeds
+    setting = np.arange(n) // plan.seeds
+    base = np.array([c.train.seed for c in plan.settings], np.uint64)
+    seeds = jnp.asarray(((base[setting] + np.arange(n) % plan.seeds) % (1 << 32)).astype(np.uint32))
     keys = place(jax.vmap(train.keys_from)(jax.vmap(jax.random.key)(seeds)), split)
-    hparams = place({k: jnp.asarray(np.array([getattr(m.train, k) for m in members], np.float32))
+    hparams = place({k: jnp.asarray(np.array([getattr(c.train, k) for c in plan.settings], np.float32)[setting])
                      for k in train.HPARAM_KEYS}, split)
     return keys, hparams
 
@@ -262,8 +248,9 @@ def members_split_loss(model, params, ids: np.ndarray, members: int) -> np.ndarr
 # ----------------------------------------------------------------------------- the result (pure)
 
 def summarize(plan: Plan, val: np.ndarray, train_loss: np.ndarray | None) -> list[dict]:
-    """One row per setting: mean, std (over seeds, ddof 1), min and max of the exact losses; ``best`` marks the
-    lowest mean val loss."""
+    """One row per setting: mean, std (over seeds, ddof 1), min and max of the exact losses of its members that did
+    not diverge (None where every one did; ``diverged`` counts the others); ``best`` marks the lowest mean val
+    loss."""
     rows = []
     for s, label in enumerate(plan.labels):
         row = {"setting": label, "seeds": plan.seeds, "members": list(range(s * plan.seeds, (s + 1) * plan.seeds))}
@@ -271,12 +258,18 @@ def summarize(plan: Plan, val: np.ndarray, train_loss: np.ndarray | None) -> lis
             if values is None:
                 continue
             x = np.asarray(values[s * plan.seeds:(s + 1) * plan.seeds], np.float64)
-            row.update({f"{name}_mean": float(x.mean()), f"{name}_std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
-                        f"{name}_min": float(x.min()), f"{name}_max": float(x.max())})
+            x = x[np.isfinite(x)]
+            if name == "val":
+                row["diverged"] = plan.seeds - len(x)
+            row.update({f"{name}_mean": float(x.mean()) if len(x) else None,
+                        f"{name}_std": (float(x.std(ddof=1)) if len(x) > 1 else 0.0) if len(x) else None,
+                        f"{name}_min": float(x.min()) if len(x) else None,
+                        f"{name}_max": float(x.max()) if len(x) else None})
         rows.append(row)
-    best = min(range(len(rows)), key=lambda i: (not math.isfinite(rows[i]["val_mean"]), rows[i]["val_mean"]))
+    scored = [i for i, row in enumerate(rows) if row["val_mean"] is not None]
+    best = min(scored, key=lambda i: rows[i]["val_mean"]) if scored else None
     for i, row in enumerate(rows):
-        row["best"] = i == best and math.isfinite(row["val_mean"])  # no best when every setting diverged
+        row["best"] = i == best  # no best when every setting diverged
     return rows
 
 
@@ -288,12 +281,19 @@ def format_table(rows: list[dict]) -> str:
     head += "  train mean ± std" if has_train else ""
     lines = [head]
     for r in rows:
-        line = (f"{'*' if r['best'] else ' '} {r['setting']:<{width}}  {r['seeds']:>5}  {r['val_mean']:.4f} ± "
-                f"{r['val_std']:.4f}   {r['val_min']:.4f}   {r['val_max']:.4f}")
-        if has_train:
-            line += f"  {r['train_mean']:.4f} ± {r['train_std']:.4f}"
+        if r["val_mean"] is None:
+            line = f"  {r['setting']:<{width}}  {r['seeds']:>5}  diverged (every seed)"
+        else:
+            line = (f"{'*' if r['best'] else ' '} {r['setting']:<{width}}  {r['seeds']:>5}  {r['val_mean']:.4f} ± "
+                    f"{r['val_std']:.4f}   {r['val_min']:.4f}   {r['val_max']:.4f}")
+            if has_train:
+                line += f"  {r['train_mean']:.4f} ± {r['train_std']:.4f}"
+            if r["diverged"]:
+                line += f"  ({r['diverged']} of {r['seeds']} diverged, left out)"
         lines.append(line)
-    lines.append("(exact losses in nats over the whole splits; * = lowest mean val loss)")
+    lines.append("(exact losses in nats over the whole splits; * = lowest mean val loss; a diverged member is left "
+                 "out)" if any(r["diverged"] for r in rows) else
+                 "(exact losses in nats over the whole splits; * = lowest mean val loss)")
     return "\n".join(lines)
 
 
@@ -307,6 +307,7 @@ class SweepResult:
     val: np.ndarray
     train: np.ndarray | None
     step: int
+    diverged: dict = field(default_factory=dict)  # member → the step its loss became non-finite
     plot: Path | None = None
 
 
@@ -334,8 +335,9 @@ def _check_same_sweep(saved: dict | None, plan: Plan, workdir: Path) -> None:
 
 def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = False, err=None,
               plot: bool = True) -> SweepResult:
-    """``run.py sweep``: hold the workdir, train every member to ``train.steps`` (resuming unless ``fresh``),
-    evaluating and checkpointing as ``train`` does, then the exact losses, the table and ``sweep.png``."""
+    """``run.py sweep``: hold the workdir, train every member to ``train.steps`` (resuming unless ``fresh``) with
+    ``loop.run``, evaluating and checkpointing as ``train`` does, then the exact losses, the table and
+    ``sweep.png``."""
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
     with runs.held(workdir) as workdir:
@@ -348,7 +350,7 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
         log(f"data: {printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters)")
         store = Store(workdir, keep=static.checkpoint.keep, log=log)
         try:
-            result = _fit_members(plan, corpus, store, fresh, log)
+            result = _fit_members(plan, corpus, store, fresh, log, saved)
         finally:
             store.close()
         if plot:
@@ -356,81 +358,146 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
         return result
 
 
-def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log) -> SweepResult:
-    static, members = plan.settings[0], plan.members
-    tcfg, n = static.train, len(members)
+def member_rows(history: list, k: int) -> list[dict]:
+    """Member ``k``'s eval rows of a sweep's history (per-member lists → its own numbers)."""
+    return [{"step": h["step"], "train_loss": h["train_loss"][k], "val_loss": h["val_loss"][k]} for h in history]
+
+
+def finite_or_none(values) -> list:
+    """JSON holds no NaN: a diverged member's losses are null."""
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
+
+
+class SweepReporter:
+    """The output of a sweep's loop: a line per eval (the mean estimate over the members still training), a warning
+    per diverged member, and per member a TensorBoard run (``progress.MetricsLog`` without a file: its rows are the
+    checkpoint's history, written once a checkpoint holds them)."""
+
+    def __init__(self, plan: Plan, workdir: Path, history: list, resumed_step: int | None, log):
+        self.plan, self.workdir, self.log, self.t0 = plan, workdir, log, time.perf_counter()
+        warned = []
+
+        def warn_once(text: str) -> None:  # an unusable tensorboard/ folder is one warning, not one per member
+            if not warned:
+                warned.append(text)
+                log(text)
+
+        fallback = "every member's evals stay in the checkpoints (`info`, `sweep --export K`)"
+        n = len(plan.settings) * plan.seeds
+        self.logs = [progress.MetricsLog(None, resumed_step, member_rows(history, k), warn_once,
+                                         events=EventLog(workdir / EVENTS_DIR / member_run(plan, k), warn_once,
+                                                         fallback))
+                     for k in range(n)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def eval(self, row: dict, sample=None) -> None:
+        for k, member_log in enumerate(self.logs):
+            member_log.append({"step": row["step"], "train_loss": row["train_loss"][k],
+                               "val_loss": row["val_loss"][k], "time": round(time.time(), 3)})
+        val = [v for v in row["val_loss"] if v is not None and math.isfinite(v)]
+        mean = f"{np.mean(val):.4f} (mean of {len(val)})" if val else "none (every member diverged)"
+        self.log(f"step {row['step']}: val loss estimate {mean}, {time.perf_counter() - self.t0:.1f} s")
+
+    def chunk(self, step: int, losses, seconds: float) -> None:
+        pass
+
+    def saved(self, step: int) -> None:
+        for member_log in self.logs:
+            member_log.commit(step)
+
+    def replacing(self) -> None:
+        """``--fresh``: the replaced run's metrics.jsonl and event files (at every depth) go with its checkpoints."""
+        try:
+            (self.workdir / progress.METRICS_FILE).unlink(missing_ok=True)
+        except OSError as e:  # a folder in its place, say: never a reason to stop the sweep
+            self.log(message("warn_metrics_unwritable", path=self.workdir / progress.METRICS_FILE,
+                             reason=e.strerror or e))
+        EventLog(self.workdir / EVENTS_DIR, self.log).clear()
+
+    def diverged(self, member: int, step: int, value: float, who: str) -> None:
+        self.log(f"warning: {who}: the training loss became {value} at step {step}; it is marked diverged (its "
+                 f"losses show as null) and the other members go on")
+
+
+def program_of(plan: Plan, model, meta: dict, inputs: dict) -> loop.Program:
+    """The sweep as the loop drives it: every member in one compiled program."""
+    static = plan.settings[0]
+    tcfg, n = static.train, len(plan.settings) * plan.seeds
+    keys, hparams, train_data, val_data = (inputs[k] for k in ("keys", "hparams", "train_data", "val_data"))
+
+    def train_members(states, step, stop_at):
+        states, losses = members_chunk(states, hparams, keys, train_data, stop_at - step, model=model, cfg=tcfg,
+                                       max_steps=tcfg.steps_per_call, loss_fn=member_loss(model))
+        return states, np.asarray(losses)[:, :stop_at - step]  # the chunk's buffer holds max_steps columns
+
+    def estimate(states, step):
+        losses = members_estimate(model, states.params, keys["eval"], step, train_data, val_data,
+                                  iters=static.eval.iters, batch_size=tcfg.batch_size, block_size=tcfg.block_size)
+        return {"step": step, "train_loss": finite_or_none(losses["train"]),
+                "val_loss": finite_or_none(losses["val"])}, None
+
+    def checkpoint(history, last, report, diverged):
+        val = [v for v in last["val_loss"] if v is not None]
+        train_loss = [v for v in last["train_loss"] if v is not None]
+        mean_row = {"step": last["step"], "train_loss": float(np.mean(train_loss)) if train_loss else math.inf,
+                    "val_loss": float(np.mean(val)) if val else math.inf}  # over the members still training
+        section = {**meta[SWEEP_SECTION], "history": history, "diverged": {str(k): s for k, s in diverged.items()}}
+        return ({**meta, "history": [], "last_eval": mean_row if val and train_loss else None,
+                 SWEEP_SECTION: section}, mean_row["val_loss"])
+
+    def describe(k):
+        return f"member {k} ({plan.labels[k // plan.seeds]}, seed {plan.seed(k)})"
+
+    return loop.Program(cfg=static, members=n, train=train_members, estimate=estimate,
+                        exact=lambda states, step: None, checkpoint=checkpoint, describe=describe)
+
+
+def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log, saved: dict | None) -> SweepResult:
+    static = plan.settings[0]
+    tcfg, n = static.train, len(plan.settings) * plan.seeds
     train_np, val_np = data_lib.split(corpus.ids, static.data.val_fraction)
     data_lib.check_sizes(corpus, train_np, val_np, tcfg.block_size)
     model = models.build(static.model, corpus.tokenizer.vocab_size, tcfg.block_size)
+    train.check_memory(static, corpus, model, members=n)  # from the counts, before any member is built
     devices = member_devices(n, tcfg.devices)
     split = member_sharding(devices)
-    check_memory(static, corpus, model, n)
-    keys, hparams = member_inputs(members, split)
+    keys, hparams = member_inputs(plan, split)
     train_data, val_data = jax.device_put((train_np, val_np), NamedSharding(split.mesh, P()))
     init = member_init(model, tcfg, split)
     meta = _sweep_meta(plan, corpus, model)
-    resumed = None if fresh or not store.steps() else runs.resume(store, jax.eval_shape(init, keys["init"]),
-                                                                          meta, log)
+    resumed = None if fresh or not store.steps() else runs.resume(store, jax.eval_shape(init, keys["init"]), meta,
+                                                                  log, newest=saved)
     if resumed is None:
-        states, history, step = init(keys["init"]), [], 0
+        states, history, step, diverged = init(keys["init"]), [], 0, {}
     else:
-        saved, states = resumed
+        saved_meta, states = resumed
         states = place(states.replace(step=jnp.asarray(states.step, jnp.int32)), split)
-        history, step = saved[SWEEP_SECTION].get("history", []), int(states.step[0])
+        section = saved_meta[SWEEP_SECTION]
+        history, step = section.get("history", []), int(states.step[0])
+        diverged = {int(k): s for k, s in (section.get("diverged") or {}).items()}
         log(f"resuming the sweep from step {step} in {printable_path(store.directory)}")
-    events = [EventLog(store.workdir / EVENTS_DIR / member_run(plan, k), log) for k in range(n)]
-    written = step if resumed is not None else -1  # the evals up to here are in the event files
-    for member_events in events if resumed is not None else ():
-        member_events.start(step)
     log(f"sweep: {n} members ({len(plan.settings)} settings × {plan.seeds} seeds) of {model.kind} in one program, "
         f"{tcfg.steps:,} steps" + (f", {n // len(devices)} on each of {len(devices)} {jax.default_backend()} devices"
                                    if len(devices) > 1 else ""))
-    sizes = dict(batch_size=tcfg.batch_size, block_size=tcfg.block_size)
-    stale, start, t0, diverged = fresh, step, time.perf_counter(), set()
-    with train.StopRequest() as stop:
-        while True:
-            done, stopping = step >= tcfg.steps, stop.signum is not None
-            save_now = step > start and (done or stopping or step % static.checkpoint.interval == 0)
-            if (save_now or step % static.eval.interval == 0) and not (history and history[-1]["step"] == step):
-                losses = members_estimate(model, states.params, keys["eval"], step, train_data, val_data,
-                                          iters=static.eval.iters, **sizes)
-                history.append({"step": step, "train_loss": np.asarray(losses["train"]).tolist(),
-                                "val_loss": np.asarray(losses["val"]).tolist()})
-                log(f"step {step}: val loss estimate {np.mean(history[-1]['val_loss']):.4f} (mean of {n}), "
-                    f"{time.perf_counter() - t0:.1f} s")
-            if save_now:
-                if stale:
-                    store.clear()
-                    EventLog(store.workdir / EVENTS_DIR, log).clear()
-                    stale = False
-                last = history[-1]
-                mean_row = {"step": step, "train_loss": float(np.mean(last["train_loss"])),
-                            "val_loss": float(np.mean(last["val_loss"]))}
-                store.save(step, states, {**meta, "step": step, "history": [], "last_eval": mean_row,
-                                          SWEEP_SECTION: {**meta[SWEEP_SECTION], "history": history}},
-                           val_loss=mean_row["val_loss"])
-                new_rows = [h for h in history if written < h["step"] <= step]  # TensorBoard: as metrics.jsonl
-                for k, member_events in enumerate(events):
-                    member_events.rows([{**h, "train_loss": h["train_loss"][k], "val_loss": h["val_loss"][k]}
-                                        for h in new_rows])
-                written = step
-            if done:
-                break
-            if stopping:
-                raise Interrupted(stop.signum, step, str(store.directory), saved=save_now)
-            stop_at = train._next_boundary(step, tcfg.steps, static)
-            states, losses = members_chunk(states, hparams, keys, train_data, stop_at - step, model=model, cfg=tcfg,
-                                           max_steps=tcfg.steps_per_call, loss_fn=member_loss(model))
-            losses = np.asarray(losses[:, : stop_at - step])
-            for k in sorted(set(np.argwhere(~np.isfinite(losses))[:, 0].tolist()) - diverged):
-                diverged.add(k)  # one member diverging does not stop the others: its losses show as nan
-                log(f"warning: member {k} ({plan.labels[k // plan.seeds]}, seed {members[k].train.seed}): the "
-                    f"training loss became non-finite before step {stop_at}")
-            step = stop_at
+    reporter = SweepReporter(plan, store.workdir, history, step if resumed is not None else None, log)
+    program = program_of(plan, model, meta, {"keys": keys, "hparams": hparams, "train_data": train_data,
+                                             "val_data": val_data})
+    done = loop.run(program, states, start=step, history=history, store=store, reporter=reporter, fresh=fresh,
+                    log=log, diverged=diverged)
+    states = done.state
     val = members_split_loss(model, states.params, val_np, n)
     train_loss = members_split_loss(model, states.params, train_np, n) if model.cheap_split_loss else None
-    return SweepResult(rows=summarize(plan, val, train_loss), states=states, history=history, val=val,
-                       train=train_loss, step=step)
+    for k in done.diverged:  # a diverged member has no loss to report, whatever its NaN parameters score
+        val[k] = math.nan
+        if train_loss is not None:
+            train_loss[k] = math.nan
+    return SweepResult(rows=summarize(plan, val, train_loss), states=states, history=done.history, val=val,
+                       train=train_loss, step=int(states.step[0]), diverged=done.diverged)
 
 
 def member_run(plan: Plan, k: int) -> str:
@@ -506,6 +573,8 @@ def export_member(workdir, k: int, out, log=None) -> Path:
                              resumable=runs.resumable_keys_text())
         if not 0 <= k < spec["members"]:
             raise UsageError("sweep_member", got=k, workdir=source.workdir, last=spec["members"] - 1)
+        if str(k) in (spec.get("diverged") or {}):  # its parameters are NaN: no run to continue or sample from
+            raise UsageError("sweep_member_diverged", k=k, step=spec["diverged"][str(k)], workdir=source.workdir)
         cfg = config_lib.from_dict(meta["config"])
         model = models.build(cfg.model, meta["vocab_size"], cfg.train.block_size)
         template = jax.eval_shape(jax.vmap(lambda key: train.create_train_state(key, model, cfg.train)),

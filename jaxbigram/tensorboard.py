@@ -103,13 +103,13 @@ def scalars_of(row: dict) -> dict:
 class EventLog:
     """One event file in ``folder``, opened for each append (a kill loses at most the append in progress).
 
-    ``clear()`` deletes the event files here and below (a ``--fresh`` run replacing the old one). ``start(step)``
-    marks a resume from ``step`` with a session start at ``step + 1``: TensorBoard then drops what an earlier process
-    logged past ``step`` (a resume from an older checkpoint trains those steps again)."""
+    ``clear()`` deletes the event files here and below (a ``--fresh`` run replacing the old one; a resume, which
+    rewrites them as the repaired metrics, ``progress.MetricsLog``)."""
 
-    def __init__(self, folder: str | Path, log=None):
+    def __init__(self, folder: str | Path, log=None, fallback: str = "metrics.jsonl still logs the evals"):
         self.folder = Path(folder)
         self.log = log or (lambda text: None)
+        self.fallback = fallback  # where the evals stay readable, as the warning of an unusable folder says
         self.path: Path | None = None
         self.disabled = False
 
@@ -127,7 +127,7 @@ class EventLog:
                 f.write(b"".join(record(e) for e in events))
         except OSError as e:
             self.disabled = True
-            self.log(message("warn_events_unwritable", path=self.folder, reason=e.strerror or e))
+            self.log(message("warn_events_unwritable", path=self.folder, reason=e.strerror or e, fallback=self.fallback))
 
     def clear(self) -> None:
         """Remove the event files of this folder and of the folders below it (a sweep's member runs, or a sweep's
@@ -140,17 +140,7 @@ class EventLog:
                     path.unlink()
         except OSError as e:
             self.disabled = True
-            self.log(message("warn_events_unwritable", path=self.folder, reason=e.strerror or e))
-
-    def has_files(self) -> bool:
-        """Whether this folder holds event files already (an earlier process of the run wrote them)."""
-        try:
-            return self.folder.is_dir() and any(p.name.startswith(FILE_PREFIX) for p in self.folder.iterdir())
-        except OSError:
-            return False
-
-    def start(self, step: int) -> None:
-        self._write(event(time.time(), step + 1, session_start=True))
+            self.log(message("warn_events_unwritable", path=self.folder, reason=e.strerror or e, fallback=self.fallback))
 
     def rows(self, rows) -> None:
         """Write metrics rows (``step``, losses, …; ``time`` as the wall time when present) as scalars."""

@@ -1,16 +1,13 @@
-"""Training: the optimizer, the pure train step, fused multi-step calls, the loss estimate, and the loop driver
-``fit`` (the one place that loops in Python; ``train_and_evaluate`` adds the run folder around it).
+"""Training: the optimizer, the pure train step, fused multi-step calls, and a run: ``fit`` (a one-member program
+for ``loop.run``, the one place that loops in Python) and ``train_and_evaluate`` (the run folder around it).
 
 Everything above the loop driver is pure and model-agnostic: the model (``models.build``) is a static argument.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -22,11 +19,11 @@ import optax
 from flax.training import train_state
 
 from . import data as data_lib
-from . import memory, models, parallel, progress
+from . import loop, memory, models, parallel, progress
 from . import runs
 from .checkpoint import Store
 from .config import Config, TrainConfig
-from .errors import Interrupted, UsageError, printable_path, program
+from .errors import printable_path, program
 from .evaluate import estimate_loss, exact_report
 
 
@@ -236,46 +233,7 @@ def compile_ahead(jitted, *args, **kwargs) -> threading.Thread:
     return thread
 
 
-# ----------------------------------------------------------------------------- the loop driver (side effects)
-
-def _note(text: str) -> None:
-    """Write to stderr without Python's buffered streams (safe inside a signal handler)."""
-    try:
-        os.write(2, text.encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-class StopRequest:
-    """Records SIGINT/SIGTERM instead of raising, so a chunk or a save is never cut in half."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay as they are
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        # os.write, not print: a handler may interrupt a print to the same stream ("reentrant call" error)
-        name = signal.Signals(signum).name
-        if self.signum is None:
-            self.signum = signum
-            _note(f"\nreceived {name}: finishing this chunk and saving a checkpoint…\n")
-        else:  # a second Ctrl-C must not cut the save in half: it is noted, never raised
-            _note(f"\nreceived {name} again: still saving, please wait (kill -9 would also be safe: the last complete "
-                  f"checkpoint is kept)\n")
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
+# ----------------------------------------------------------------------------- a run (side effects)
 
 def run_metadata(cfg: Config, corpus: data_lib.Corpus, model, num_params: int) -> dict:
     """What a checkpoint needs besides the arrays, so sample/eval never need the dataset."""
@@ -290,12 +248,6 @@ class FitResult:
     history: list = field(default_factory=list)  # [{step, train_loss, val_loss}]
     report: dict | None = field(default_factory=dict)  # exact losses and the optimum at the end; None: nothing trained
     steps_per_second: float = 0.0
-
-
-def _next_boundary(step: int, target: int, cfg: Config) -> int:
-    """Where the next fused call ends: the target, an eval or checkpoint step, or ``steps_per_call`` ahead."""
-    return min(target, step + cfg.train.steps_per_call, *((step // i + 1) * i
-                                                           for i in (cfg.eval.interval, cfg.checkpoint.interval)))
 
 
 @dataclass(frozen=True)
@@ -318,15 +270,16 @@ class Prepared:
                     sharding=self.dp.batch_sharding)
 
 
-def check_memory(cfg: Config, corpus: data_lib.Corpus, model, dp: parallel.DataParallel) -> None:
-    """Refuse in one line, before anything is built or traced, a run that cannot fit in memory (CPU devices share
-    the host's memory: each holds its own copy of the state, the ids and its activations)."""
-    per_device = memory.estimate_for_config(
+def check_memory(cfg: Config, corpus: data_lib.Corpus, model, *, members: int = 1, devices: int = 1,
+                 copies: int = 1) -> None:
+    """Refuse in one line, before anything is built or traced, a run that cannot fit in memory: one run
+    (``members`` 1) with its batch split over ``devices`` and its state held ``copies`` times (CPU devices share the
+    host's memory: each holds its own copy), or a sweep's ``members``, each with its own state, activations and eval
+    batch (members are split over devices, never copied)."""
+    per_member = memory.estimate_for_config(
         cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=model.param_count(),
-        activation_bytes=memory.activation_bytes(model, cfg.train.batch_size // dp.num_devices))
-    copies = dp.local_device_count if jax.default_backend() == "cpu" else 1
-    memory.check_fits({term: size * copies for term, size in per_device.items()},
-                      memory.available_memory_bytes(jax.local_devices()[0]))
+        activation_bytes=memory.activation_bytes(model, cfg.train.batch_size // devices))
+    memory.check_members_fit(per_member, members, memory.available_memory_bytes(jax.local_devices()[0]), copies)
 
 
 def prepare(cfg: Config, corpus: data_lib.Corpus, log) -> Prepared:
@@ -341,66 +294,65 @@ def prepare(cfg: Config, corpus: data_lib.Corpus, log) -> Prepared:
     if dp.num_devices > 1:
         log(f"data parallel: each batch of {tcfg.batch_size} is split over {dp.num_devices} {jax.default_backend()} "
             f"devices (train.devices = {tcfg.devices or 'automatic'})")
-    check_memory(cfg, corpus, model, dp)
+    check_memory(cfg, corpus, model, devices=dp.num_devices,
+                 copies=dp.local_device_count if jax.default_backend() == "cpu" else 1)
     train_data, val_data = dp.replicate((train_np, val_np))
     return Prepared(cfg=cfg, model=model, dp=dp, keys=dp.replicate(run_keys(tcfg.seed)), train_np=train_np,
                     val_np=val_np, train_data=train_data, val_data=val_data,
                     meta=run_metadata(cfg, corpus, model, model.param_count()))
 
 
-def _eval_row(run: Prepared, state, step: int, tokenizer) -> tuple[dict, str | None]:
-    """The loss estimate at ``step`` as a history row, and the sample shown with it (None: ``eval.sample_chars`` 0)."""
-    losses = estimate_loss(run.model, state.params, step_key(run.keys["eval"], step), run.train_data, run.val_data,
-                           iters=run.cfg.eval.iters, **run.sizes)
-    shown = (eval_sample(run.model, state.params, run.keys["sample"], tokenizer, run.cfg.eval.sample_chars)
-             if run.cfg.eval.sample_chars else None)
-    return {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}, shown
+def program_of(run: Prepared, tokenizer) -> loop.Program:
+    """The run as the loop drives it: a one-member ``loop.Program``."""
+    cfg = run.cfg
 
+    def train(state, step, stop_at):
+        state, losses = train_chunk(state, run.train_data, run.keys["batch"], run.keys["dropout"], stop_at - step,
+                                    max_steps=cfg.train.steps_per_call, **run.sizes)
+        return state, np.asarray(losses[: stop_at - step])[None]
 
-def _train_to(run: Prepared, state, step: int, stop_at: int):
-    """``train_chunk`` from ``step`` to ``stop_at`` → (state, the per-step losses, seconds); a non-finite loss is one
-    ``error:`` line before anything of the chunk is saved."""
-    t0 = time.perf_counter()
-    state, losses = train_chunk(state, run.train_data, run.keys["batch"], run.keys["dropout"], stop_at - step,
-                                max_steps=run.cfg.train.steps_per_call, **run.sizes)
-    losses = np.asarray(losses[: stop_at - step])
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        raise UsageError("non_finite", value=float(losses[bad[0]]), step=step + int(bad[0]))
-    return state, losses, time.perf_counter() - t0
+    def estimate(state, step):
+        losses = estimate_loss(run.model, state.params, step_key(run.keys["eval"], step), run.train_data,
+                               run.val_data, iters=cfg.eval.iters, **run.sizes)
+        shown = (eval_sample(run.model, state.params, run.keys["sample"], tokenizer, cfg.eval.sample_chars)
+                 if cfg.eval.sample_chars else None)
+        return {"step": step, "train_loss": float(losses["train"]), "val_loss": float(losses["val"])}, shown
 
+    def exact(state, step):  # the train split exactly only where that is cheap (a bigram's counts); `eval` does both
+        return {**exact_report(run.model, state.params, run.train_np, run.val_np,
+                               train=run.model.cheap_split_loss), "step": step}
 
-def _start(run: Prepared, store: Store, fresh: bool, log):
-    """The abstract state, and the newest intact checkpoint to resume from (None: a new run)."""
-    abstract = run.dp.abstract(lambda: create_train_state(run.keys["init"], run.model, run.cfg.train))
-    resumed = None if fresh or store is None or not store.steps() else runs.resume(store, abstract, run.meta, log)
-    return abstract, resumed
+    def checkpoint(history, last, report, diverged):
+        meta = {**run.meta, "history": history, "last_eval": last, **({"exact": report} if report else {})}
+        return meta, last["val_loss"]
+
+    return loop.Program(cfg=cfg, members=1, train=train, estimate=estimate, exact=exact, checkpoint=checkpoint)
 
 
 def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fresh: bool = False, out=None,
-        err=None, reporter: progress.Reporter | None = None) -> FitResult:
+        err=None, reporter: progress.Reporter | None = None, saved: dict | None = None) -> FitResult:
     """Train to ``cfg.train.steps`` (resuming from ``store`` unless ``fresh``), evaluating and checkpointing:
-    prepare → the loop → the result. With no ``store`` the run is in memory only: no resume, no checkpoints, no
-    metrics log (the history and the final state are in the result).
-
-    One linear loop over chunk boundaries: at each one, evaluate / checkpoint / stop is decided once. With ``fresh``,
-    the old checkpoints are deleted only when the first new one is about to be written.
+    prepare → ``loop.run`` → the result. With no ``store`` the run is in memory only: no resume, no checkpoints, no
+    metrics log (the history and the final state are in the result). ``saved``: the newest step's metadata when the
+    caller has read it already (``train_and_evaluate``), so it is read once.
     """
     out, err = out or sys.stdout, err or sys.stderr
     log = partial(print, file=err, flush=True)
     run, tcfg = prepare(cfg, corpus, log), cfg.train
-    state, resumed = _start(run, store, fresh, log)
+    abstract = run.dp.abstract(lambda: create_train_state(run.keys["init"], run.model, tcfg))
+    resumed = None if fresh or store is None or not store.steps() else runs.resume(store, abstract, run.meta, log,
+                                                                                   newest=saved)
     start = 0 if resumed is None else int(resumed[1].step)
     # XLA compiles the training call on another core while this one builds the state and runs the first estimate
-    ahead = compile_ahead(train_chunk, resumed[1] if resumed else state, run.train_data, run.keys["batch"],
+    ahead = compile_ahead(train_chunk, resumed[1] if resumed else abstract, run.train_data, run.keys["batch"],
                           run.keys["dropout"], tcfg.steps_per_call, max_steps=tcfg.steps_per_call,
                           **run.sizes) if start < tcfg.steps else None
     try:
         history: list = []
         if resumed is not None:
-            saved, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
+            meta, state = resumed  # the newest intact checkpoint; damaged newer ones were set aside with a note
             state = state.replace(step=jnp.asarray(state.step, jnp.int32))
-            history = [h for h in saved.get("history") or [] if progress.is_eval_row(h)]
+            history = [h for h in meta.get("history") or [] if progress.is_eval_row(h)]
             log(f"resuming from step {start} in {printable_path(store.directory)}")
             if start >= tcfg.steps:
                 log(f"note: the run is already at step {start} (train.steps = {tcfg.steps}): nothing to train; to "
@@ -413,53 +365,15 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fre
             lr = jax.jit(learning_rate_schedule(tcfg))
             reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,
                                          metrics_path=store and store.workdir / progress.METRICS_FILE,
-                                         history=history,
-                                         lr_fn=lambda s: float(lr(s)), out=out, err=err,
+                                         history=history, lr_fn=lambda s: float(lr(s)), out=out, err=err,
                                          enabled=parallel.is_primary())
-        step, last = start, (history[-1] if history and history[-1]["step"] == start else None)
-        trained_steps, train_seconds, stale, report = 0, 0.0, fresh, None
-        with StopRequest() as stop, reporter:
-            while True:  # at a chunk boundary: decide evaluate / checkpoint / stop, once
-                done, stopping = step >= tcfg.steps, stop.signum is not None
-                save_now = step > start and (done or stopping or step % cfg.checkpoint.interval == 0)
-                if (save_now or step % cfg.eval.interval == 0) and (last is None or last["step"] != step):
-                    last, shown = _eval_row(run, state, step, corpus.tokenizer)
-                    history = [h for h in history if h["step"] != step] + [last]
-                    reporter.eval(last, sample=shown)
-                if done:  # the train split exactly only where that is cheap (a bigram's counts); `eval` does both
-                    report = {**exact_report(run.model, state.params, run.train_np, run.val_np,
-                                             train=run.model.cheap_split_loss), "step": step}
-                if save_now and store is not None:
-                    _save(store, reporter, state, step, {**run.meta, "history": history, "last_eval": last},
-                          report, clear_first=stale)
-                    stale = False
-                if done:
-                    break
-                if stopping:
-                    raise Interrupted(stop.signum, step, str(store.directory) if store else "memory",
-                                      saved=save_now and store is not None)
-                stop_at = _next_boundary(step, tcfg.steps, cfg)
-                state, losses, seconds = _train_to(run, state, step, stop_at)
-                trained_steps, train_seconds = trained_steps + stop_at - step, train_seconds + seconds
-                reporter.chunk(stop_at, losses, seconds)
-                step = stop_at
-        rate = trained_steps / train_seconds if train_seconds else 0.0
-        return FitResult(state=state, history=history, report=report, steps_per_second=rate)
+        done = loop.run(program_of(run, corpus.tokenizer), state, start=start, history=history, store=store,
+                        reporter=reporter, fresh=fresh, log=log)
+        return FitResult(state=done.state, history=done.history, report=done.report,
+                         steps_per_second=done.steps_per_second)
     finally:
         if ahead is not None:
             ahead.join()  # never leave XLA compiling on a thread while the process exits
-
-
-def _save(store: Store, reporter, state, step: int, meta: dict, report: dict | None, clear_first: bool) -> None:
-    """Checkpoint ``step`` (with ``--fresh``'s old run cleared first, at the new run's first save), then let the
-    metrics log catch up to it (it never runs ahead of the checkpoints)."""
-    if clear_first:
-        store.clear()
-        if reporter.metrics is not None:
-            reporter.metrics.start()  # the old run's log goes with its checkpoints
-    store.save(step, state, {**meta, "step": step, **({"exact": report} if report else {})},
-               val_loss=meta["last_eval"]["val_loss"])
-    reporter.saved(step)
 
 
 def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), data: str | None = None,
@@ -471,7 +385,7 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
     with runs.held(workdir, parallel.is_primary()) as workdir:
-        saved = runs.saved_meta(workdir, fresh, log)
+        saved = runs.saved_meta(workdir, fresh, log)  # read once: fit resumes from it
         cfg = runs.run_config(saved, config_path, overrides, workdir)
         recorded = (saved or {}).get("data", {}).get("path")
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=cfg.data.path)
@@ -482,6 +396,6 @@ def train_and_evaluate(workdir: str | Path, *, config_path=None, overrides=(), d
             log("note: removed the UTF-8 byte-order mark at the start of the text (it is not a character)")
         store = Store(workdir, keep=cfg.checkpoint.keep, log=log)
         try:
-            return fit(cfg, corpus, store, fresh=fresh, out=out, err=err)
+            return fit(cfg, corpus, store, fresh=fresh, out=out, err=err, saved=saved)
         finally:
             store.close()

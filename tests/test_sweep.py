@@ -131,9 +131,9 @@ def test_a_sweep_too_big_for_memory_is_one_line_naming_how_many_members_fit(monk
     corpus = data.load_corpus(str(data.resolve_data_path(None)[0]))
     cfg = plan.settings[0]
     model = models.build(cfg.model, corpus.tokenizer.vocab_size, cfg.train.block_size)
-    sweep.check_memory(cfg, corpus, model, fits)
+    train.check_memory(cfg, corpus, model, members=fits)
     with pytest.raises(ResourceError, match=f"sweep's {fits + 1} members"):
-        sweep.check_memory(cfg, corpus, model, fits + 1)
+        train.check_memory(cfg, corpus, model, members=fits + 1)
     assert not (tmp_path / "s" / "checkpoints").exists() or not any((tmp_path / "s" / "checkpoints").iterdir())
 
 

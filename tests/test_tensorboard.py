@@ -48,7 +48,7 @@ def test_a_resume_continues_the_events_and_fresh_replaces_them(run_cli, tmp_path
     assert run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
     assert run_cli("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
     folder = workdir / tensorboard.EVENTS_DIR
-    assert len(list(folder.iterdir())) == 2  # one file per process
+    assert len(list(folder.iterdir())) == 1  # a resume rewrites the events as the repaired metrics log
     got = scalars(folder)
     assert got == [(s, pytest.approx(v, rel=1e-6)) for s, v in metrics(workdir)] and [s for s, _ in got] == [0, 100, 200]
     member = folder / "member-000_seed1337"  # as a sweep in the same folder would have left it
@@ -68,15 +68,45 @@ def test_a_run_from_before_event_files_gets_its_history_on_resume(run_cli, tmp_p
     assert [s for s, _ in scalars(workdir / tensorboard.EVENTS_DIR)] == [s for s, _ in metrics(workdir)] == [0, 100, 200]
 
 
-def test_a_resume_start_drops_what_an_earlier_process_logged_past_it(tmp_path):
-    """A checkpoint set aside as damaged means a resume from an older step: TensorBoard shows the new values."""
-    first = tensorboard.EventLog(tmp_path)
-    first.rows([{"step": s, "train_loss": 3.0, "val_loss": float(s)} for s in (0, 100, 200)])
-    second = tensorboard.EventLog(tmp_path)
-    second.start(100)
-    second.rows([{"step": 200, "train_loss": 2.0, "val_loss": 9.0}])
-    assert len(list(tmp_path.iterdir())) == 2
-    assert scalars(tmp_path) == [(0, 0.0), (100, 100.0), (200, 9.0)]
+def test_a_resume_rewrites_the_events_as_the_repaired_metrics_log(tmp_path):
+    """A kill between a checkpoint's save and its event records loses no eval (the resume writes every row the
+    metrics log holds), and a resume from an older step drops what was logged past it (those steps train again)."""
+    from jaxbigram import progress
+
+    path, folder = tmp_path / "metrics.jsonl", tmp_path / tensorboard.EVENTS_DIR
+    rows = [{"step": s, "train_loss": 3.0, "val_loss": float(s)} for s in (0, 100, 200)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tensorboard.EventLog(folder).rows(rows[:2])  # killed after step 200's checkpoint and row, before its events
+    progress.MetricsLog(path, resumed_step=200, events=tensorboard.EventLog(folder))
+    assert scalars(folder) == [(0, 0.0), (100, 100.0), (200, 200.0)]
+    log = progress.MetricsLog(path, resumed_step=100, events=tensorboard.EventLog(folder))  # step 200 set aside
+    log.append({"step": 200, "train_loss": 2.0, "val_loss": 9.0})
+    log.commit(200)
+    assert scalars(folder) == [(0, 0.0), (100, 100.0), (200, 9.0)] == [(s, v) for s, v in metrics(tmp_path)]
+
+
+def test_a_sweep_resume_rewrites_every_members_events(tmp_path):
+    plan = sweep.make_plan(TINY, ["train.steps=50", "eval.interval=25", "checkpoint.interval=25"], seeds=2)
+    sweep.run_sweep(tmp_path / "s", plan, err=io.StringIO(), plot=False)
+    runs = tmp_path / "s" / tensorboard.EVENTS_DIR
+    for f in (runs / sweep.member_run(plan, 1)).iterdir():
+        f.unlink()  # as a kill before a member's events were written leaves them
+    longer = sweep.make_plan(TINY, ["train.steps=75", "eval.interval=25", "checkpoint.interval=25"], seeds=2)
+    result = sweep.run_sweep(tmp_path / "s", longer, err=io.StringIO(), plot=False)
+    for k in range(2):
+        got = scalars(runs / sweep.member_run(plan, k))
+        assert [s for s, _ in got] == [h["step"] for h in result.history] == [0, 25, 50, 75]
+        np.testing.assert_allclose([v for _, v in got], [h["val_loss"][k] for h in result.history], rtol=1e-6)
+
+
+def test_an_unusable_events_folder_in_a_sweep_is_one_warning_that_names_the_sweeps_fallback(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / tensorboard.EVENTS_DIR).write_text("not a folder")
+    plan = sweep.make_plan(TINY, ["train.steps=25", "eval.interval=25"], seeds=3)
+    err = io.StringIO()
+    sweep.run_sweep(tmp_path / "s", plan, err=err, plot=False)
+    warnings = [line for line in err.getvalue().splitlines() if "cannot write TensorBoard events" in line]
+    assert len(warnings) == 1 and "metrics.jsonl" not in warnings[0]
 
 
 def test_an_unwritable_events_folder_is_one_warning_and_training_goes_on(run_cli, tmp_path):

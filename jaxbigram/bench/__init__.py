@@ -891,7 +891,7 @@ def _time_member_chunks(preset: str, members: int, steps: int, repeats: int, cor
     setups = {}
     for name, (loss_fn, devices) in variants.items():
         split = sweep.member_sharding(devices)
-        keys, hparams = sweep.member_inputs(plan.members, split)
+        keys, hparams = sweep.member_inputs(plan, split)
         data = jax.device_put(train_np, jax.sharding.NamedSharding(split.mesh, jax.sharding.PartitionSpec()))
         setups[name] = [sweep.member_init(model, cfg.train, split)(keys["init"]), hparams, keys, data, loss_fn]
 
