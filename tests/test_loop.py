@@ -75,3 +75,30 @@ def test_a_sweep_whose_every_member_diverges_stops_like_a_single_run(tmp_path):
         sweep.run_sweep(tmp_path / "sw", plan, err=io.StringIO(), plot=False)
     assert e.value.code == "all_diverged"
     assert Store(tmp_path / "sw", read_only=True).steps() == []
+
+
+def test_a_signal_after_the_last_chunk_says_the_run_finished_and_saved(tmp_path, corpus):
+    """SIGINT while the last eval runs: the run is complete, so it saves, says so in one note and returns normally
+    (not a silent exit 0 after "finishing this chunk and saving…")."""
+    import os
+    import signal
+
+    from jaxbigram import config, progress
+
+    cfg = config.load(TINY, ["train.steps=20", "eval.interval=20", "checkpoint.interval=20"])
+    err = io.StringIO()
+
+    class SignalAtLastEval(progress.Reporter):
+        def eval(self, row, sample=None):
+            super().eval(row, sample)
+            if row["step"] == 20:
+                os.kill(os.getpid(), signal.SIGINT)  # recorded by the loop's StopRequest, not raised
+
+    reporter = SignalAtLastEval(start_step=0, total_steps=20, resumed=False, out=io.StringIO(), err=err)
+    store = Store(tmp_path / "run", keep=2)
+    try:
+        result = train.fit(cfg, corpus, store, out=io.StringIO(), err=err, reporter=reporter)
+        assert store.steps() == [20] and result.report["step"] == 20
+    finally:
+        store.close()
+    assert "received SIGINT after the last chunk: the run finished at step 20 and is saved" in err.getvalue()
