@@ -34,3 +34,8 @@ def test_the_walkthrough_runs_top_to_bottom(data_path, _session_cache, tmp_path,
     assert "loop == matrix: True | matrix == softmax: True" in printed and "rows sum to 1: True" in printed
     assert "nothing above the diagonal: True" in printed and "logits changed at positions [31]" in printed
     assert "8 seeds x 1000 steps in" in printed and "losses (8, 1000)" in printed  # vmap over seeds, one program
+    assert "lower: True" in printed  # the first step (the lecture preset's constant rate) lowers the loss
+    assert "one-hot == integer labels: True" in printed and "all 65 kept (none zero): True" in printed
+    assert "the same batches, the same table: True" in printed  # the lecture's Python loop == the fused loop
+    assert ("idx (2, 3) -> logits (2, 3, 65) -> logits[:, -1, :] (2, 65) -> probs (2, 65) -> idx_next (2, 1) -> "
+            "idx (2, 4)") in printed and "after 3 new tokens: (2, 4)" in printed  # the generate walk, with shapes
