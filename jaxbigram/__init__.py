@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "loop", "memory", "metadata",
+SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "lecture", "loop", "memory", "metadata",
               "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "signals", "sweep",
               "tensorboard", "train")
 
