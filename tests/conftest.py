@@ -9,6 +9,8 @@ JAX is forced to the CPU here, once, before any test module imports it. Fixtures
 - ``big_corpus_path``: a generated 400 kB text with 1,500 characters from many scripts (session-scoped).
 - ``run_cli``: ``run_cli("train", "--workdir", d, ...)`` runs ``python run.py ...`` in a subprocess (cwd = repo root,
   JAX on the CPU, the session's cache and data) and returns the ``subprocess.CompletedProcess`` (text mode).
+- ``cli_run``: the same call in this process (``cli.main``, output captured): for properties of a command's output and
+  files rather than of a process.
 - ``tiny_train``: one ``run.py train --config tiny`` run of the session (``.workdir``, ``.proc``), checkpoints at
   steps 100 and 200; ``tiny_workdir``: its workdir, read-only by convention (``untouched`` asserts it stayed so);
   ``tiny_workdir_copy``: a private copy, free to damage.
@@ -215,6 +217,49 @@ def run_cli(data_path, _session_cache):
                 full_env[key] = value
         return subprocess.run([sys.executable, str(REPO_ROOT / "run.py"), *map(str, args)], cwd=cwd or REPO_ROOT,
                               env=full_env, capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def gpt_tiny_run(tmp_path_factory, run_cli):
+    """``(workdir, proc)`` of one ``run.py train --config gpt-tiny`` of the session (200 steps, evals with samples at
+    0, 100, 200), with the CLI's own device defaults. Read-only by convention."""
+    workdir = tmp_path_factory.mktemp("gpt") / "run"
+    proc = run_cli("train", "--config", "gpt-tiny", "--workdir", workdir,
+                   env={"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None})  # the CLI's own device defaults
+    assert proc.returncode == 0, proc.stderr
+    return workdir, proc
+
+
+@pytest.fixture
+def cli_run(data_path, monkeypatch):
+    """``cli_run(*args, env=None, cwd=None)``: ``run_cli``'s call, in this process (``cli.main`` with stdout and
+    stderr captured, ``env`` and ``cwd`` applied for the call): for the tests whose property is the command's output
+    and files, not the process (start-up, signals, the CLI's own device count: ``run_cli`` for those). A traceback is
+    not caught: it fails the test where it happened."""
+    import contextlib
+    import io
+
+    from jaxbigram import cli
+
+    def run(*args, env: dict | None = None, cwd=None, timeout=None) -> subprocess.CompletedProcess:
+        out, err = io.StringIO(), io.StringIO()
+        with monkeypatch.context() as patch:
+            patch.setenv("JAXBIGRAM_DATA", str(data_path))
+            for key, value in (env or {}).items():
+                if value is None:
+                    patch.delenv(key, raising=False)
+                else:
+                    patch.setenv(key, value)
+            if cwd is not None:
+                patch.chdir(cwd)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = cli.main([str(a) for a in args], program="python run.py")
+                except SystemExit as e:  # argparse: --help, or a bad flag
+                    code = e.code if isinstance(e.code, int) else 2
+        return subprocess.CompletedProcess(["run.py", *map(str, args)], code, out.getvalue(), err.getvalue())
 
     return run
 

@@ -33,9 +33,9 @@ def test_train_prints_progress_and_the_exact_report(tiny_train):
     assert sorted(int(p.name) for p in (tiny_train.workdir / "checkpoints").iterdir() if p.name.isdigit()) == [100, 200]
 
 
-def test_sample_prints_only_text_and_is_deterministic(run_cli, tiny_workdir):
+def test_sample_prints_only_text_and_is_deterministic(run_cli, cli_run, tiny_workdir):
     first = run_cli("sample", "--workdir", tiny_workdir, "--seed", 1337)
-    second = run_cli("sample", "--workdir", tiny_workdir, "--seed", 1337)
+    second = cli_run("sample", "--workdir", tiny_workdir, "--seed", 1337)  # another process: the same text
     assert first.returncode == second.returncode == 0, first.stderr
     assert first.stdout == second.stdout
     vocab = set(store_params(tiny_workdir)[1]["vocab"])
@@ -75,8 +75,8 @@ def test_sample_prompt_prompt_file_and_num_samples(tiny_workdir, tmp_path, capsy
     assert code == 2 and "not allowed with argument" in err
 
 
-def test_eval_json_reports_exact_losses(run_cli, tiny_workdir):
-    proc = run_cli("eval", "--workdir", tiny_workdir, "--json")
+def test_eval_json_reports_exact_losses(cli_run, tiny_workdir):
+    proc = cli_run("eval", "--workdir", tiny_workdir, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # one JSON object, nothing else on stdout
     for key in ("step", "train_loss", "val_loss", "val_bpc", "optimum_val_loss", "gap_val", "model"):
@@ -97,8 +97,8 @@ def test_eval_json_on_another_text_notes_the_sha256_difference(tiny_workdir, tmp
     assert data.TINYSHAKESPEARE_SHA256[:12] in captured.err
 
 
-def test_info_describes_the_run(run_cli, tiny_workdir, data_path):
-    proc = run_cli("info", "--workdir", tiny_workdir)
+def test_info_describes_the_run(cli_run, tiny_workdir, data_path):
+    proc = cli_run("info", "--workdir", tiny_workdir)
     assert proc.returncode == 0, proc.stderr
     assert "model:       bigram, 4,225 parameters" in proc.stdout
     assert "steps 100, 200 (latest 200)" in proc.stdout
@@ -107,8 +107,8 @@ def test_info_describes_the_run(run_cli, tiny_workdir, data_path):
     assert "[model] kind='bigram'" in proc.stdout
 
 
-def test_train_a_preset_by_name_from_another_folder(run_cli, tmp_path):
-    proc = run_cli("train", "--config", "tiny", "--workdir", "run", "--steps", "100", cwd=tmp_path)
+def test_train_a_preset_by_name_from_another_folder(cli_run, tmp_path):
+    proc = cli_run("train", "--config", "tiny", "--workdir", "run", "--steps", "100", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "trained to step 100" in proc.stdout
     assert (tmp_path / "run" / "checkpoints" / "100").is_dir()
@@ -663,17 +663,8 @@ def test_a_fifo_is_refused_without_waiting(command, run_cli, untouched, tmp_path
 
 # ----------------------------------------------------------------------------- the GPT through every command
 
-@pytest.fixture(scope="module")
-def gpt_run(tmp_path_factory, run_cli):
-    workdir = tmp_path_factory.mktemp("gpt") / "run"
-    proc = run_cli("train", "--config", "gpt-tiny", "--workdir", workdir,
-                   env={"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None})  # the CLI's own device defaults
-    assert proc.returncode == 0, proc.stderr
-    return workdir, proc
-
-
-def test_a_gpt_splits_its_batches_over_two_cpu_devices_when_its_step_is_big_enough(gpt_run, run_cli, tmp_path):
-    _, tiny = gpt_run  # gpt-tiny: 0.02 GFLOP per step, faster on one device
+def test_a_gpt_splits_its_batches_over_two_cpu_devices_when_its_step_is_big_enough(gpt_tiny_run, run_cli, tmp_path):
+    _, tiny = gpt_tiny_run  # gpt-tiny: 0.02 GFLOP per step, faster on one device
     assert "2 device(s)" in tiny.stderr and "data parallel" not in tiny.stderr
     defaults = {"XLA_FLAGS": None, "JAXBIGRAM_CPU_DEVICES": None}
     wider = run_cli("train", "--config", "gpt-tiny", "--workdir", tmp_path / "wider", "--steps", "2",
@@ -684,54 +675,54 @@ def test_a_gpt_splits_its_batches_over_two_cpu_devices_when_its_step_is_big_enou
     assert bigram.returncode == 0 and "2 device(s)" in bigram.stderr and "data parallel" not in bigram.stderr
 
 
-def test_gpt_train_reports_the_exact_val_loss_against_the_bigram_baseline(gpt_run):
-    _, proc = gpt_run
+def test_gpt_train_reports_the_exact_val_loss_against_the_bigram_baseline(gpt_tiny_run):
+    _, proc = gpt_tiny_run
     assert "step 200: train loss" in proc.stdout
     assert re.search(r"exact loss at step 200: train: not computed \(a full pass over the split; `python run.py eval` "
                      r"does it\), val \d\.\d{4} nats", proc.stdout)
     assert re.search(r"vs the bigram baseline: val [+-]\d\.\d{4}\n", proc.stdout)  # no train gap to show
 
 
-def test_gpt_train_shows_a_sample_at_each_eval_and_info_the_last(gpt_run, run_cli):
-    workdir, proc = gpt_run  # gpt-tiny: eval.sample_chars = 200, evals at steps 0, 100, 200
+def test_gpt_train_shows_a_sample_at_each_eval_and_info_the_last(gpt_tiny_run, cli_run):
+    workdir, proc = gpt_tiny_run  # gpt-tiny: eval.sample_chars = 200, evals at steps 0, 100, 200
     lines = proc.stdout.splitlines()
     for step in (0, 100, 200):
         at = lines.index(f"sample at step {step}:")
         assert lines[at - 1].startswith(f"step {step}: train loss") and lines[at + 1].startswith("    | ")
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [len(r["sample"]) for r in rows] == [201, 201, 201]
-    info = run_cli("info", "--workdir", workdir).stdout
+    info = cli_run("info", "--workdir", workdir).stdout
     assert "sample:      at step 200 (the last eval's):\n    | " in info
     assert "best kept:   val est." in info and "lowest val est. of any eval" in info
 
 
-def test_gpt_sample_is_deterministic_and_in_the_vocabulary(gpt_run, run_cli):
-    workdir, _ = gpt_run
-    a = run_cli("sample", "--workdir", workdir, "--seed", "3", "--max-new-tokens", "80", "--prompt", "ROMEO:")
-    b = run_cli("sample", "--workdir", workdir, "--seed", "3", "--max-new-tokens", "80", "--prompt", "ROMEO:")
-    c = run_cli("sample", "--workdir", workdir, "--seed", "4", "--max-new-tokens", "80", "--prompt", "ROMEO:",
+def test_gpt_sample_is_deterministic_and_in_the_vocabulary(gpt_tiny_run, cli_run):
+    workdir, _ = gpt_tiny_run
+    a = cli_run("sample", "--workdir", workdir, "--seed", "3", "--max-new-tokens", "80", "--prompt", "ROMEO:")
+    b = cli_run("sample", "--workdir", workdir, "--seed", "3", "--max-new-tokens", "80", "--prompt", "ROMEO:")
+    c = cli_run("sample", "--workdir", workdir, "--seed", "4", "--max-new-tokens", "80", "--prompt", "ROMEO:",
                 "--top-k", "5", "--temperature", "0.8", "--num-samples", "2")
     assert a.returncode == b.returncode == c.returncode == 0, a.stderr + c.stderr
     assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:") and len(a.stdout) == len("ROMEO:") + 80 + 1
     assert "(gpt;" in a.stderr and c.stdout.count("---------- sample") == 2
-    info = json.loads(run_cli("info", "--workdir", workdir, "--json").stdout)
+    info = json.loads(cli_run("info", "--workdir", workdir, "--json").stdout)
     assert set(a.stdout[:-1]) <= set(info["vocab"])
 
 
-def test_gpt_eval_info_and_plot(gpt_run, run_cli, tmp_path):
-    workdir, _ = gpt_run
-    report = json.loads(run_cli("eval", "--workdir", workdir, "--json").stdout)
+def test_gpt_eval_info_and_plot(gpt_tiny_run, cli_run, tmp_path):
+    workdir, _ = gpt_tiny_run
+    report = json.loads(cli_run("eval", "--workdir", workdir, "--json").stdout)
     assert report["model"] == "gpt" and report["step"] == 200
     assert 0 < report["train_loss"] < 4.2 and 0 < report["val_loss"] < 4.2  # trained: below ln 65 ≈ 4.17
     assert report["gap_val"] == pytest.approx(report["val_loss"] - report["optimum_val_loss"])
-    info = json.loads(run_cli("info", "--workdir", workdir, "--json").stdout)
+    info = json.loads(cli_run("info", "--workdir", workdir, "--json").stdout)
     assert info["model"] == "gpt" and info["config"]["model"]["kind"] == "gpt"
     c, t, v, layers = 32, 16, info["vocab_size"], 2  # gpt-tiny: n_embd 32, block 16, 2 layers, biases on
     per_layer = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (4 * c * c + 4 * c) + (4 * c * c + c)
     assert info["num_params"] == v * c + t * c + layers * per_layer + 2 * c + c * v + v
-    text = run_cli("info", "--workdir", workdir).stdout
+    text = cli_run("info", "--workdir", workdir).stdout
     assert f"model:       gpt, {info['num_params']:,} parameters" in text
-    plot = run_cli("plot", "--workdir", workdir, "--out", tmp_path)
+    plot = cli_run("plot", "--workdir", workdir, "--out", tmp_path)
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "loss.png").is_file() and not (tmp_path / "bigram.png").exists()  # the heatmap is bigram's
 
@@ -752,8 +743,8 @@ def test_a_gpt_with_a_context_of_one_character_trains_samples_and_evaluates(tmp_
     assert json.loads(capsys.readouterr().out)["val_loss"] > 0
 
 
-def test_gpt_run_refuses_a_bigram_config_on_resume(gpt_run, run_cli):
-    workdir, _ = gpt_run
-    proc = run_cli("train", "--config", "tiny", "--workdir", workdir)
+def test_gpt_run_refuses_a_bigram_config_on_resume(gpt_tiny_run, cli_run):
+    workdir, _ = gpt_tiny_run
+    proc = cli_run("train", "--config", "tiny", "--workdir", workdir)
     line = assert_usage_error(proc, "trained with other settings")
     assert "model.kind" in line and "model.dropout" in line

@@ -82,13 +82,10 @@ def test_plot_where_it_cannot_write_is_one_line(case, tiny_workdir_copy, tmp_pat
     assert snapshot(tmp_path) == before
 
 
-@pytest.fixture(scope="module")
-def gpt_workdir(tmp_path_factory, run_cli):
-    """A GPT checkpoint (gpt-tiny, 20 steps)."""
-    workdir = tmp_path_factory.mktemp("gpt_run") / "run"
-    proc = run_cli("train", "--config", "gpt-tiny", "--steps", 20, "--set", "eval.iters=1", "--workdir", workdir)
-    assert proc.returncode == 0, proc.stderr
-    return workdir
+@pytest.fixture
+def gpt_workdir(gpt_tiny_run):
+    """The session's GPT checkpoint (gpt-tiny, 200 steps); plots go to ``--out``, never into it."""
+    return gpt_tiny_run[0]
 
 
 def test_attention_png_of_a_gpt(gpt_workdir, tmp_path, capsys):

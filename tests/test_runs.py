@@ -229,22 +229,22 @@ def test_what_train_cannot_write_is_refused_before_training(what, tiny_workdir, 
 
 @pytest.mark.parametrize("case", ["a new folder, data missing", "an existing empty folder, bad config",
                                   "offline, no data given"])
-def test_a_refused_train_leaves_nothing_it_created(case, tmp_path, run_cli):
+def test_a_refused_train_leaves_nothing_it_created(case, tmp_path, cli_run):
     """Not the lock file, not the folder (nor its parents) it made for the run."""
     from conftest import TINY
 
     empty = tmp_path / "empty"
     empty.mkdir()
     if case == "a new folder, data missing":
-        proc = run_cli("train", "--workdir", tmp_path / "a" / "b" / "run", "--data", tmp_path / "missing.txt")
+        proc = cli_run("train", "--workdir", tmp_path / "a" / "b" / "run", "--data", tmp_path / "missing.txt")
         fragment = "does not exist"
     elif case == "an existing empty folder, bad config":
-        proc = run_cli("train", "--config", TINY, "--workdir", empty, "--set", "train.steps=x")
+        proc = cli_run("train", "--config", TINY, "--workdir", empty, "--set", "train.steps=x")
         fragment = "train.steps must be"
     else:  # the download fails at once (a closed local port): no network is needed to test this
         offline = {"JAXBIGRAM_DATA": None, "XDG_CACHE_HOME": str(tmp_path / "cache"),
                    "JAXBIGRAM_DATA_URL": "http://127.0.0.1:9/"}
-        proc = run_cli("train", "--workdir", tmp_path / "a" / "run", env=offline)
+        proc = cli_run("train", "--workdir", tmp_path / "a" / "run", env=offline)
         fragment = "could not download tinyshakespeare"
     assert_usage_error(proc, fragment)
     assert not (tmp_path / "a").exists() and list(empty.iterdir()) == []

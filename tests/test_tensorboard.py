@@ -43,10 +43,10 @@ def test_train_writes_the_metrics_rows_as_events(tiny_workdir):
         np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6)
 
 
-def test_a_resume_continues_the_events_and_fresh_replaces_them(run_cli, tmp_path):
+def test_a_resume_continues_the_events_and_fresh_replaces_them(cli_run, tmp_path):
     workdir = tmp_path / "run"
-    assert run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
-    assert run_cli("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
+    assert cli_run("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
+    assert cli_run("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
     folder = workdir / tensorboard.EVENTS_DIR
     assert len(list(folder.iterdir())) == 1  # a resume rewrites the events as the repaired metrics log
     got = scalars(folder)
@@ -54,17 +54,17 @@ def test_a_resume_continues_the_events_and_fresh_replaces_them(run_cli, tmp_path
     member = folder / "member-000_seed1337"  # as a sweep in the same folder would have left it
     member.mkdir()
     tensorboard.EventLog(member).rows([{"step": 0, "train_loss": 1.0, "val_loss": 1.0}])
-    proc = run_cli("train", "--config", TINY, "--steps", "100", "--fresh", "--workdir", workdir)
+    proc = cli_run("train", "--config", TINY, "--steps", "100", "--fresh", "--workdir", workdir)
     assert proc.returncode == 0, proc.stderr
     assert len([p for p in folder.iterdir() if p.is_file()]) == 1 and [s for s, _ in scalars(folder)] == [0, 100]
     assert not list(member.iterdir())  # the replaced run's event files are gone, at every depth
 
 
-def test_a_run_from_before_event_files_gets_its_history_on_resume(run_cli, tmp_path):
+def test_a_run_from_before_event_files_gets_its_history_on_resume(cli_run, tmp_path):
     workdir = tmp_path / "run"
-    assert run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
+    assert cli_run("train", "--config", TINY, "--steps", "100", "--workdir", workdir).returncode == 0
     shutil.rmtree(workdir / tensorboard.EVENTS_DIR)  # as a run of an older version left it
-    assert run_cli("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
+    assert cli_run("train", "--config", TINY, "--steps", "200", "--workdir", workdir).returncode == 0
     assert [s for s, _ in scalars(workdir / tensorboard.EVENTS_DIR)] == [s for s, _ in metrics(workdir)] == [0, 100, 200]
 
 
@@ -102,18 +102,18 @@ def test_a_sweep_resume_rewrites_every_members_events(tmp_path):
 def test_an_unusable_events_folder_in_a_sweep_is_one_warning_that_names_the_sweeps_fallback(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / tensorboard.EVENTS_DIR).write_text("not a folder")
-    plan = sweep.make_plan(TINY, ["train.steps=25", "eval.interval=25"], seeds=3)
-    err = io.StringIO()
+    plan = sweep.make_plan(TINY, ["train.steps=50", "eval.interval=25", "checkpoint.interval=25"], seeds=2)
+    err = io.StringIO()  # (the shapes of the sweep above: its compiled programs serve this one)
     sweep.run_sweep(tmp_path / "s", plan, err=err, plot=False)
     warnings = [line for line in err.getvalue().splitlines() if "cannot write TensorBoard events" in line]
     assert len(warnings) == 1 and "metrics.jsonl" not in warnings[0]
 
 
-def test_an_unwritable_events_folder_is_one_warning_and_training_goes_on(run_cli, tmp_path):
+def test_an_unwritable_events_folder_is_one_warning_and_training_goes_on(cli_run, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / tensorboard.EVENTS_DIR).write_text("not a folder")
-    proc = run_cli("train", "--config", TINY, "--steps", "100", "--workdir", workdir)
+    proc = cli_run("train", "--config", TINY, "--steps", "100", "--workdir", workdir)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("warning: cannot write TensorBoard events") == 1
     assert [s for s, _ in metrics(workdir)] == [0, 100]
