@@ -60,8 +60,10 @@ def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransform
     """AdamW with the configured schedule (weight decay on the leaves the function ``decay_mask(params)`` selects;
     None: all), optionally after global-norm clipping.
 
-    The same arguments return the same object: a train state's optimizer is part of its static structure, so the
-    abstract state a run is planned with and the real one share one compiled ``train_chunk``."""
+    Invariant (the ``lru_cache`` is what keeps it): the same arguments return the same object. A TrainState's ``tx``
+    is part of its static structure, so the abstract state a run is planned with (``compile_ahead``) and the real one
+    share one compiled ``train_chunk`` only if their optimizers are one object; without the cache every call would
+    build a new one and every chunk would compile again. ``tests/test_train.py`` checks the identity."""
     return _adamw(cfg, learning_rate_schedule(cfg), {k: getattr(cfg, k) for k in HPARAM_KEYS}, decay_mask)
 
 
