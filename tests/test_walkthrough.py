@@ -26,10 +26,14 @@ def test_the_walkthrough_runs_top_to_bottom(data_path, _session_cache, tmp_path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(_session_cache))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    gpt_loop = [c for c in notebook.cells if c.cell_type == "code" and "for chunk in range(10):" in c.source]
+    assert len(gpt_loop) == 1  # the tiny GPT's training: the suite runs 2 of its 10 chunks (the stored outputs: all)
+    gpt_loop[0].source = gpt_loop[0].source.replace("for chunk in range(10):", "for chunk in range(2):")
     NotebookClient(notebook, timeout=300, kernel_name=KERNEL,
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # raises on a failing cell
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert [o for o in outputs if o.output_type == "error"] == []
+    assert "step 500: train est." in "".join(o.get("text", "") for o in gpt_loop[0].outputs)
     printed = "".join(o.get("text", "") for o in outputs)
     assert "loop == matrix: True | matrix == softmax: True" in printed and "rows sum to 1: True" in printed
     assert "nothing above the diagonal: True" in printed and "logits changed at positions [31]" in printed
