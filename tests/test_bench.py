@@ -33,6 +33,7 @@ steps_per_call = 2
 [eval]
 interval = 2
 iters = 1
+sample_chars = 0
 [checkpoint]
 interval = 2
 """
@@ -189,7 +190,7 @@ def test_bench_measures_every_documented_figure(tmp_path, make_corpus, children_
                       gpt_config=str(gpt), gpt_steps_per_call=2, gpt_calls=1, gpt_naive_steps=1,
                       gpt_samples=(("1_stream", 1, 6), ("64_streams", 2, 6), ("1_stream_beyond", 1, 12),
                                    ("64_streams_beyond", 2, 12)),
-                      gpt_run_repeats=1, gpt_large_config=str(gpt), gpt_large_steps=1, peak_matmul_n=256)
+                      gpt_run_repeats=1, gpt_large_config=str(gpt), gpt_large_steps=2, peak_matmul_n=256)
     report = bench.run_speed(plan, data.load_corpus(path), None, lambda message: None)
 
     assert set(report) == documented_keys("performance")
@@ -245,7 +246,7 @@ def test_against_torch_reports_every_documented_key_and_both_sides_learn_alike(d
     assert Path(torch_bigram[0]).parent.name == "torch-bigram-0" and Path(torch_gpt[0]).parent.name == "torch-gpt-0"
 
 
-def test_bench_sweeps_reports_every_documented_key(data_path, children_in_process):
+def test_bench_sweeps_reports_every_documented_key(data_path, tmp_path, children_in_process):
     """The three cases under their documented names and member counts, on the tiny bigram for 20 steps: sane ratios,
     the sequential case runs its 4 seeds one after the other, and the sweep's members learn like the single run."""
     short = ("train.steps=20", "eval.interval=20", "checkpoint.interval=20")
@@ -253,7 +254,7 @@ def test_bench_sweeps_reports_every_documented_key(data_path, children_in_proces
                                   bench.SweepCase("gpt_tiny", "tiny", 16, pairs=1, overrides=short),
                                   bench.SweepCase("gpt_cpu", "tiny", 4, versus="sequential", pairs=1,
                                                   overrides=short)),
-                           step_bigram=("tiny", 4, 2), step_gpt=(str(REPO_ROOT / "configs" / "gpt-tiny.toml"), 2, 1),
+                           step_bigram=("tiny", 4, 2), step_gpt=(str(write(tmp_path / "gpt.toml", TINY_GPT)), 2, 1),
                            step_repeats=1)
     report = bench.run_sweeps(plan, str(data_path), log=lambda message: None)
 
