@@ -321,3 +321,24 @@ def run_bound_by_permissions(*args, env: dict, cwd, timeout: float = 300) -> sub
     python = [sys.executable, "-c", _WITHOUT_PERMISSION_OVERRIDE] if os.geteuid() == 0 else [sys.executable]
     return subprocess.run([*python, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- CI: no test may skip (issue 25)
+# .ci/run installs every extra and sets JAXBIGRAM_NO_SKIPS=1: a test that skipped there (a missing extra, a missing
+# file) fails the run, and the closing lines say which.
+
+def _skipped(config) -> list:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return reporter.stats.get("skipped", []) if reporter is not None else []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = _skipped(config)
+    if os.environ.get("JAXBIGRAM_NO_SKIPS") == "1" and skipped:
+        terminalreporter.write_line(f"error: {len(skipped)} test(s) skipped with JAXBIGRAM_NO_SKIPS=1 (reasons: the "
+                                    "SKIPPED lines): install every extra, pip install -e '.[test,plot,compare]'", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("JAXBIGRAM_NO_SKIPS") == "1" and exitstatus == 0 and _skipped(session.config):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

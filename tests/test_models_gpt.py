@@ -270,11 +270,11 @@ def test_stream_chunks_equal_one_call(tiny_params):
 def test_chunk_uniforms_equal_generate_uniforms():
     """The sampler's per-block host cache of uniforms reproduces sampling.uniforms, across a block boundary."""
     from jaxbigram.sampling import SAMPLE_BLOCK
-    from jaxbigram.models.gpt import _Uniforms
+    from jaxbigram.models.gpt_sampler import Uniforms
 
     key, total = jax.random.key(10), SAMPLE_BLOCK + 300
     want = np.asarray(_uniforms(key, 2, 0, total))
-    source = _Uniforms(key, 2, total)
+    source = Uniforms(key, 2, total)
     got = np.concatenate([source.take(start, min(1000, total - start)) for start in range(0, total, 1000)])
     np.testing.assert_array_equal(got, want)
 
@@ -315,16 +315,16 @@ def test_param_count_in_closed_form_equals_the_built_model(bias):
 
 
 def test_cpu_matmul_gradients_are_the_plain_matmul_gradients():
-    """``_matmul_cpu`` (the CPU path of every GPT linear layer) is ``x @ w`` with the same gradients as autodiff of
+    """``cpu_matmul.matmul`` (the CPU path of every GPT linear layer) is ``x @ w`` with the same gradients as autodiff of
     ``jnp.matmul``, for a batched ``(B, T, in)`` input; only float rounding may differ."""
-    from jaxbigram.models.gpt import _matmul_cpu
+    from jaxbigram.models.cpu_matmul import matmul
 
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (3, 5, 8))
     w = jax.random.normal(kw, (8, 6))
     g = jax.random.normal(kg, (3, 5, 6))
-    np.testing.assert_allclose(_matmul_cpu(x, w), jnp.matmul(x, w), rtol=1e-6, atol=1e-6)
-    ours = jax.vjp(_matmul_cpu, x, w)[1](g)
+    np.testing.assert_allclose(matmul(x, w), jnp.matmul(x, w), rtol=1e-6, atol=1e-6)
+    ours = jax.vjp(matmul, x, w)[1](g)
     plain = jax.vjp(jnp.matmul, x, w)[1](g)
     for a, b in zip(ours, plain):
         assert a.shape == b.shape

@@ -4,7 +4,7 @@
 
 import sys
 
-from . import data_prep_child
+from .speed import data_prep_child
 
 if sys.argv[1:2] == ["data-prep"] and len(sys.argv) == 3:
     data_prep_child(sys.argv[2])

@@ -17,14 +17,8 @@ biases of every linear and LayerNorm.
 ``dtype="bfloat16"`` computes the matmuls (and attention) in bfloat16 with float32 parameters; the residual stream,
 LayerNorm, softmax statistics, logits and loss stay float32.
 
-Sampling (``GPT.sample_stream``) follows the lecture exactly: the next character is drawn from the logits of the last
-position given at most the last ``block_size`` characters. While the context fits in the window a KV cache is used
-(parallel prefill of the prompt, then one token per step inside one compiled ``lax.scan``); beyond it, absolute
-position embeddings change every key/value when the window shifts, so each step re-runs the cropped window (only the
-last position goes through the head) inside a compiled ``lax.scan``. The cache is heads-major ``(S, H, T, D)``, so
-a decode step reads it without transposing it. Draws use pre-drawn uniforms and the inverse CDF
-(``next = #{j : cdf[j] <= u}``), the bigram sampler's scheme, so a key fixes the text and chunked streaming equals one
-call.
+Sampling (``GPT.sample_stream``, the lecture's crop, with a KV cache inside the window) lives in ``gpt_sampler``; the
+CPU path of every linear layer (a weight gradient as a row-major GEMM) in ``cpu_matmul``.
 """
 
 from __future__ import annotations
@@ -41,7 +35,7 @@ import numpy as np
 import optax
 
 from .. import sampling
-from ..sampling import SAMPLE_BLOCK
+from . import cpu_matmul, gpt_sampler
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LN_EPS = 1e-5
@@ -57,44 +51,12 @@ def _use_dpa(attention: str) -> bool:
     return attention == "dpa" or (attention == "auto" and jax.default_backend() != "cpu")
 
 
-@jax.custom_vjp
-def _matmul_cpu(x, w):
-    """``x @ w`` (``x`` ``(..., in)``, ``w`` ``(in, out)``) whose weight gradient is a row-major GEMM.
-
-    Autodiff writes the weight gradient ``xᵀ · g`` as a product contracting the rows of both operands; XLA's CPU
-    back end runs that layout with its own dot emitter and a transposing copy of ``g``. Here ``xᵀ`` is materialised
-    once (an optimisation barrier keeps XLA from folding the transpose back into the product), so the product is a
-    plain ``(in, n) · (n, out)`` GEMM that XLA hands to its fast library kernels. Same math; float rounding differs.
-    """
-    return jnp.matmul(x, w)
-
-
-def _matmul_cpu_fwd(x, w):
-    return jnp.matmul(x, w), (x, w)
-
-
-def _matmul_cpu_bwd(residuals, g):
-    x, w = residuals
-    rows = x.reshape(-1, x.shape[-1])
-    dw = jax.lax.optimization_barrier(rows.T) @ g.reshape(-1, g.shape[-1])
-    return jnp.matmul(g, w.T), dw.astype(w.dtype)
-
-
-_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
-
-
-def _dot_general_cpu(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """``nn.Dense``'s product through ``_matmul_cpu`` (Dense contracts the last axis of ``lhs`` with ``rhs``'s
-    first, no batch axes)."""
-    return _matmul_cpu(lhs, rhs)
-
-
 def _dense(spec: "GPT", **kwargs):
     """A linear layer of the GPT: float32 params, compute in ``spec.dtype``, zero biases (none without ``bias``).
-    On the CPU its weight gradient is a row-major GEMM (``_matmul_cpu``)."""
+    On the CPU its weight gradient is a row-major GEMM (``cpu_matmul``)."""
     return partial(nn.Dense, use_bias=spec.bias, dtype=_DTYPES[spec.dtype], param_dtype=jnp.float32,
                    bias_init=nn.initializers.zeros,
-                   dot_general=_dot_general_cpu if jax.default_backend() == "cpu" else None, **kwargs)
+                   dot_general=cpu_matmul.dense_dot_general if jax.default_backend() == "cpu" else None, **kwargs)
 
 
 def _residual_init(spec: "GPT"):
@@ -300,100 +262,6 @@ class GPTModule(nn.Module):
         return self._head(self.ln_f(x)[:, 0]), tuple(new_cache)
 
 
-# ----------------------------------------------------------------------------- sampling helpers
-
-def next_ids(logits, u, temperature, top_k, top_p):
-    """Inverse-CDF draw per row: logits ``(S, V)``, uniforms ``u`` ``(S,)`` → ids ``(S,)`` int32."""
-    return sampling.draw(sampling.filtered_cdf(logits, temperature, top_k, top_p), u)
-
-
-@partial(jax.jit, static_argnums=(0, 3))
-def _prefill(model: "GPT", params, prefix, num_samples: int):
-    """KV cache ``(k, v)`` per layer, each ``(S, H, block_size, D)``, holding ``prefix`` ``(1, P)`` at 0..P-1."""
-    kvs = model.module().apply({"params": params}, prefix, method=GPTModule.prefill)
-    dt = _DTYPES[model.dtype]
-    return tuple(tuple(jnp.zeros(_cache_shape(model, num_samples), dt).at[:, :, :prefix.shape[1]].set(
-        a.astype(dt)) for a in kv) for kv in kvs)
-
-
-def _cache_shape(model: "GPT", num_samples: int) -> tuple:
-    """One layer's key (or value) cache: ``(S, H, block_size, D)``, heads-major (see ``CausalSelfAttention.decode``)."""
-    return (num_samples, model.n_head, model.block_size, model.n_embd // model.n_head)
-
-
-def _empty_cache(model: "GPT", num_samples: int):
-    dt = _DTYPES[model.dtype]
-    shape = _cache_shape(model, num_samples)
-    return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(model.n_layer))
-
-
-@partial(jax.jit, static_argnums=(0,), static_argnames=("n_cache", "n_window"))
-def _sample_steps(model: "GPT", params, buf, pending, cache, pos0, uniforms, temperature, top_k, top_p, *,
-                  n_cache: int, n_window: int):
-    """``n_cache`` KV-cache steps then ``n_window`` cropped-window steps, one compiled program.
-
-    State: ``buf`` ``(S, T)`` ids (cache regime: ids of positions ``< pos`` at their positions; window regime: the
-    last ``T`` ids before ``pending``), ``pending`` ``(S,)`` the newest id, not yet fed. Returns ``(ids (S, n),
-    buf, pending, cache)``; ``cache`` is None once the window regime was entered.
-    """
-    module = model.module()
-    variables = {"params": params}
-    outs = []
-    if n_cache:
-        def cache_step(carry, xs):
-            buf, pending, cache = carry
-            pos, u = xs
-            buf = jax.lax.dynamic_update_slice(buf, pending[:, None], (0, pos))
-            logits, cache = module.apply(variables, pending, pos, cache, method=GPTModule.decode)
-            nxt = next_ids(logits, u, temperature, top_k, top_p)
-            return (buf, nxt, cache), nxt
-
-        xs = (pos0 + jnp.arange(n_cache, dtype=jnp.int32), uniforms[:n_cache])
-        (buf, pending, cache), ids = jax.lax.scan(cache_step, (buf, pending, cache), xs)
-        outs.append(ids)
-    if n_window:
-        def window_step(carry, u):
-            buf, pending = carry
-            buf = jnp.concatenate([buf[:, 1:], pending[:, None]], axis=1)
-            logits = module.apply(variables, buf, method=GPTModule.last_logits)
-            nxt = next_ids(logits, u, temperature, top_k, top_p)
-            return (buf, nxt), nxt
-
-        (buf, pending), ids = jax.lax.scan(window_step, (buf, pending), uniforms[n_cache:])
-        outs.append(ids)
-        cache = None
-    return jnp.concatenate(outs).T, buf, pending, cache
-
-
-@partial(jax.jit, static_argnums=(1, 2))
-def _block_uniforms(key, rows: int, num_streams: int, block):
-    """The first ``rows`` rows of block ``block``'s uniforms: ``uniform(fold_in(key, block), (rows, S))``, which are
-    those of ``sampling.uniforms`` (a partial block is a prefix of the full one)."""
-    return jax.random.uniform(jax.random.fold_in(key, block), (rows, num_streams))
-
-
-class _Uniforms:
-    """Rows ``[start, start + n)`` of ``sampling.uniforms(key, S, 0, total)`` for consecutive chunks, drawing each
-    block of ``SAMPLE_BLOCK`` rows once (only as far as ``total`` needs) and slicing it on the host, so chunks of any
-    size cost no recompilation."""
-
-    def __init__(self, key, num_streams: int, total: int):
-        self.key, self.num_streams, self.total = key, num_streams, total
-        self.block, self.rows = -1, None
-
-    def take(self, start: int, n: int) -> np.ndarray:
-        parts = []
-        while n:
-            b, off = divmod(start, SAMPLE_BLOCK)
-            if b != self.block:
-                rows = min(SAMPLE_BLOCK, self.total - b * SAMPLE_BLOCK)
-                self.block, self.rows = b, np.asarray(_block_uniforms(self.key, rows, self.num_streams, b))
-            k = min(n, SAMPLE_BLOCK - off)
-            parts.append(self.rows[off:off + k])
-            start, n = start + k, n - k
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
 # ----------------------------------------------------------------------------- the model seam
 
 @lru_cache(maxsize=256)
@@ -455,6 +323,11 @@ class GPT:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {self.dtype!r}")
 
+    @property
+    def compute_dtype(self):
+        """The dtype of the matmuls, attention and the sampler's KV cache (``jnp.float32`` or ``jnp.bfloat16``)."""
+        return _DTYPES[self.dtype]
+
     def module(self, attention: str = "auto") -> GPTModule:
         """The Flax module (one object per model and attention path: its ``apply`` is the train state's
         ``apply_fn``)."""
@@ -508,29 +381,8 @@ class GPT:
         """Yield ``(num_samples, n)`` int32 arrays of new ids, ``chunk`` at a time; together they equal a single
         call's output (any ``chunk``), and the same key gives the same ids. Only the last ``block_size`` ids of the
         prompt matter (the lecture's crop)."""
-        prompt = np.asarray(prompt_ids, dtype=np.int32).reshape(-1)[-self.block_size:]
-        if prompt.size == 0:
-            raise ValueError("the prompt must hold at least one id")
-        t, s = self.block_size, num_samples
-        n = len(prompt)  # context length, the pending id included
-        buf = np.zeros((s, t), np.int32)
-        buf[:, :n - 1] = prompt[:-1]
-        buf = jnp.asarray(buf)
-        pending = jnp.full((s,), prompt[-1], jnp.int32)
-        cache = _prefill(self, params, jnp.asarray(prompt[None, :-1]), s) if n > 1 else _empty_cache(self, s)
-        temperature, top_k, top_p = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
-        uniforms = _Uniforms(key, s, max_new_tokens)
-        done = 0
-        while done < max_new_tokens:
-            m = min(chunk, max_new_tokens - done)
-            n_cache = max(0, min(m, t - n + 1))
-            u = uniforms.take(done, m)
-            new, buf, pending, cache = _sample_steps(self, params, buf, pending, cache, jnp.int32(n - 1), u,
-                                                     temperature, top_k, top_p, n_cache=n_cache,
-                                                     n_window=m - n_cache)
-            yield new
-            done += m
-            n += m
+        return gpt_sampler.sample_stream(self, params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                         num_samples, chunk)
 
     def sample(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                num_samples: int = 1, chunk: int = 4096) -> jax.Array:
