@@ -10,6 +10,8 @@ training loop, and while the interpreter shuts down. Standard library only (``ru
   saves and stops; a second one during a save is noted and waited out (the save is never cut in half); a second one
   at any other moment (a long eval, say) stops at once, like ``exiting_on_signal``: the last complete checkpoint
   stays the latest.
+- ``cleanup_on_signal(cleanup)`` / ``signals_held()``: a process that starts children (``bench``) kills and reaps
+  them and removes its temporary folders before the stop goes on; signals wait while a child's pid is recorded.
 - ``ignore_at_exit``: after the command's last line, a Ctrl-C during JAX's and orbax's exit hooks prints nothing.
 """
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
+from typing import Callable, Iterator
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -121,6 +125,48 @@ class StopRequest:
     def __exit__(self, *exc):
         restore(self._previous)
         return False
+
+
+@contextmanager
+def cleanup_on_signal(cleanup: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM first call ``cleanup()``, then whatever handled them before (the
+    CLI's one-line stop, which exits at once; Python's ``KeyboardInterrupt``; the default action). Blocks nest: the
+    innermost cleans up first. Outside the main thread (where Python runs no handlers) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in HANDLED}
+    # a handler set outside Python (None) cannot be restored, and an ignored signal stays ignored
+    previous = {signum: h for signum, h in previous.items() if h is not None and h is not signal.SIG_IGN}
+
+    def handler(signum, frame):
+        cleanup()
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        else:  # SIG_DFL: end as the signal would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for signum in previous:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+@contextmanager
+def signals_held() -> Iterator[set]:
+    """SIGINT and SIGTERM wait until the block ends (they are delivered then), so that a child's pid or a folder's
+    path is recorded before a handler can run and its cleanup knows what to remove. Yields the signal mask from
+    before the block (the one a child should start with)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def ignore_at_exit() -> None:

@@ -21,11 +21,12 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterator
+
+from ..signals import cleanup_on_signal, signals_held
 
 
 def median_rate(work: float, seconds: list[float]) -> float:
@@ -67,53 +68,6 @@ def load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
-
-
-# ----------------------------------------------------------------------------- signals: children and folders go too
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def cleanup_on_signal(cleanup: Callable[[], None]) -> Iterator[None]:
-    """While the block runs, SIGINT and SIGTERM first call ``cleanup()``, then whatever handled them before (the
-    CLI's one-line stop, which exits at once; Python's ``KeyboardInterrupt``; the default action). Blocks nest: the
-    innermost cleans up first. Outside the main thread (where Python runs no handlers) it changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    # a handler set outside Python (None) cannot be restored, and an ignored signal stays ignored
-    previous = {signum: h for signum, h in previous.items() if h is not None and h is not signal.SIG_IGN}
-
-    def handler(signum, frame):
-        cleanup()
-        before = previous[signum]
-        if callable(before):
-            before(signum, frame)
-        else:  # SIG_DFL: end as the signal would have
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
-
-
-@contextmanager
-def signals_held() -> Iterator[set]:
-    """SIGINT and SIGTERM wait until the block ends (they are delivered then), so that a child's pid or a folder's
-    path is recorded before a handler can run and its cleanup knows what to remove. Yields the signal mask from
-    before the block (the one a child should start with)."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield mask
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 @contextmanager
