@@ -55,7 +55,6 @@ def _adamw(cfg: TrainConfig, schedule, hparams, decay_mask) -> optax.GradientTra
     return optax.chain(optax.clip_by_global_norm(hparams["grad_clip"]), adamw) if cfg.grad_clip > 0 else adamw
 
 
-@lru_cache(maxsize=64)
 def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransformation:
     """AdamW with the configured schedule (weight decay on the leaves the function ``decay_mask(params)`` selects;
     None: all), optionally after global-norm clipping.
@@ -63,7 +62,13 @@ def make_optimizer(cfg: TrainConfig, decay_mask=None) -> optax.GradientTransform
     Invariant (the ``lru_cache`` is what keeps it): the same arguments return the same object. A TrainState's ``tx``
     is part of its static structure, so the abstract state a run is planned with (``compile_ahead``) and the real one
     share one compiled ``train_chunk`` only if their optimizers are one object; without the cache every call would
-    build a new one and every chunk would compile again. ``tests/test_train.py`` checks the identity."""
+    build a new one and every chunk would compile again. The seed is no part of the optimizer: runs that differ only
+    in it share one (and so their compiled chunks). ``tests/test_train.py`` checks both."""
+    return _cached_optimizer(replace(cfg, seed=0), decay_mask)
+
+
+@lru_cache(maxsize=64)
+def _cached_optimizer(cfg: TrainConfig, decay_mask) -> optax.GradientTransformation:
     return _adamw(cfg, learning_rate_schedule(cfg), {k: getattr(cfg, k) for k in HPARAM_KEYS}, decay_mask)
 
 

@@ -1,6 +1,7 @@
 """train.py: the optimizer, fused chunks vs single jitted steps, the loss estimate, determinism, exact resume,
 convergence to the closed-form optimum, and a big vocabulary end to end."""
 
+import dataclasses
 import io
 
 import jax
@@ -275,6 +276,7 @@ def test_the_training_call_compiles_once_per_run_ahead_of_the_loop(tmp_path, cor
         compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(train_chunk)" in r.getMessage()]
         assert len(compiles) == 1, compiles
     assert train.make_optimizer(cfg.train) is train.make_optimizer(cfg.train)
+    assert train.make_optimizer(cfg.train) is train.make_optimizer(dataclasses.replace(cfg.train, seed=7))
 
 
 def test_samples_at_evals_change_nothing_and_repeat(tmp_path, corpus):
