@@ -61,6 +61,9 @@ MESSAGES = {
     "config_type": "config key {key} must be {expected}, got {got!r}",
     "config_range": "config key {key} must be {rule}, got {got!r}",
     "config_not_finite": "config key {key} must be a finite number, got {got!r}",
+    # gradient accumulation and shape sweeps (issue 27)
+    "config_grad_accum": "config key train.grad_accum = {got} does not divide train.batch_size = {batch_size} (each step runs the batch as grad_accum equal microbatches): use {works}",
+    "too_big_accum": "{reason}; or set train.grad_accum = {k} (the batch runs as {k} microbatches of {micro}: the same optimisation with a fraction of the activations)",
     "config_product": "config keys {keys} multiply to {got}, more than {limit} ({why}): lower one of them",
     "config_choice": "config key {key} must be one of {choices}, got {got!r}",
     "set_syntax": "--set expects section.key=value, got {got!r}: for example --set train.learning_rate=0.01",
