@@ -279,10 +279,13 @@ def cmd_sweep(args) -> int:
                           "val_loss": sweep.finite_or_none(result.val),  # JSON has no NaN: a diverged member's null
                           "train_loss": None if result.train is None else sweep.finite_or_none(result.train),
                           "diverged": {str(k): s for k, s in sorted(result.diverged.items())},
-                          "plot": None if result.plot is None else str(result.plot)}, allow_nan=False))
+                          "plot": None if result.plot is None else str(result.plot), "fit": result.fit},
+                         allow_nan=False))
     else:
         print(f"swept {len(result.val)} members to step {result.step} in {seconds:.1f} s")
         print(sweep.format_table(result.rows))
+        if result.groups:
+            print(sweep.format_fit(result.fit))
     if result.plot is not None:
         _log(f"plot: {printable_path(result.plot)}")
     return 0

@@ -31,6 +31,7 @@ from . import data as data_lib
 from . import loop, models, progress, train
 from . import runs
 from .checkpoint import Store
+from .compute import compute_of, fit_with_seeds
 from .config import Config
 from .errors import UsageError, message, printable_path
 from .evaluate import estimate_loss
@@ -308,8 +309,10 @@ def format_table(rows: list[dict]) -> str:
     """The table a researcher reads: per setting, exact val (and train) loss over seeds; ``*`` the best."""
     has_train = "train_mean" in rows[0]
     width = max(len("setting"), *(len(r["setting"]) for r in rows))
+    has_compute = "params" in rows[0]
     head = f"  {'setting':<{width}}  seeds  val mean ± std      val min   val max"
     head += "  train mean ± std" if has_train else ""
+    head += "      params   non-emb  FLOP/token   tokens     FLOPs" if has_compute else ""
     lines = [head]
     for r in rows:
         if r["val_mean"] is None:
@@ -321,6 +324,9 @@ def format_table(rows: list[dict]) -> str:
                 line += f"  {r['train_mean']:.4f} ± {r['train_std']:.4f}"
             if r["diverged"]:
                 line += f"  ({r['diverged']} of {r['seeds']} diverged, left out)"
+        if has_compute:
+            line += (f"  {r['params']:>10,} {r['params_non_embedding']:>9,}  {r['flops_per_token']:>10.3g}  "
+                     f"{r['tokens']:>7.3g}  {r['flops']:>8.3g}")
         lines.append(line)
     lines.append("(exact losses in nats over the whole splits; * = lowest mean val loss; a diverged member is left "
                  "out)" if any(r["diverged"] for r in rows) else
@@ -341,6 +347,7 @@ class SweepResult:
     diverged: dict = field(default_factory=dict)  # member → the step its loss became non-finite
     plot: Path | None = None
     groups: list = field(default_factory=list)  # a shape sweep: each group's own SweepResult (states: theirs)
+    fit: dict | None = None  # a shape sweep of a GPT over 3+ sizes: L(N) = E + A·N^(−α) (``scaling_fit``)
     plan: Plan | None = None  # the members in this result's order (a shape sweep numbers them group by group)
 
 
@@ -494,7 +501,32 @@ def join_groups(groups: list, results: list) -> SweepResult:
     val = np.concatenate([res.val for res in results])
     train_loss = None if any(res.train is None for res in results) else np.concatenate([r.train for r in results])
     return SweepResult(rows=rows, states=None, history=history, val=val, train=train_loss,
-                       step=max(res.step for res in results), diverged=diverged, groups=results, plan=plan)
+                       step=max(res.step for res in results), diverged=diverged, groups=results, plan=plan,
+                       fit=scaling_fit(rows, val))
+
+
+def scaling_fit(rows: list, val: np.ndarray) -> dict | None:
+    """``compute.fit_with_seeds`` over sizes N (non-embedding parameters): at each size the setting with the lowest
+    mean exact val loss, its seeds' losses (a diverged member left out). None: fewer than 3 sizes, or a bigram."""
+    best: dict = {}
+    for row in rows:
+        n = row.get("params_non_embedding") or 0
+        if n > 0 and row["val_mean"] is not None and (n not in best or row["val_mean"] < best[n]["val_mean"]):
+            best[n] = row
+    sizes = sorted(best)
+    fit = fit_with_seeds(sizes, [np.asarray(val, np.float64)[best[n]["members"]] for n in sizes])
+    return None if fit is None else {**fit, "params": sizes, "settings": [best[n]["setting"] for n in sizes]}
+
+
+def format_fit(fit: dict | None) -> str:
+    """The fit's line under the table."""
+    if fit is None:
+        return "(no fit of L(N): it needs a GPT at 3 or more sizes)"
+    return (f"fit L(N) = E + A·N^-α over {fit['sizes']} sizes (N = non-embedding parameters; ± over "
+            f"{fit['resamples']} seed resamples): E = {fit['E']:.4f} ± {fit['E_std']:.4f}, A = {fit['A']:.4g} ± "
+            f"{fit['A_std']:.2g}, α = {fit['alpha']:.3f} ± {fit['alpha_std']:.3f}"
+            + (" (3 sizes, 3 parameters: the curve passes through the points; see docs/scaling-laws.md)"
+               if fit["sizes"] == 3 else ""))
 
 
 def member_rows(history: list, k: int) -> list[dict]:
@@ -635,7 +667,10 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log, saved: dict
         val[k] = math.nan
         if train_loss is not None:
             train_loss[k] = math.nan
-    return SweepResult(rows=summarize(plan, val, train_loss), states=states, history=done.history, val=val,
+    rows = summarize(plan, val, train_loss)
+    for row in rows:  # every setting of a group has its shape; steps as its config says
+        row.update(compute_of(model, tcfg.steps, tcfg.batch_size, tcfg.block_size))
+    return SweepResult(rows=rows, states=states, history=done.history, val=val,
                        train=train_loss, step=int(states.step[0]), diverged=done.diverged)
 
 
