@@ -124,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep", "train many runs (settings × seeds) at once", "Train every combination of the list values "
                 "in --set (TOML lists, e.g. train.learning_rate=[1e-3,3e-3]) or in a config's [sweep] table, each with "
                 "--seeds seeds, in one compiled program; print per setting the exact val loss over seeds (mean ± std, "
-                "min, max; * the best) and write sweep.png. Only train.learning_rate, min_lr_ratio, beta1, beta2, "
-                "weight_decay, grad_clip and seed may vary. Resumes like train.",
+                "min, max; * the best) and write sweep.png. Within a shape only train.learning_rate, min_lr_ratio, "
+                "beta1, beta2, weight_decay, grad_clip and seed may vary; model.n_embd, n_layer, n_head, "
+                "train.block_size, batch_size and grad_accum make a shape sweep (one program per shape, in "
+                "groups/ of the workdir). Resumes like train.",
                 ["sweep --seeds 8 --set train.learning_rate=[0.03,0.1,0.3] --workdir runs/sweep",
                  "sweep --workdir runs/sweep --export 3 --out runs/member3"], "workdir", "platform", "json")
     _run_flags(p)
@@ -277,10 +279,13 @@ def cmd_sweep(args) -> int:
                           "val_loss": sweep.finite_or_none(result.val),  # JSON has no NaN: a diverged member's null
                           "train_loss": None if result.train is None else sweep.finite_or_none(result.train),
                           "diverged": {str(k): s for k, s in sorted(result.diverged.items())},
-                          "plot": None if result.plot is None else str(result.plot)}, allow_nan=False))
+                          "plot": None if result.plot is None else str(result.plot), "fit": result.fit},
+                         allow_nan=False))
     else:
         print(f"swept {len(result.val)} members to step {result.step} in {seconds:.1f} s")
         print(sweep.format_table(result.rows))
+        if result.groups:
+            print(sweep.format_fit(result.fit))
     if result.plot is not None:
         _log(f"plot: {printable_path(result.plot)}")
     return 0
@@ -339,7 +344,24 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from .runs import run_info
 
+    from .sweep import shape_sweep_info
+
     _check_paths(args, "--workdir")
+    shapes = shape_sweep_info(args.workdir, log=_log)
+    if shapes is not None:
+        if args.json:
+            print(json.dumps(shapes, ensure_ascii=False))
+            return 0
+        print(f"workdir:     {printable_path(shapes['workdir'])}")
+        print(f"shape sweep: {shapes['members']} members in {len(shapes['groups'])} shapes, one sweep each "
+              f"(`{errors.program()} sweep --export K --out DIR` writes member K as a run; members are numbered shape "
+              f"by shape)")
+        for g in shapes["groups"]:
+            sw = g["sweep"] or {}
+            print(f"  {printable_path(g['folder'])}: members {g['first_member']} to "
+                  f"{g['first_member'] + (sw.get('members') or 1) - 1}, {g['model']}, {g['num_params']:,} parameters, "
+                  f"step {g['latest_step']}: {'; '.join(sw.get('settings') or [])}")
+        return 0
     info = run_info(args.workdir, log=_log)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))

@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # torch.optim.AdamW's default, as in the lecture
     grad_clip: float = 0.0  # global-norm clipping; 0 disables it
     steps_per_call: int = 1000  # training steps fused into one compiled call
+    grad_accum: int = 1  # microbatches per step (gradient accumulation): batch_size / grad_accum sequences at a time
     devices: int = 0  # devices each batch is split over (data parallel); 0: automatic (parallel.select_devices)
 
 
@@ -163,6 +164,7 @@ RANGES = {
     "train.weight_decay": Range(0.0),
     "train.grad_clip": Range(0.0, why="(0 disables clipping)"),
     "train.steps_per_call": _count(1),
+    "train.grad_accum": _count(1, why="(and a divisor of train.batch_size)"),
     "train.devices": _count(0, why="(0: automatic)"),
     "eval.interval": _count(1),
     "eval.iters": _count(1),
@@ -244,8 +246,24 @@ def from_dict(raw: dict) -> Config:
     if cfg.model.n_embd % cfg.model.n_head:
         raise UsageError("config_range", key="model.n_embd", rule=f"divisible by model.n_head = {cfg.model.n_head}",
                          got=cfg.model.n_embd)
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise UsageError("config_grad_accum", got=cfg.train.grad_accum, batch_size=cfg.train.batch_size,
+                         works=_divisors_near(cfg.train.batch_size, cfg.train.grad_accum))
     _check_products(cfg)
     return cfg
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n`` ≥ 1, ascending (O(√n): a batch size is at most int32)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
+
+
+def _divisors_near(n: int, k: int) -> str:
+    """The divisors of ``n`` nearest ``k`` (below and above), as the error names them: ``4 or 8``."""
+    below = max(d for d in divisors(n) if d <= k)
+    above = next((d for d in divisors(n) if d > k), None)
+    return " or ".join(str(d) for d in (below, above) if d is not None)
 
 
 def parse_override(text: str) -> tuple[str, str, object]:

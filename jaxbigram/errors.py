@@ -61,6 +61,12 @@ MESSAGES = {
     "config_type": "config key {key} must be {expected}, got {got!r}",
     "config_range": "config key {key} must be {rule}, got {got!r}",
     "config_not_finite": "config key {key} must be a finite number, got {got!r}",
+    # gradient accumulation and shape sweeps (issue 27)
+    "config_grad_accum": "config key train.grad_accum = {got} does not divide train.batch_size = {batch_size} (each step runs the batch as grad_accum equal microbatches): use {works}",
+    "too_big_accum": "{reason}; or set train.grad_accum = {k} (the batch runs as {k} microbatches of {micro}: the same optimisation with a fraction of the activations)",
+    "sweep_duplicate": "--set {key} (or [sweep] {key}) lists {got!r} twice ({values!r}): give each value once",
+    "is_shape_sweep": "{workdir} holds a shape sweep (one sweep per shape under groups/), not one run or one sweep: resume it with the same `{program} sweep` command, list it with `{program} info --workdir {workdir:shell}`, write member K as a run with `{program} sweep --workdir {workdir:shell} --export K --out DIR`, or use another --workdir",
+    "shape_sweep_mixed": "{workdir} already holds {what}: a shape sweep trains its shapes under groups/ of a folder of its own; use another --workdir",
     "config_product": "config keys {keys} multiply to {got}, more than {limit} ({why}): lower one of them",
     "config_choice": "config key {key} must be one of {choices}, got {got!r}",
     "set_syntax": "--set expects section.key=value, got {got!r}: for example --set train.learning_rate=0.01",
@@ -106,7 +112,7 @@ MESSAGES = {
     "cpu_devices_env": "{env}={got!r} is not a device count: set it to a whole number from 1 to {max}, or unset it (2 CPU devices)",
     "devices_unavailable": "train.devices = {requested} but JAX has {available} device(s) here: set train.devices to at most {available} (0 picks automatically)",
     # sweeps
-    "sweep_shape_keys": "a sweep's members must share one compiled program, but its settings differ in {keys}: sweep only {allowed} (one value each for everything else; grad_clip all 0 or all > 0)",
+    "sweep_shape_keys": "a sweep's members of one shape must share one compiled program, but its settings differ in {keys}: sweep only {allowed} within a shape, and the shape keys {shapes} across shapes (one value each for everything else; grad_clip all 0 or all > 0)",
     "sweep_seeds": "seeds (--seeds or [sweep] seeds) must be a whole number from 1 to {max}, got {got!r}",
     "sweep_members": "{seeds} seeds × {settings} settings = {members} members, more than {max}: sweep fewer at once",
     "sweep_key": "[sweep] {key}: a swept key is section.key (e.g. \"train.learning_rate\" = [0.01, 0.1]), or seeds = N",

@@ -51,7 +51,7 @@ def human_bytes(n: float) -> str:
 
 def estimate_bytes(vocab_size: int, batch_size: int, block_size: int, eval_iters: int, steps_per_call: int,
                    num_params: int | None = None, *, activation_bytes: int | None = None, data_ids: int = 0,
-                   data_itemsize: int = 1, optimizer_copies: int = 2) -> dict[str, int]:
+                   data_itemsize: int = 1, optimizer_copies: int = 2, grad_accum: int = 1) -> dict[str, int]:
     """Bytes a training run needs, per named term (all Python ints, so nothing overflows).
 
     - ``params``: ``num_params`` float32 (default: the bigram's ``vocab_size²`` table).
@@ -59,7 +59,8 @@ def estimate_bytes(vocab_size: int, batch_size: int, block_size: int, eval_iters
     - ``batch_buffers``: x and y (int32) of the steps a fused call draws at once: ``min(steps_per_call,
       BATCH_BUFFER_ELEMENTS // (2 · batch · block))`` steps, at least one.
     - ``activations``: ``activation_bytes`` if given (e.g. a GPT: ~ batch·block·n_embd·n_layer·20 floats), else the
-      bigram's logits, their softmax and their gradient: 3 · batch · block · vocab floats.
+      bigram's logits, their softmax and their gradient: 3 · batch · block · vocab floats; divided by
+      ``grad_accum`` (a step runs its batch as that many microbatches, one at a time).
     - ``step_losses``: the fused call's (steps_per_call,) float32 loss buffer.
     - ``eval_batch``: one batch of logits and its softmax (``lax.map`` evaluates the batches one at a time).
     - ``eval_keys``: both splits' ``eval_iters`` keys and per-batch losses, which do exist all at once.
@@ -70,6 +71,7 @@ def estimate_bytes(vocab_size: int, batch_size: int, block_size: int, eval_iters
     per_draw = max(1, min(steps_per_call, BATCH_BUFFER_ELEMENTS // max(2 * tokens, 1)))
     if activation_bytes is None:
         activation_bytes = 3 * tokens * vocab_size * FLOAT_BYTES
+    activation_bytes = -(-activation_bytes // grad_accum)
     return {
         "params": num_params * FLOAT_BYTES,
         "optimizer": optimizer_copies * num_params * FLOAT_BYTES,
@@ -85,10 +87,12 @@ def estimate_bytes(vocab_size: int, batch_size: int, block_size: int, eval_iters
 
 def estimate_for_config(cfg, vocab_size: int, data_ids: int = 0, data_itemsize: int = 1, *,
                         num_params: int | None = None, activation_bytes: int | None = None) -> dict[str, int]:
-    """``estimate_bytes`` for a ``config.Config`` (its train.batch_size, block_size, steps_per_call, eval.iters)."""
+    """``estimate_bytes`` for a ``config.Config`` (its train.batch_size, block_size, steps_per_call, grad_accum,
+    eval.iters); ``activation_bytes``: of the whole batch (``grad_accum`` divides it)."""
     t = cfg.train
     return estimate_bytes(vocab_size, t.batch_size, t.block_size, cfg.eval.iters, t.steps_per_call, num_params,
-                          activation_bytes=activation_bytes, data_ids=data_ids, data_itemsize=data_itemsize)
+                          activation_bytes=activation_bytes, data_ids=data_ids, data_itemsize=data_itemsize,
+                          grad_accum=t.grad_accum)
 
 
 def check_fits(terms: dict[str, int], available_bytes: int | None) -> int:
@@ -119,6 +123,34 @@ def check_members_fit(terms: dict[str, int], members: int, available_bytes: int 
         raise ResourceError("sweep_too_big", members=members, need=human_bytes(shared + each * members),
                             each=human_bytes(each), available=human_bytes(available_bytes),
                             fits=max(1, (available_bytes - shared) // each))
+
+
+def accum_that_fits(terms_of, batch_size: int, grad_accum: int, fits) -> int | None:
+    """The smallest ``train.grad_accum`` above ``grad_accum`` that divides ``batch_size`` and makes ``fits(
+    terms_of(k))`` true (None: none does; what is left is not activations)."""
+    from .config import divisors
+
+    return next((k for k in divisors(batch_size) if k > grad_accum and fits(terms_of(k))), None)
+
+
+def check_with_accum(terms_of, batch_size: int, grad_accum: int, members: int, available_bytes: int | None,
+                     copies: int = 1) -> None:
+    """``check_members_fit(terms_of(grad_accum), ...)``; when it refuses and a larger ``grad_accum`` (fewer
+    activations alive at once) would fit, the one line says which (``ResourceError("too_big_accum")``)."""
+    try:
+        check_members_fit(terms_of(grad_accum), members, available_bytes, copies)
+    except ResourceError as e:
+        def fits(terms):
+            try:
+                check_members_fit(terms, members, available_bytes, copies)
+                return True
+            except ResourceError:
+                return False
+
+        k = accum_that_fits(terms_of, batch_size, grad_accum, fits)
+        if k is None:
+            raise
+        raise ResourceError("too_big_accum", reason=str(e), k=k, micro=batch_size // k) from None
 
 
 def _read_int(path: str) -> int | None:

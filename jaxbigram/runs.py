@@ -93,6 +93,8 @@ def check_ours(workdir: Path, fresh: bool) -> None:
     folder under ``checkpoints/`` that is not a jaxbigram checkpoint (one has ``state/`` and ``meta/``), or a
     ``metrics.jsonl`` with no checkpoints beside it (a run writes its log only from its first checkpoint on) unless
     ``fresh`` says to replace it."""
+    if (workdir / "groups").is_dir():  # a shape sweep's folder (sweep.GROUPS_DIR): its groups are its runs
+        raise UsageError("is_shape_sweep", workdir=workdir)
     folder = workdir / "checkpoints"
     steps = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
     foreign = [p for p in steps if p.is_dir() and not ((p / "state").exists() or (p / "meta").exists())]

@@ -31,6 +31,7 @@ from . import data as data_lib
 from . import loop, models, progress, train
 from . import runs
 from .checkpoint import Store
+from .compute import compute_of, fit_with_seeds
 from .config import Config
 from .errors import UsageError, message, printable_path
 from .evaluate import estimate_loss
@@ -43,6 +44,11 @@ SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rat
 SWEEPABLE = tuple(f"train.{k}" for k in train.HPARAM_KEYS) + ("train.seed",)
 SWEEP_PNG = "sweep.png"
 MEMBER_AXIS = "members"  # the mesh axis the members are split along
+# keys that change shapes (or the compiled step): settings that differ in them are trained as separate groups, each
+# one compiled, vmapped program, one after another (a shape sweep: ``run_shape_sweep``)
+SHAPE_KEYS = ("model.n_embd", "model.n_layer", "model.n_head", "train.block_size", "train.batch_size",
+              "train.grad_accum")
+GROUPS_DIR = "groups"  # a shape sweep's workdir: groups/<i>-<shape>/, each an ordinary sweep folder
 
 
 # ----------------------------------------------------------------------------- the plan (pure)
@@ -109,6 +115,9 @@ def make_plan(config_path, overrides, seeds: int | None) -> Plan:
             raise UsageError("sweep_not_list", key=key, got=values)
         if not values:
             raise UsageError("sweep_empty_list", key=key)
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+        if twice:  # two equal settings (two groups of one shape, or one member trained twice)
+            raise UsageError("sweep_duplicate", key=key, got=twice[0], values=values)
     _check_members(seeds, math.prod(len(v) for v in axes.values()))
     settings, labels = [], []
     for combo in itertools.product(*axes.values()):
@@ -118,8 +127,30 @@ def make_plan(config_path, overrides, seeds: int | None) -> Plan:
             setting.setdefault(section, {})[name] = value
         settings.append(config_lib.from_dict(setting))
         labels.append(", ".join(f"{k}={v}" for k, v in zip(axes, combo)) or "base")
-    check_shared(settings)
-    return Plan(tuple(settings), tuple(labels), seeds)
+    plan = Plan(tuple(settings), tuple(labels), seeds)
+    for _, group in group_plans(plan):
+        check_shared(group.settings)
+    return plan
+
+
+def shape_of(cfg: Config) -> tuple:
+    """A setting's ``SHAPE_KEYS`` values: settings with the same shape share one compiled program."""
+    raw = cfg.to_dict()
+    return tuple(raw[key.split(".")[0]][key.split(".")[1]] for key in SHAPE_KEYS)
+
+
+def group_plans(plan: Plan) -> list[tuple[str, Plan]]:
+    """The plan split by shape, in the order shapes first appear: ``[(label, plan of that shape)]``; the label names
+    the shape keys that vary (``model.n_embd=32, model.n_layer=1``; "base" when none does). One group: a plain
+    sweep."""
+    shapes = [shape_of(c) for c in plan.settings]
+    varying = [i for i, key in enumerate(SHAPE_KEYS) if len({shape[i] for shape in shapes}) > 1]
+    groups: dict = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(i)
+    return [(", ".join(f"{SHAPE_KEYS[i]}={shape[i]}" for i in varying) or "base",
+             Plan(tuple(plan.settings[i] for i in idx), tuple(plan.labels[i] for i in idx), plan.seeds))
+            for shape, idx in groups.items()]
 
 
 def check_shared(settings) -> None:
@@ -130,7 +161,8 @@ def check_shared(settings) -> None:
     if len({c.train.grad_clip > 0 for c in settings}) > 1:
         bad.append("train.grad_clip (0 and > 0)")
     if bad:
-        raise UsageError("sweep_shape_keys", keys=", ".join(bad), allowed=", ".join(SWEEPABLE))
+        raise UsageError("sweep_shape_keys", keys=", ".join(bad), allowed=", ".join(SWEEPABLE),
+                         shapes=", ".join(SHAPE_KEYS))
 
 
 def member_devices(members: int, requested: int = 0, devices=None) -> list:
@@ -277,8 +309,10 @@ def format_table(rows: list[dict]) -> str:
     """The table a researcher reads: per setting, exact val (and train) loss over seeds; ``*`` the best."""
     has_train = "train_mean" in rows[0]
     width = max(len("setting"), *(len(r["setting"]) for r in rows))
+    has_compute = "params" in rows[0]
     head = f"  {'setting':<{width}}  seeds  val mean ± std      val min   val max"
     head += "  train mean ± std" if has_train else ""
+    head += "      params   non-emb  FLOP/token   tokens     FLOPs" if has_compute else ""
     lines = [head]
     for r in rows:
         if r["val_mean"] is None:
@@ -290,6 +324,9 @@ def format_table(rows: list[dict]) -> str:
                 line += f"  {r['train_mean']:.4f} ± {r['train_std']:.4f}"
             if r["diverged"]:
                 line += f"  ({r['diverged']} of {r['seeds']} diverged, left out)"
+        if has_compute:
+            line += (f"  {r['params']:>10,} {r['params_non_embedding']:>9,}  {r['flops_per_token']:>10.3g}  "
+                     f"{r['tokens']:>7.3g}  {r['flops']:>8.3g}")
         lines.append(line)
     lines.append("(exact losses in nats over the whole splits; * = lowest mean val loss; a diverged member is left "
                  "out)" if any(r["diverged"] for r in rows) else
@@ -309,6 +346,9 @@ class SweepResult:
     step: int
     diverged: dict = field(default_factory=dict)  # member → the step its loss became non-finite
     plot: Path | None = None
+    groups: list = field(default_factory=list)  # a shape sweep: each group's own SweepResult (states: theirs)
+    fit: dict | None = None  # a shape sweep of a GPT over 3+ sizes: L(N) = E + A·N^(−α) (``scaling_fit``)
+    plan: Plan | None = None  # the members in this result's order (a shape sweep numbers them group by group)
 
 
 def _sweep_meta(plan: Plan, corpus, model) -> dict:
@@ -340,6 +380,9 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
     ``sweep.png``."""
     err = err or sys.stderr
     log = partial(print, file=err, flush=True)
+    groups = group_plans(plan)
+    if len(groups) > 1:
+        return run_shape_sweep(workdir, groups, data=data, fresh=fresh, log=log, plot=plot)
     with runs.held(workdir) as workdir:
         saved = runs.saved_meta(workdir, fresh, log)
         _check_same_sweep(saved, plan, workdir)
@@ -355,7 +398,135 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
             store.close()
         if plot:
             result.plot = plot_sweep(plan, result.history, workdir / SWEEP_PNG, result.rows)
+        result.plan = plan
         return result
+
+
+def group_folder(i: int, label: str) -> str:
+    """Group ``i``'s folder under ``groups/``: ``0-model.n_embd=32_model.n_layer=1``."""
+    return f"{i}-" + run_name(label.replace(", ", "_"))
+
+
+def shape_groups(workdir) -> list[Path]:
+    """A shape sweep's group folders in group order ([] when ``workdir`` is no shape sweep)."""
+    root = Path(workdir) / GROUPS_DIR
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.split("-", 1)[0].isdigit()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[0]))
+
+
+def run_shape_sweep(workdir, groups: list, *, data: str | None, fresh: bool, log, plot: bool) -> SweepResult:
+    """A sweep whose settings differ in ``SHAPE_KEYS``: each shape (``group_plans``) is an ordinary sweep in its own
+    folder ``<workdir>/groups/<i>-<shape>/`` (checkpoints, resume, TensorBoard runs, ``--fresh`` as a plain sweep's:
+    ``_fit_members`` via ``loop.run``), trained one after another under the workdir's lock. Everything is checked
+    first (each group's saved sweep, data sizes and memory) so a refusal touches nothing. The result joins the
+    groups: members numbered group by group, one table, ``sweep.png`` in the workdir."""
+    import shutil
+
+    with runs.held(workdir) as workdir:
+        top = Store(workdir, read_only=True)
+        try:
+            if top.steps():
+                raise UsageError("shape_sweep_mixed", workdir=workdir, what="checkpoints of a run or of a one-shape "
+                                                                         "sweep")
+        finally:
+            top.close()
+        names = [group_folder(i, label) for i, (label, _) in enumerate(groups)]
+        stale = [p for p in shape_groups(workdir) if p.name not in names]
+        if stale and not fresh:
+            raise UsageError("sweep_changed", workdir=workdir, what=f"another shape sweep (its groups: "
+                             f"{', '.join(p.name for p in shape_groups(workdir))})",
+                             resumable=runs.resumable_keys_text())
+        folders = [workdir / GROUPS_DIR / name for name in names]
+        saved = []
+        for folder, (_, group) in zip(folders, groups):
+            meta = runs.saved_meta(folder, fresh, log) if folder.is_dir() else None
+            _check_same_sweep(meta, group, folder)
+            saved.append(meta)
+        static = groups[0][1].settings[0]
+        recorded = next((m.get("data", {}).get("path") for m in saved if m), None)
+        path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=static.data.path)
+        corpus = data_lib.load_corpus(path)
+        log(f"data: {printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters)")
+        for label, group in groups:  # every group's sizes and memory, before anything trains
+            cfg = group.settings[0]
+            train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
+            data_lib.check_sizes(corpus, train_np, val_np, cfg.train.block_size)
+            model = models.build(cfg.model, corpus.tokenizer.vocab_size, cfg.train.block_size)
+            train.check_memory(cfg, corpus, model, members=len(group.settings) * group.seeds)
+        log(f"shape sweep: {len(groups)} shapes, one program each, trained one after another in "
+            f"{printable_path(workdir / GROUPS_DIR)}")
+        results = []
+        for i, (folder, (label, group), meta) in enumerate(zip(folders, groups, saved)):
+            log(f"shape {i + 1}/{len(groups)}: {label}")
+            with runs.held(folder) as folder:
+                store = Store(folder, keep=group.settings[0].checkpoint.keep, log=log)
+                try:
+                    results.append(_fit_members(group, corpus, store, fresh, log, meta))
+                finally:
+                    store.close()
+            if i == 0:
+                for old in stale:  # --fresh: the replaced sweep's other shapes go once the new one has saved
+                    shutil.rmtree(old, ignore_errors=True)
+        result = join_groups(groups, results)
+        if plot:
+            result.plot = plot_sweep(result.plan, result.history, workdir / SWEEP_PNG, result.rows)
+        return result
+
+
+def join_groups(groups: list, results: list) -> SweepResult:
+    """One result of a shape sweep's groups: members numbered group by group, rows re-marked for the best mean val
+    loss over all shapes, eval histories joined by step (a member's value null at a step its group did not eval)."""
+    plan = Plan(tuple(c for _, g in groups for c in g.settings), tuple(l for _, g in groups for l in g.labels),
+                groups[0][1].seeds)
+    offsets = np.cumsum([0] + [len(g.settings) * g.seeds for _, g in groups])
+    rows, diverged = [], {}
+    for (label, group), res, offset in zip(groups, results, offsets):
+        for row in res.rows:
+            rows.append({**row, "members": [m + int(offset) for m in row["members"]], "steps": res.step})
+        diverged.update({k + int(offset): s for k, s in res.diverged.items()})
+    scored = [i for i, row in enumerate(rows) if row["val_mean"] is not None]
+    best = min(scored, key=lambda i: rows[i]["val_mean"]) if scored else None
+    for i, row in enumerate(rows):
+        row["best"] = i == best
+    steps = sorted({h["step"] for res in results for h in res.history})
+    history = []
+    for step in steps:
+        row = {"step": step, "train_loss": [], "val_loss": []}
+        for (_, group), res in zip(groups, results):
+            at = next((h for h in res.history if h["step"] == step), None)
+            n = len(group.settings) * group.seeds
+            for key in ("train_loss", "val_loss"):
+                row[key] += list(at[key]) if at else [None] * n
+        history.append(row)
+    val = np.concatenate([res.val for res in results])
+    train_loss = None if any(res.train is None for res in results) else np.concatenate([r.train for r in results])
+    return SweepResult(rows=rows, states=None, history=history, val=val, train=train_loss,
+                       step=max(res.step for res in results), diverged=diverged, groups=results, plan=plan,
+                       fit=scaling_fit(rows, val))
+
+
+def scaling_fit(rows: list, val: np.ndarray) -> dict | None:
+    """``compute.fit_with_seeds`` over sizes N (non-embedding parameters): at each size the setting with the lowest
+    mean exact val loss, its seeds' losses (a diverged member left out). None: fewer than 3 sizes, or a bigram."""
+    best: dict = {}
+    for row in rows:
+        n = row.get("params_non_embedding") or 0
+        if n > 0 and row["val_mean"] is not None and (n not in best or row["val_mean"] < best[n]["val_mean"]):
+            best[n] = row
+    sizes = sorted(best)
+    fit = fit_with_seeds(sizes, [np.asarray(val, np.float64)[best[n]["members"]] for n in sizes])
+    return None if fit is None else {**fit, "params": sizes, "settings": [best[n]["setting"] for n in sizes]}
+
+
+def format_fit(fit: dict | None) -> str:
+    """The fit's line under the table."""
+    if fit is None:
+        return "(no fit of L(N): it needs a GPT at 3 or more sizes)"
+    return (f"fit L(N) = E + A·N^-α over {fit['sizes']} sizes (N = non-embedding parameters; ± over "
+            f"{fit['resamples']} seed resamples): E = {fit['E']:.4f} ± {fit['E_std']:.4f}, A = {fit['A']:.4g} ± "
+            f"{fit['A_std']:.2g}, α = {fit['alpha']:.3f} ± {fit['alpha_std']:.3f}"
+            + (" (3 sizes, 3 parameters: the curve passes through the points; see docs/scaling-laws.md)"
+               if fit["sizes"] == 3 else ""))
 
 
 def member_rows(history: list, k: int) -> list[dict]:
@@ -496,7 +667,10 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log, saved: dict
         val[k] = math.nan
         if train_loss is not None:
             train_loss[k] = math.nan
-    return SweepResult(rows=summarize(plan, val, train_loss), states=states, history=done.history, val=val,
+    rows = summarize(plan, val, train_loss)
+    for row in rows:  # every setting of a group has its shape; steps as its config says
+        row.update(compute_of(model, tcfg.steps, tcfg.batch_size, tcfg.block_size))
+    return SweepResult(rows=rows, states=states, history=done.history, val=val,
                        train=train_loss, step=int(states.step[0]), diverged=done.diverged)
 
 
@@ -557,10 +731,45 @@ def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None) 
     return path
 
 
+def locate_member(workdir, k: int) -> tuple[Path, int]:
+    """Member ``k`` of a shape sweep (numbered group by group) → (its group's folder, its index there); a plain
+    sweep's folder and ``k`` as they are."""
+    offset = 0
+    for folder in shape_groups(workdir):
+        source = Store(folder, read_only=True)
+        try:
+            steps = source.steps()
+            members = int((source.read_meta(steps[-1]).get(SWEEP_SECTION) or {}).get("members", 0)) if steps else 0
+        finally:
+            source.close()
+        if k < offset + members:
+            return folder, k - offset
+        offset += members
+    if offset:
+        raise UsageError("sweep_member", got=k, workdir=Path(workdir), last=offset - 1)
+    return Path(workdir), k
+
+
+def shape_sweep_info(workdir, log=None) -> dict | None:
+    """``info`` of a shape sweep: per group its folder, first member and ``runs.run_info`` (None: not a shape
+    sweep)."""
+    folders = shape_groups(workdir)
+    if not folders:
+        return None
+    groups, first = [], 0
+    for folder in folders:
+        info = runs.run_info(folder, log=log)
+        groups.append({"folder": str(folder), "first_member": first, **info})
+        first += (info["sweep"] or {}).get("members") or 0
+    return {"workdir": str(Path(workdir).absolute()), "members": first, "groups": groups}
+
+
 def export_member(workdir, k: int, out, log=None) -> Path:
     """Member ``k`` of the newest checkpoint of a sweep, written as an ordinary run folder ``out`` (its own config
-    and seed, its eval history): ``sample``, ``eval``, ``info``, ``plot`` and ``train`` (to continue it) work there."""
+    and seed, its eval history): ``sample``, ``eval``, ``info``, ``plot`` and ``train`` (to continue it) work there.
+    A shape sweep's member ``k`` (numbered group by group) comes from its group's folder."""
     log = log or (lambda message: None)
+    workdir, k = locate_member(workdir, k)
     source = Store(workdir, read_only=True)
     try:
         steps = source.steps()

@@ -20,6 +20,7 @@ from flax.training import train_state
 
 from . import data as data_lib
 from . import loop, memory, models, parallel, progress
+from . import config as config_lib
 from . import runs
 from .checkpoint import Store
 from .config import Config, TrainConfig
@@ -98,10 +99,17 @@ def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.T
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
-def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None, loss_fn=None):
+def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None, loss_fn=None,
+               grad_accum: int = 1, sharding=None):
     """One AdamW step on batch (x, y) → (new state, mean cross-entropy before the step). Dropout (where the model
     has any) is on exactly when a ``dropout_key`` is given. The loss is the cross-entropy of ``state.apply_fn``'s
-    logits, or ``loss_fn(params, x, y, dropout_key)`` when given (a model's ``fast_loss``)."""
+    logits, or ``loss_fn(params, x, y, dropout_key)`` when given (a model's ``fast_loss``).
+
+    ``grad_accum`` k > 1 (static): the batch runs as k microbatches of ``B / k`` rows (``accumulated_grad``), their
+    mean loss and gradient make the one update; k = 1 is the one-batch step, traced exactly as it always was."""
+    if grad_accum > 1:
+        loss, grads = accumulated_grad(state, x, y, dropout_key, loss_fn, grad_accum, sharding)
+        return state.apply_gradients(grads=grads), loss
 
     def cross_entropy(params):
         if loss_fn is not None:
@@ -112,6 +120,43 @@ def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropou
 
     loss, grads = jax.value_and_grad(cross_entropy)(state.params)
     return state.apply_gradients(grads=grads), loss
+
+
+def microbatches(a: jax.Array, k: int) -> jax.Array:
+    """``(B, ...)`` → ``(k, B / k, ...)``, microbatch ``j`` = rows ``j, j + k, j + 2k, …``: strided, so a batch
+    split over devices in contiguous blocks gives every microbatch an equal share of every device's rows."""
+    return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+
+
+def accumulated_grad(state, x, y, dropout_key, loss_fn, k: int, sharding=None):
+    """(mean loss, mean gradient) of batch (x, y) computed as ``k`` microbatches in a ``lax.scan`` (so one
+    microbatch's activations are alive at a time): equal microbatches, so the means equal the one-batch loss and
+    gradient up to float rounding. Microbatch ``j``'s dropout key is ``fold_in(dropout_key, j)``."""
+    rows = x.shape[0] // k
+    if sharding is not None and rows % sharding.mesh.size:
+        sharding = None  # a microbatch that does not split evenly over the devices: XLA lays it out
+
+    def grad_of(params, xm, ym, key):
+        if loss_fn is not None:
+            return jax.value_and_grad(loss_fn)(params, xm, ym, key)
+
+        def cross_entropy(p):
+            logits = state.apply_fn({"params": p}, xm, key is None, rngs=None if key is None else {"dropout": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, ym).mean()
+
+        return jax.value_and_grad(cross_entropy)(params)
+
+    def body(carry, inputs):
+        total, grads = carry
+        j, xm, ym = inputs
+        xm, ym = parallel.constrain_batch(xm, ym, sharding)
+        loss, g = grad_of(state.params, xm, ym, None if dropout_key is None else jax.random.fold_in(dropout_key, j))
+        return (total + loss, jax.tree.map(jnp.add, grads, g)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (total, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                     (jnp.arange(k), microbatches(x, k), microbatches(y, k)))
+    return total / k, jax.tree.map(lambda g: g / k, grads)
 
 
 def step_key(base_key: jax.Array, step) -> jax.Array:
@@ -150,10 +195,11 @@ def _steps_per_draw(max_steps: int, per_step: int, budget: int) -> int:
     return max(1, min(max_steps, budget // max(per_step, 1)))
 
 
-@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer", "sharding", "loss_fn"),
-         donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer", "sharding", "loss_fn",
+                                   "grad_accum"), donate_argnums=(0,))
 def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_size: int, block_size: int,
-                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None, loss_fn=None):
+                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None, loss_fn=None,
+                grad_accum: int = 1):
     """Run ``num_steps`` (≤ ``max_steps``, traced, so one compile serves every count) steps in one call.
 
     The loop is ``lax.fori_loop`` rather than ``lax.scan`` with a static length: chunks end at eval and checkpoint
@@ -165,7 +211,8 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
     are the per-step losses (the rest NaN). Batches are drawn up to ``batch_buffer`` ids at a time (``vmap`` of
     ``get_batch``), then trained on one by one.
     ``sharding`` (data parallel): the layout of each global batch, see ``parallel.DataParallel.batch_sharding``.
-    ``loss_fn``: ``train_step``'s (None: the cross-entropy of the logits).
+    ``loss_fn``: ``train_step``'s (None: the cross-entropy of the logits); ``grad_accum``: ``train_step``'s
+    (microbatches per step, ``train.grad_accum``).
     """
     per_draw = _steps_per_draw(max_steps, 2 * batch_size * block_size, batch_buffer)
     draw = jax.vmap(lambda s: data_lib.get_batch(step_key(base_key, s), train_data, batch_size, block_size))
@@ -178,7 +225,7 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
         def body(i, carry):
             state, losses = carry
             x, y = parallel.constrain_batch(xs[i], ys[i], sharding)
-            state, loss = train_step(state, x, y, step_key(dropout_key, state.step), loss_fn)
+            state, loss = train_step(state, x, y, step_key(dropout_key, state.step), loss_fn, grad_accum, sharding)
             return state, losses.at[first + i].set(loss)
 
         return jax.lax.fori_loop(0, jnp.minimum(per_draw, num_steps - first), body, (state, losses))
@@ -201,7 +248,8 @@ def train_steps(state, model, cfg: TrainConfig, hparams, train_data, keys: dict,
         state = state.replace(tx=traced_optimizer(cfg, hparams, _decay_mask_of(model, state.params)))
     state, losses = train_chunk.__wrapped__(state, train_data, keys["batch"], keys["dropout"], num_steps,
                                             batch_size=cfg.batch_size, block_size=cfg.block_size,
-                                            max_steps=max_steps, batch_buffer=batch_buffer, loss_fn=loss_fn)
+                                            max_steps=max_steps, batch_buffer=batch_buffer, loss_fn=loss_fn,
+                                            grad_accum=cfg.grad_accum)
     return state.replace(tx=static_tx), losses
 
 
@@ -282,11 +330,16 @@ def check_memory(cfg: Config, corpus: data_lib.Corpus, model, *, members: int = 
     """Refuse in one line, before anything is built or traced, a run that cannot fit in memory: one run
     (``members`` 1) with its batch split over ``devices`` and its state held ``copies`` times (CPU devices share the
     host's memory: each holds its own copy), or a sweep's ``members``, each with its own state, activations and eval
-    batch (members are split over devices, never copied)."""
-    per_member = memory.estimate_for_config(
-        cfg, corpus.tokenizer.vocab_size, len(corpus.ids), corpus.ids.itemsize, num_params=model.param_count(),
-        activation_bytes=memory.activation_bytes(model, cfg.train.batch_size // devices))
-    memory.check_members_fit(per_member, members, memory.available_memory_bytes(jax.local_devices()[0]), copies)
+    batch (members are split over devices, never copied). Too big with a ``train.grad_accum`` that a larger one
+    would fix: the line names it."""
+    def per_member(k: int) -> dict:  # with train.grad_accum = k
+        return memory.estimate_for_config(
+            config_lib.replace(cfg, "train", grad_accum=k), corpus.tokenizer.vocab_size, len(corpus.ids),
+            corpus.ids.itemsize, num_params=model.param_count(),
+            activation_bytes=memory.activation_bytes(model, cfg.train.batch_size // devices))
+
+    memory.check_with_accum(per_member, cfg.train.batch_size // devices, cfg.train.grad_accum, members,
+                            memory.available_memory_bytes(jax.local_devices()[0]), copies)
 
 
 def prepare(cfg: Config, corpus: data_lib.Corpus, log) -> Prepared:
@@ -315,7 +368,8 @@ def program_of(run: Prepared, tokenizer) -> loop.Program:
 
     def train(state, step, stop_at):
         state, losses = train_chunk(state, run.train_data, run.keys["batch"], run.keys["dropout"], stop_at - step,
-                                    max_steps=cfg.train.steps_per_call, **run.sizes)
+                                    max_steps=cfg.train.steps_per_call, grad_accum=cfg.train.grad_accum,
+                                    **run.sizes)
         return state, np.asarray(losses[: stop_at - step])[None]
 
     def estimate(state, step):
@@ -353,7 +407,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fre
     # XLA compiles the training call on another core while this one builds the state and runs the first estimate
     ahead = compile_ahead(train_chunk, resumed[1] if resumed else abstract, run.train_data, run.keys["batch"],
                           run.keys["dropout"], tcfg.steps_per_call, max_steps=tcfg.steps_per_call,
-                          **run.sizes) if start < tcfg.steps else None
+                          grad_accum=tcfg.grad_accum, **run.sizes) if start < tcfg.steps else None
     try:
         history: list = []
         if resumed is not None:

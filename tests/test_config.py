@@ -95,6 +95,23 @@ def test_out_of_range_names_the_key_and_the_rule(tmp_path, text, key):
     assert err.code == "config_range" and key in str(err) and "must be" in str(err)
 
 
+@pytest.mark.parametrize("text, code, fragment", [
+    ("[train]\ngrad_accum = 3\n", "config_grad_accum", "train.grad_accum = 3 does not divide train.batch_size = 32"
+                                                          " (each step runs the batch as grad_accum equal microbatches):"
+                                                          " use 2 or 4"),
+    ("[train]\nbatch_size = 12\ngrad_accum = 64\n", "config_grad_accum", "use 12"),
+    ("[train]\ngrad_accum = 0\n", "config_range", "train.grad_accum must be between 1 and"),
+    ("[train]\ngrad_accum = 99999999999\n", "config_range", "train.grad_accum must be between 1 and"),
+])
+def test_grad_accum_must_divide_the_batch_and_the_error_names_one_that_does(tmp_path, text, code, fragment):
+    err = error_of(load_text, tmp_path, text)
+    assert err.code == code and fragment in str(err)
+    if code == "config_grad_accum":  # every value it names works
+        for works in str(err).split("use ")[1].split(" or "):
+            assert load_text(tmp_path, text.replace(text.split("grad_accum = ")[1].split("\n")[0], works)
+                             ).train.grad_accum == int(works)
+
+
 @pytest.mark.parametrize("text, choices", [('[train]\nlr_schedule = "linear"\n', "constant, cosine"),
                                            ('[model]\nkind = "rnn"\n', "bigram"),
                                            ('[model]\ndtype = "float16"\n', "float32, bfloat16")])
@@ -239,7 +256,8 @@ def test_the_documented_ranges_are_the_ranges_the_code_enforces():
     fields, documented = _fields(), _documented()
     # keys that must move together for an extreme value to pass the other checks (divisibility, batch × block)
     partners = {"model.n_embd": ["model.n_head=1"], "model.n_head": ["model.n_embd={v}"],
-                "train.batch_size": ["train.block_size=1"], "train.block_size": ["train.batch_size=1"]}
+                "train.batch_size": ["train.block_size=1"], "train.block_size": ["train.batch_size=1"],
+                "train.grad_accum": ["train.batch_size={v}", "train.block_size=1"]}
     for key, rng in config.RANGES.items():
         allowed = documented[key]
         assert allowed == rng.text or allowed.startswith((rng.text + " (", rng.text + ", ")), (key, allowed)

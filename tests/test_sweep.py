@@ -77,8 +77,8 @@ def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused(
     assert rows[1]["val_std"] == 0.0 and "*" in sweep.format_table(rows)
     diverged = sweep.summarize(plan, np.full(4, np.nan), None)  # every member diverged: no best setting
     assert not any(r["best"] for r in diverged) and "*" not in sweep.format_table(diverged).splitlines()[1]
-    with pytest.raises(UsageError, match="train.batch_size"):
-        sweep.make_plan(TINY, ["train.batch_size=[8,16]"], seeds=1)
+    with pytest.raises(UsageError, match="differ in model.dropout"):  # within a shape: one program
+        sweep.make_plan(TINY, ["model.dropout=[0.0,0.1]"], seeds=1)
     with pytest.raises(UsageError, match="grad_clip"):
         sweep.make_plan(TINY, ["train.grad_clip=[0,1]"], seeds=1)
 
@@ -114,8 +114,8 @@ def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_c
     one_device = sweep.run_sweep(tmp_path / "g1", sweep.make_plan(GPT_TINY, gpt_sets, 2), err=io.StringIO(),
                                  plot=False)
     np.testing.assert_allclose(json.loads(proc.stdout)["val_loss"], one_device.val, rtol=1e-5)
-    bad = run_cli("sweep", "--config", TINY, "--set", "model.n_embd=[16,32]", "--workdir", tmp_path / "t")
-    assert bad.returncode == 2 and bad.stderr.count("error: ") == 1 and "model.n_embd" in bad.stderr
+    bad = run_cli("sweep", "--config", TINY, "--set", "model.dropout=[0.0,0.1]", "--workdir", tmp_path / "t")
+    assert bad.returncode == 2 and bad.stderr.count("error: ") == 1 and "model.dropout" in bad.stderr
 
 
 def test_a_sweep_too_big_for_memory_is_one_line_naming_how_many_members_fit(monkeypatch, tmp_path):
@@ -175,7 +175,7 @@ def test_kill9_mid_sweep_then_the_same_command_resumes_bit_identical(run_cli, tm
     ('"train.learning_rate" = "notalist"', "is not a list"), ('"train.learning_rate" = []', "has no value"),
     ('"bad" = [1, 2]', "a swept key is section.key"), ('"train.foo" = [1, 2]', "unknown config key train.foo"),
     ('"train.learning_rate" = [-1, 0.1]', "must be > 0"), ('"train.learning_rate" = [0.1, "a"]', "must be a number"),
-    ('"model.n_embd" = [16, 32]', "differ in model.n_embd"),
+    ('"model.dropout" = [0.0, 0.1]', "differ in model.dropout"),
     ('"train.learning_rate" = [1,2,3,4,5,6,7,8,9,10]\nseeds = 1048576', "members, more than 1,048,576"),
 ])
 def test_a_bad_sweep_table_is_one_usage_error(table, expected, tmp_path):
@@ -219,3 +219,96 @@ def test_info_on_a_sweep_folder_names_its_members(sweep_workdir, capsys):
 
     assert main(["info", "--workdir", str(sweep_workdir)]) == 0
     assert "sweep:       2 members = 1 setting(s) × 2 seed(s): base" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- shape sweeps
+
+SHAPES = ["train.batch_size=[4,8]", "train.steps=20", "eval.interval=10", "checkpoint.interval=10"]
+
+
+def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_runs(tmp_path, corpus, capsys):
+    """Two batch sizes of the bigram: two groups under groups/, members numbered group by group, member 3 (second
+    shape, second seed) equals its single run; a resume (10 then 20 steps) equals 20 in one go, bit for bit; info
+    lists the shapes, --export K writes member K, a single-run command on the folder is one line."""
+    from jaxbigram.cli import main
+    from conftest import run_main, snapshot
+
+    plan = sweep.make_plan(TINY, SHAPES, seeds=2)
+    assert [label for label, _ in sweep.group_plans(plan)] == ["train.batch_size=4", "train.batch_size=8"]
+    whole = sweep.run_sweep(tmp_path / "w", plan, err=io.StringIO(), plot=True)
+    assert [p.name for p in sweep.shape_groups(tmp_path / "w")] == ["0-train.batch_size=4", "1-train.batch_size=8"]
+    assert [r["members"] for r in whole.rows] == [[0, 1], [2, 3]] and whole.plot.is_file()
+    alone = fit_alone(whole.plan.members[3], corpus, tmp_path / "alone")
+    assert alone.state.params is not None and whole.plan.members[3].train.batch_size == 8
+    for a, b in zip(jax.tree.leaves(sweep.member(whole.groups[1].states.params, 1)),
+                    jax.tree.leaves(alone.state.params)):
+        np.testing.assert_allclose(a, b, rtol=RTOL["bigram"], atol=RTOL["bigram"])
+    np.testing.assert_allclose(whole.val[3], alone.report["val_loss"], rtol=1e-5)
+    sweep.run_sweep(tmp_path / "r", sweep.make_plan(TINY, SHAPES + ["train.steps=10"], 2), err=io.StringIO(),
+                    plot=False)
+    resumed = sweep.run_sweep(tmp_path / "r", plan, err=io.StringIO(), plot=False)
+    for a, b in zip(resumed.groups, whole.groups):
+        assert same_tree(a.states, b.states) and a.history == b.history
+    assert resumed.history == whole.history and resumed.val.tolist() == whole.val.tolist()
+    assert main(["info", "--workdir", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "shape sweep: 4 members in 2 shapes" in out and "members 2 to 3" in out
+    folder = sweep.export_member(tmp_path / "w", 3, tmp_path / "m3")
+    params, meta = Store(folder, read_only=True).restore_params(20)
+    assert same_tree(params, sweep.member(whole.groups[1].states.params, 1))
+    assert meta["config"]["train"]["batch_size"] == 8 and meta["config"]["train"]["seed"] == 1338
+    before = snapshot(tmp_path / "w")
+    for argv in (["train"], ["sweep", "--config", TINY], ["sweep", "--config", TINY, "--set", "train.batch_size=[4,16]"],
+                 ["sweep", "--export", "4", "--out", tmp_path / "m4"]):
+        line = run_main(capsys, [*argv, "--workdir", tmp_path / "w"])
+        assert "shape sweep" in line or "members are 0 to 3" in line, line
+    assert snapshot(tmp_path / "w") == before
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["model.kind='gpt'", "model.n_head=[3]", "model.n_embd=[64]"], "divisible by model.n_head = 3"),
+    (["model.kind='gpt'", "model.n_embd=[0,32]"], "model.n_embd must be"),
+    (["train.batch_size=[8,8]"], "lists 8 twice"),
+    (["train.block_size=[4,8,4]"], "lists 4 twice"),
+    (["train.batch_size=[8,12]", "train.grad_accum=8"], "does not divide train.batch_size = 12"),
+    (["train.grad_accum=[0,2]"], "train.grad_accum must be"),
+    (["train.block_size=[8,2147483647]"], "multiply to"),
+    (["model.kind='gpt'", "model.n_embd=[16,1048576]", "model.n_head=2"], "memory"),
+])
+def test_a_hostile_shape_list_is_one_line_and_touches_nothing(sets, expected, tmp_path, capsys):
+    from conftest import run_main
+
+    argv = ["sweep", "--config", TINY, "--workdir", tmp_path / "s"] + [a for s in sets for a in ("--set", s)]
+    assert expected in run_main(capsys, argv)
+    assert not (tmp_path / "s").exists()
+
+
+def test_kill9_mid_shape_then_the_same_command_resumes_bit_identical(run_cli, tmp_path, data_path):
+    """SIGKILL once the second shape has evaluated at step 10, then the same command: every group equals an
+    uninterrupted shape sweep's, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sets = SHAPES + ["train.steps=30"]
+    argv = [sys.executable, str(REPO_ROOT / "run.py"), "sweep", "--config", TINY, "--seeds", "2", "--workdir",
+            str(tmp_path / "k"), *[a for s in sets for a in ("--set", s)]]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXBIGRAM_DATA=str(data_path))
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    second = False
+    for line in proc.stderr:
+        second = second or line.startswith("shape 2/2")
+        if second and line.startswith("step 10:"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_cli(*argv[2:], "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = sweep.run_sweep(tmp_path / "w", sweep.make_plan(TINY, sets, 2), err=io.StringIO(), plot=False)
+    for folder, group in zip(sweep.shape_groups(tmp_path / "k"), whole.groups):
+        params, _ = Store(folder, read_only=True).restore_params(30)
+        assert same_tree(params, group.states.params)

@@ -3,6 +3,7 @@ convergence to the closed-form optimum, and a big vocabulary end to end."""
 
 import dataclasses
 import io
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -317,3 +318,73 @@ def test_fit_without_a_store_trains_in_memory_to_the_same_result(tmp_path, full_
     assert same_tree(in_memory.state.params, result.state.params)
     assert in_memory.history == result.history and in_memory.report["val_loss"] == result.report["val_loss"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+@pytest.mark.parametrize("kind", ["bigram", "gpt"])
+def test_grad_accum_gives_the_one_batch_gradient_and_k1_is_todays_step(kind):
+    """k = 4 microbatches (a lax.scan) give the one-batch loss and gradient to float rounding, for the logits' loss
+    and the bigram's fast_loss (what a sweep trains with); a whole step with k = 1 is the plain step bit for bit."""
+    sets = ["train.batch_size=8", "train.block_size=6"] + (
+        ["model.kind='gpt'", "model.n_embd=8", "model.n_head=2", "model.n_layer=1"] if kind == "gpt" else [])
+    cfg = config.load(None, sets)
+    model = models.build(cfg.model, 13, 6)
+    state = train.create_train_state(jax.random.key(0), model, cfg.train)
+    x, y = (jax.random.randint(jax.random.key(i), (8, 6), 0, 13) for i in (1, 2))
+    loss_fns = [None] + ([model.fast_loss] if kind == "bigram" else [])
+    for loss_fn in loss_fns:
+        one_loss, one_grad = jax.jit(jax.value_and_grad(loss_fn or model.loss))(state.params, x, y)
+        loss, grad = jax.jit(partial(train.accumulated_grad, loss_fn=loss_fn, k=4, dropout_key=None))(state, x, y)
+        np.testing.assert_allclose(loss, one_loss, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(one_grad)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    microbatch = np.asarray(train.microbatches(x, 4))
+    np.testing.assert_array_equal(microbatch[1], np.asarray(x)[1::4])  # strided: rows 1, 5
+    plain, _ = jax.jit(train.train_step)(state, x, y)
+    k1, _ = jax.jit(partial(train.train_step, grad_accum=1))(state, x, y)
+    assert same_tree(plain, k1)
+    k4, _ = jax.jit(partial(train.train_step, grad_accum=4))(state, x, y)
+    for a, b in zip(jax.tree.leaves(k4.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_accum_stop_and_resume_with_dropout_is_bit_identical(tmp_path, corpus):
+    """k = 2 (dropout keys per microbatch): 15 steps then a resume to 30 equals 30 in one go, bit for bit."""
+    (tmp_path / "cfg.toml").write_text(GPT_TINY)
+    cfg = config.replace(config.load(tmp_path / "cfg.toml"), "train", grad_accum=2)
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    whole = run_fit(tmp_path / "one", cfg, corpus)
+    run_fit(tmp_path / "two", config.replace(cfg, "train", steps=15), corpus)
+    resumed = run_fit(tmp_path / "two", cfg, corpus)
+    assert same_tree((resumed.state.params, resumed.state.opt_state), (whole.state.params, whole.state.opt_state))
+    assert resumed.report["val_loss"] == whole.report["val_loss"]
+
+
+def test_a_run_too_big_for_memory_names_the_grad_accum_that_fits(monkeypatch, corpus):
+    """Activations dominate a wide batch of a GPT: the one line names the smallest grad_accum that fits, and that
+    value passes the check (one below does not)."""
+    from jaxbigram import memory
+    from jaxbigram.errors import ResourceError
+
+    cfg = config.load(None, ["model.kind='gpt'", "model.n_embd=32", "model.n_head=2", "model.n_layer=2",
+                             "train.batch_size=64", "train.block_size=64"])
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, 64)
+
+    def need(k):
+        terms = memory.estimate_for_config(config.replace(cfg, "train", grad_accum=k), corpus.tokenizer.vocab_size,
+                                           len(corpus.ids), corpus.ids.itemsize, num_params=model.param_count(),
+                                           activation_bytes=memory.activation_bytes(model, 64))
+        return sum(terms.values())
+
+    assert need(4) < need(2) < need(1)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device=None: (need(4) + need(2)) // 2)
+    with pytest.raises(ResourceError, match=r"needs about .* set train.grad_accum = 4 \(the batch runs as 4 "
+                                            r"microbatches of 16"):
+        train.check_memory(cfg, corpus, model)
+    train.check_memory(config.replace(cfg, "train", grad_accum=4), corpus, model)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device=None: 1000)  # nothing fits: the plain line
+    with pytest.raises(ResourceError, match="this run needs about") as e:
+        train.check_memory(cfg, corpus, model)
+    assert "grad_accum" not in str(e.value)
