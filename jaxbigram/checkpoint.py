@@ -10,6 +10,8 @@ is the resume logic's business (``runs.py``), not this module's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -17,6 +19,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -170,11 +173,13 @@ class Store:
         return self._read(step, read), meta
 
     def _read(self, step: int, read):
-        """``read()``, with whatever orbax or TensorStore raises for a damaged step turned into CheckpointError."""
+        """``read()``, with whatever orbax or TensorStore raises for a damaged step turned into CheckpointError (and
+        what orbax's abandoned reads report later kept quiet: ``_reading``)."""
         if step not in self.steps():
             raise CheckpointError("no_step", step=step, workdir=self.workdir, steps=_listing(self.steps()))
         try:
-            return read()
+            with _reading():
+                return read()
         except Exception as e:  # orbax raises many types for damaged files; all mean "this step is unusable"
             reason = _reason(e)
         older = [s for s in self.steps() if s < step]
@@ -238,10 +243,11 @@ def _quiet_orbax() -> None:
     raw bytes) and then raises or carries on: the absl logger lets only CRITICAL through.
 
     When one array of a damaged checkpoint fails to read, orbax abandons its other reads and closes its event loop.
-    What is left then reports itself at any time up to exit: abandoned coroutines turn their GeneratorExit into an
-    exception, TensorStore's finished reads call back into the closed loop ("Event loop is closed"), and failed tasks
-    are logged as "Task exception was never retrieved". Filters on ``sys.unraisablehook`` and on the ``asyncio``
-    logger drop exactly those; anything else still gets through.
+    What is left then reports itself at any time up to exit. Its event loops' own reports (tasks whose exception was
+    never retrieved, or destroyed pending; TensorStore's finished reads calling back into the closed loop) are kept
+    quiet where they arise, by the loops ``Store._read`` has orbax make (``_reading``). Abandoned coroutines turn their
+    GeneratorExit into an exception, and a save's threads fail the same way: filters on ``sys.unraisablehook`` and on
+    the ``asyncio`` logger drop exactly what comes from orbax's own code; anything else still gets through.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_quiets_orbax", False):
@@ -257,6 +263,94 @@ def _quiet_orbax() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     logging.getLogger("asyncio").addFilter(
         lambda record: not (record.exc_info and _from_orbax(record.exc_info[2], None)))
+
+
+class _OneRead:
+    """The event loops orbax makes for one read of a step (``_reading``), and what they report about their own tasks
+    and futures: held while the read runs; dropped once it failed (the step's one "truncated or corrupted" line says
+    all there is: what orbax abandoned of the read then fails unretrieved, or is destroyed pending); passed on to
+    asyncio's default handler once it succeeded, and whatever is not about a task or a future at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.failed = None  # None while the read runs
+        self.held = []
+
+    def report(self, loop, context: dict) -> None:
+        if not isinstance(context.get("future") or context.get("task"), asyncio.Future):
+            loop.default_exception_handler(context)
+            return
+        with self.lock:
+            if self.failed is None:
+                self.held.append((loop, context))
+                return
+        if not self.failed:
+            loop.default_exception_handler(context)
+
+    def settle(self, failed: bool) -> None:
+        with self.lock:
+            self.failed, held, self.held = failed, self.held, []
+        if not failed:
+            for loop, context in held:
+                loop.default_exception_handler(context)
+
+
+class _ReadLoop(asyncio.SelectorEventLoop):
+    """An event loop of one read (``_OneRead`` handles its reports). A TensorStore read that finishes after orbax
+    closed the loop (it abandoned the read) calls back into it: nothing can wait for that result any more, so the
+    callback is dropped instead of raising "Event loop is closed" in TensorStore's thread."""
+
+    def __init__(self, read: _OneRead):
+        super().__init__()
+        self.set_exception_handler(read.report)
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        try:
+            return super().call_soon_threadsafe(callback, *args, context=context)
+        except RuntimeError:
+            if not self.is_closed():
+                raise
+            return None
+
+
+class _ReadPolicy(asyncio.AbstractEventLoopPolicy):
+    """``previous`` in everything, except that new event loops are ``_ReadLoop``s of ``read``."""
+
+    def __init__(self, previous: asyncio.AbstractEventLoopPolicy, read: _OneRead):
+        self.previous, self.read = previous, read
+
+    def new_event_loop(self):
+        return _ReadLoop(self.read)
+
+    def get_event_loop(self):
+        return self.previous.get_event_loop()
+
+    def set_event_loop(self, loop):
+        self.previous.set_event_loop(loop)
+
+    def get_child_watcher(self):
+        return self.previous.get_child_watcher()
+
+    def set_child_watcher(self, watcher):
+        self.previous.set_child_watcher(watcher)
+
+
+@contextlib.contextmanager
+def _reading():
+    """Within: the event loops orbax makes (in any thread, ``asyncio.new_event_loop``) are ``_ReadLoop``s of one
+    read, whose reports are dropped if the block raises and passed on if it does not (``_OneRead``)."""
+    read = _OneRead()
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_ReadPolicy(previous, read))
+    try:
+        yield
+    except BaseException:
+        read.settle(failed=True)
+        raise
+    else:
+        read.settle(failed=False)
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def _from_orbax(tb, code) -> bool:
@@ -296,7 +390,10 @@ def _saved_params(state_dir: Path):
     manager's step metadata would also parse orbax's per-step metrics file, which readers never need: a damaged one
     must not make an intact step unreadable)."""
     with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.metadata(state_dir).item_metadata["params"]
+        saved = checkpointer.metadata(state_dir).item_metadata  # None: orbax could not read it (and logged why)
+    if saved is None:
+        raise ValueError("the arrays' own metadata cannot be read (a file under state/ is missing or damaged)")
+    return saved["params"]
 
 
 def _read_params(state_dir: Path) -> dict:

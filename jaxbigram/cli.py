@@ -262,7 +262,15 @@ def cmd_sweep(args) -> int:
     from .runtime import select_platform
 
     _check_paths(args, "--workdir", "--data", "--config", "--out")
+    if args.export is None and args.out is not None:
+        raise UsageError("sweep_out_alone")
     if args.export is not None:
+        training = [flag for flag, value in (("--config", args.config), ("--data", args.data), ("--steps", args.steps),
+                                             ("--seed", args.seed), ("--fresh", args.fresh),
+                                             ("--set", args.overrides), ("--seeds", args.seeds))
+                    if value not in (None, False, [])]
+        if training:
+            raise UsageError("sweep_export_flags", flags=", ".join(training))
         if args.out is None:
             raise UsageError("sweep_export_out")
         folder = sweep.export_member(args.workdir, args.export, args.out, log=_log)

@@ -127,6 +127,15 @@ MESSAGES = {
     "is_sweep": "the checkpoints in {workdir} are a sweep of {members} runs, not one run: write member K (0 to {last}) as a run folder with `{program} sweep --workdir {workdir:shell} --export K --out DIR` and use DIR (`{program} info --workdir {workdir:shell}` lists the settings)",
     "sweep_no_checkpoint": "no checkpoint in {workdir} to export a member from: run `{program} sweep --workdir {workdir:shell}` (with its --seeds and --set) first",
     "sweep_export_out": "--export needs --out DIR, the folder of the exported run",
+    # sweep --export and its flags, reading a running sweep (issue 26 items 3, 4, 9)
+    "sweep_out_alone": "--out is the folder of an exported member: it needs --export K (to train a sweep, leave --out out)",
+    "sweep_export_flags": "sweep --export writes member K of the sweep saved in --workdir as it is: it takes no {flags} (give those when training the sweep, then export)",
+    "sweep_out_is_file": "--out {workdir} is a file: pass a folder for the exported run with --out DIR",
+    "sweep_out_unwritable": "--out {workdir} is not writable ({reason}): pass a writable folder with --out DIR",
+    "sweep_out_foreign": "--out {workdir} holds what this program did not write ({what}): nothing was changed there; pass another --out",
+    "sweep_out_busy": "a `train` is running in --out {workdir}: export into another folder with --out DIR",
+    "sweep_out_in_run": "--out {out} is inside {folder}, the checkpoints of the run in {run}: the exported run would sit among that run's steps; pass an --out outside it",
+    "sweep_corrupt": "checkpoint step {step} in {workdir} is truncated or corrupted ({reason}): run the same `{program} sweep` command in that workdir (it sets the step aside and resumes from the newest intact one, {steps}), then export",
     # command line
     "cli_usage": "{prog}: {message} (see --help)",
     # platform

@@ -14,12 +14,17 @@ What ``train`` writes (``train.run_metadata``, then ``fit`` and ``checkpoint.Sto
   and at most ``step``; ``checksums``: ``{array name: CRC32}``;
 - optional: ``model`` (``config.model.kind``), ``num_params`` (the model's count), ``last_eval`` (an eval row of
   ``step``), ``exact`` (the exact report of ``step``: ``val_loss`` and ``optimum_val_loss`` are numbers);
+- a sweep's: ``sweep``, an object of ``members`` = ``len(configs)`` × ``seeds`` (integers >= 1), ``configs`` (valid
+  Configs of the same model), ``labels`` (a string per config), ``history`` (rows ``{step, train_loss, val_loss}`` of
+  increasing steps up to ``step``, each loss a list of one number or null per member) and, optionally, ``diverged``
+  (``{member: step}``); every array then has a leading axis of ``members``;
 - and the params on disk have exactly the names and shapes the config and vocabulary give the model.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 import jax
@@ -66,7 +71,7 @@ def check(meta, step: int, saved_params) -> dict:
         raise MetadataError(f"model is {meta['model']!r} but its config says {model.kind!r}")
     if meta.get("num_params", model.param_count()) != model.param_count():
         raise MetadataError(f"num_params is {meta['num_params']!r}, its config and vocab give {model.param_count()}")
-    members = meta.get("sweep", {}).get("members") if isinstance(meta.get("sweep"), dict) else None
+    members = _sweep(meta["sweep"], step, cfg) if "sweep" in meta else None
     implied = param_shapes(model)
     if members is not None:  # a sweep's state: every array has a leading member axis
         implied = {name: (members, *shape) for name, shape in implied.items()}
@@ -130,6 +135,45 @@ def _history(history: list, last_eval, step: int) -> None:
         raise MetadataError(f"history is not eval rows {{step, train_loss, val_loss}} of increasing steps 0 to {step}")
     if last_eval is not None and not (is_eval_row(last_eval) and last_eval["step"] == step):
         raise MetadataError(f"last_eval is not the eval row of step {step}")
+
+
+def _sweep(spec, step: int, cfg: config_lib.Config) -> int:
+    """The number of members of a well-formed sweep section (``sweep.Plan.spec`` and its loop's history)."""
+    if not isinstance(spec, dict):
+        raise MetadataError(f"sweep is {_json_type(spec)}, not an object")
+    members, seeds = _field(spec, "members", int, "sweep."), _field(spec, "seeds", int, "sweep.")
+    if members < 1 or seeds < 1:
+        raise MetadataError(f"sweep has {members} members of {seeds} seeds each, not at least 1 of each")
+    configs, labels = _field(spec, "configs", list, "sweep."), _field(spec, "labels", list, "sweep.")
+    if len(configs) * seeds != members:
+        raise MetadataError(f"sweep has {len(configs)} configs × {seeds} seeds, not its {members} members")
+    if len(labels) != len(configs) or not all(isinstance(label, str) for label in labels):
+        raise MetadataError(f"sweep.labels is not {len(configs)} strings, one per config")
+    for i, raw in enumerate(configs):
+        if not isinstance(raw, dict):
+            raise MetadataError(f"sweep.configs[{i}] is {_json_type(raw)}, not an object")
+        setting = _config(raw)
+        if setting.model != cfg.model or setting.train.block_size != cfg.train.block_size:
+            raise MetadataError(f"sweep.configs[{i}] gives another model than its config")
+    rows = _field(spec, "history", list, "sweep.")
+    steps = [row.get("step") if isinstance(row, dict) else None for row in rows]
+    if (not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= step for s in steps)
+            or steps != sorted(set(steps)) or not all(_member_losses(row, members) for row in rows)):
+        raise MetadataError(f"sweep.history is not eval rows {{step, train_loss, val_loss}} of increasing steps 0 to "
+                            f"{step}, each loss a list of {members} numbers or nulls")
+    diverged = spec.get("diverged") or {}
+    if not isinstance(diverged, dict) or not all(
+            k.isdigit() and int(k) < members and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= step
+            for k, v in diverged.items()):
+        raise MetadataError(f"sweep.diverged is not {{member: step}} of members 0 to {members - 1}, steps 0 to {step}")
+    return members
+
+
+def _member_losses(row: dict, members: int) -> bool:
+    """Each of the row's losses is a list of one number per member (null: a member that diverged)."""
+    return all(isinstance(row.get(k), list) and len(row[k]) == members
+               and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                       for v in row[k]) for k in ("train_loss", "val_loss"))
 
 
 def _exact(exact, step: int) -> None:

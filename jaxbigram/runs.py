@@ -88,11 +88,11 @@ def held(workdir: str | Path, primary: bool = True):
         raise
 
 
-def check_ours(workdir: Path, fresh: bool) -> None:
+def check_ours(workdir: Path, fresh: bool, replaceable: bool = True) -> None:
     """Refuse a workdir holding things another program wrote, which a run would overwrite, move or delete: a step
     folder under ``checkpoints/`` that is not a jaxbigram checkpoint (one has ``state/`` and ``meta/``), or a
     ``metrics.jsonl`` with no checkpoints beside it (a run writes its log only from its first checkpoint on) unless
-    ``fresh`` says to replace it."""
+    ``fresh`` says to replace it (``replaceable``: the refusal says ``--fresh`` would)."""
     if (workdir / "groups").is_dir():  # a shape sweep's folder (sweep.GROUPS_DIR): its groups are its runs
         raise UsageError("is_shape_sweep", workdir=workdir)
     folder = workdir / "checkpoints"
@@ -103,7 +103,28 @@ def check_ours(workdir: Path, fresh: bool) -> None:
         raise UsageError("workdir_foreign", workdir=workdir, what=f"{foreign[0]} is not a jaxbigram checkpoint")
     if not steps and (workdir / "metrics.jsonl").exists() and not fresh:
         raise UsageError("workdir_foreign", workdir=workdir,
-                         what="a metrics.jsonl but no checkpoints (pass --fresh to replace it)")
+                         what="a metrics.jsonl but no checkpoints" + (" (pass --fresh to replace it)" if replaceable
+                                                                      else ""))
+
+
+def run_checkpoints_around(folder: str | Path) -> Path | None:
+    """The ``checkpoints/`` (or ``damaged-checkpoints/``) folder of a run that ``folder`` is or is inside, if any: a
+    run written there would sit among that run's steps."""
+    absolute = Path(os.path.realpath(Path(folder).expanduser()))
+    for candidate in (absolute, *absolute.parents):
+        run = candidate.parent
+        if candidate.name in RUN_FOLDERS and candidate.is_dir() and run != candidate and (
+                (run / LOCK_FILE).exists() or (run / "metrics.jsonl").exists()
+                or any(p.name.isdigit() for p in (run / "checkpoints").glob("[0-9]*"))):
+            return candidate
+    return None
+
+
+def rotated_away(store, step: int) -> bool:
+    """After a failed read of ``step``: True when the step is gone (a running ``train`` or ``sweep`` keeps only its
+    newest steps), so the read failed because it was removed, not because it is damaged."""
+    store.reload()
+    return step not in store.steps()
 
 
 @contextlib.contextmanager
@@ -292,8 +313,9 @@ def load_checkpoint(workdir: str | Path, step: int | None = None, attempts: int 
     raise AssertionError("unreachable")
 
 
-def run_info(workdir: str | Path, log=None) -> dict:
-    """Everything a user wants to know about a run, from its checkpoints (and its metrics log) alone."""
+def run_info(workdir: str | Path, log=None, attempts: int = 3) -> dict:
+    """Everything a user wants to know about a run, from its checkpoints (and its metrics log) alone. A step that a
+    running ``train`` or ``sweep`` removes while it is read is left out (it is read again if none was left)."""
     from .checkpoint import Store
 
     store = Store(workdir, read_only=True)
@@ -301,17 +323,24 @@ def run_info(workdir: str | Path, log=None) -> dict:
         steps = store.steps()
         if not steps:
             raise CheckpointError("no_checkpoint", workdir=store.workdir)
-        metas, damaged = {}, None
+        metas, damaged, damaged_steps = {}, None, []
         for s in steps:
             try:
                 metas[s] = store.read_meta(s)
             except CheckpointError as e:  # a damaged step does not hide the run (info has no --step to avoid it)
+                if rotated_away(store, s):  # a running train or sweep dropped it while it was read: not damage
+                    continue
                 damaged = e
+                damaged_steps.append(s)
                 if log is not None:
                     log(f"warning: checkpoint step {s} is damaged ({e.fields['reason']}); `train` in that workdir "
                          f"resumes from the newest intact step")
         if not metas:
-            raise damaged
+            if damaged is None and attempts > 1:  # every step went away while it was read: read what is there now
+                store.close()
+                return run_info(workdir, log, attempts - 1)
+            raise damaged or CheckpointError("no_checkpoint", workdir=store.workdir)
+        steps = sorted([*metas, *damaged_steps])
         latest = metas[max(metas)]
     finally:
         store.close()
