@@ -101,38 +101,60 @@ def child_env(**extra) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **extra)
 
 
+# The launcher between the bench and a measured child. Linux carries a process's peak-memory mark across exec, and
+# a spawned child starts with its parent's (a bench or pytest process of hundreds of MiB): so a small fresh Python
+# (~10 MiB) starts the child, waits for it and writes its wall seconds, CPU seconds, ``ru_maxrss`` (KiB) and exit
+# code to fd 3. The child gets the signal mask the launcher got, SIGPIPE and SIGXFSZ at their default (as
+# ``subprocess`` starts one; Python ignores both), and no fd 3.
+_LAUNCHER = """
+import os, signal, sys, time
+t0 = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                      file_actions=[(os.POSIX_SPAWN_CLOSE, 3)])
+_, status, usage = os.wait4(pid, 0)
+os.write(3, ("%r %r %d %d" % (time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+                              os.waitstatus_to_exitcode(status))).encode())
+"""
+
+
 def run_measured(argv: list[str], env: dict) -> dict:
     """Run ``argv`` to its end: wall seconds from spawn to exit, its CPU seconds (user + system), its own peak
-    resident memory in MiB (the kernel's ``ru_maxrss``), exit code, stdout and stderr. The child never outlives
-    this call: a SIGINT or SIGTERM (or an exception) while it runs kills and reaps it first."""
+    resident memory in MiB (the kernel's ``ru_maxrss`` of that process alone, through ``_LAUNCHER``), exit code,
+    stdout and stderr. The child never outlives this call: a SIGINT or SIGTERM (or an exception) while it runs kills
+    it and its launcher (one process group) and reaps them first."""
     pid = None
 
     def stop():
         nonlocal pid
         if pid is not None:
-            with suppress(ProcessLookupError, ChildProcessError):
-                os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError, ChildProcessError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             pid = None
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, cleanup_on_signal(stop):
-        t0 = time.perf_counter()
-        with signals_held() as mask:  # the child starts as subprocess starts one: this process's signal mask, and
-            # SIGPIPE and SIGXFSZ at their default (Python ignores them)
-            pid = os.posix_spawnp(argv[0], argv, env, setsigmask=mask, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                                  file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-                                                (os.POSIX_SPAWN_DUP2, err.fileno(), 2)])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.TemporaryFile("w+") as report, cleanup_on_signal(stop):
+        with signals_held() as mask:  # the launcher starts with this process's signal mask, in a group of its own
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", "-c", _LAUNCHER, *argv], env,
+                                 setsigmask=mask, setpgroup=0,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                                               (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+                                               (os.POSIX_SPAWN_DUP2, report.fileno(), 3)])
         try:
-            _, status, usage = os.wait4(pid, 0)
+            _, status = os.waitpid(pid, 0)
         except BaseException:
             stop()
             raise
         pid = None  # reaped
-        seconds = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
-        return {"wall_s": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0,
-                "rc": os.waitstatus_to_exitcode(status), "stdout": out.read(), "stderr": err.read()}
+        report.seek(0)
+        fields = report.read().split()
+        if len(fields) != 4 or status != 0:  # the launcher itself failed: argv[0] not found, or it was killed
+            raise OSError(f"could not run {argv[0]!r}: {err.read().strip().splitlines()[-1:] or status}")
+        seconds, cpu, maxrss_kib, rc = float(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])
+        return {"wall_s": seconds, "cpu_s": cpu, "peak_rss_mb": maxrss_kib / 1024.0, "rc": rc,
+                "stdout": out.read(), "stderr": err.read()}
 
 
 def timed_cli(command: str, preset: str, overrides: tuple, data: str, workdir: Path, platform: str | None,
