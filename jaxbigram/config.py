@@ -93,6 +93,8 @@ _INT32 = "(JAX counts steps and indices in int32)"
 # lecture's GPT has 6 layers, GPT-2 XL 48; 200,000 layers traced for hours before any memory check could refuse them.
 MAX_N_LAYER = 64
 _LAYERS = "(each layer is traced and compiled on its own: a deeper GPT would take too long to build)"
+# an eval's sample is stored in its metrics.jsonl row and printed at every eval: longer texts are `sample`'s job
+MAX_EVAL_SAMPLE_CHARS = 100_000
 
 
 def _number(x: float) -> str:
@@ -168,7 +170,8 @@ RANGES = {
     "train.devices": _count(0, why="(0: automatic)"),
     "eval.interval": _count(1),
     "eval.iters": _count(1),
-    "eval.sample_chars": _count(0, why="(0: no samples)"),
+    "eval.sample_chars": _count(0, MAX_EVAL_SAMPLE_CHARS,
+                               why="(0: no samples; a longer text: `sample --max-new-tokens N`)"),
     "checkpoint.interval": _count(1),
     "checkpoint.keep": _count(1),
 }

@@ -181,7 +181,9 @@ def keys_from(seed_key: jax.Array) -> dict:
 def eval_sample(model, params, key, tokenizer, num_chars: int) -> str:
     """What an eval shows of the model: the first vocabulary character and ``num_chars`` characters sampled after
     it with ``key`` (the run's sample key: the same at every eval). Reads ``params`` only."""
-    return tokenizer.decode([0]) + tokenizer.decode(model.sample(parallel.local_copy(params), key, [0], num_chars)[0])
+    params = parallel.local_copy(params)
+    return "".join([tokenizer.decode([0]), *(tokenizer.decode(chunk[0])
+                                             for chunk in model.sample_stream(params, key, [0], num_chars))])
 
 
 # Batches of a fused chunk are drawn up front, in one vectorised call per sub-chunk, as long as their ids fit in this

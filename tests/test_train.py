@@ -301,6 +301,23 @@ def test_samples_at_evals_change_nothing_and_repeat(tmp_path, corpus):
     assert train.eval_sample(model, runs[0].state.params, key, corpus.tokenizer, 40) == logged[0][-1][1]
 
 
+def test_an_eval_sample_is_bounded_and_the_longest_one_streams(tmp_path, cli_run, corpus):
+    """Issue 26.11: ``eval.sample_chars=2147483647`` hung the first eval (one array of 2**31 ids); it is refused in one
+    line before anything runs, and the longest allowed sample is the model's own stream, piece for piece."""
+    proc = cli_run("train", "--config", "tiny", "--steps", "2", "--set", "eval.sample_chars=2147483647",
+                   "--workdir", tmp_path / "w")
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        f"error: config key eval.sample_chars must be between 0 and {config.MAX_EVAL_SAMPLE_CHARS} (0: no samples; a "
+        "longer text: `sample --max-new-tokens N`), got 2147483647")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+    cfg = config.load("tiny")
+    model = models.build(cfg.model, corpus.tokenizer.vocab_size, cfg.train.block_size)
+    params, key, n = model.init(jax.random.key(0)), jax.random.key(1), config.MAX_EVAL_SAMPLE_CHARS
+    text = train.eval_sample(model, params, key, corpus.tokenizer, n)
+    assert text == corpus.tokenizer.decode([0]) + corpus.tokenizer.decode(model.sample(params, key, [0], n)[0])
+    assert len(text) == n + 1
+
+
 def test_run_keys_keep_their_values():
     keys = train.run_keys(1337)
     root = jax.random.key(1337)
