@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "next to a naive jit-per-step loop, whole preset runs, sampling, data prep and peak memory (medians "
                 "of repeats, after warm-up; see docs/performance.md).",
                 ["bench --quick", "bench --json > bench.json", "bench --scaling", "bench --against torch --json",
-                 "bench --sweeps --json"],
+                 "bench --sweeps --json", "bench --grad-accum"],
                 "platform", "json")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller corpora (about half the time)")
     mode = p.add_mutually_exclusive_group()
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--sweeps", action="store_true",
                       help="instead: sweeps next to single runs — bigram default × 64 seeds and gpt-tiny × 16 vs one "
                            "run, gpt-cpu × 4 vs 4 runs one after the other (sweep time / single time)")
+    mode.add_argument("--grad-accum", action="store_true",
+                      help="instead: a gpt-cpu step with train.grad_accum = 1 next to 4 (same batch, 4 microbatches), "
+                           "alternating, with each one's activation memory estimate")
     p.add_argument("--pairs", type=_int_at_least("--pairs", 1), default=None,
                    help="with --against: jaxbigram/PyTorch pairs of runs (default 3; --quick: 1); with --sweeps: "
                         "single/sweep pairs of each case (default 3, gpt-cpu 1; --quick: 1)")
@@ -438,6 +441,11 @@ def cmd_bench(args) -> int:
 
         report = bench.run_sweeps(bench.SweepPlan(), str(resolve_data_path(args.data)[0]), args.platform,
                                   pairs=args.pairs or (1 if args.quick else None), log=_log)
+    elif args.grad_accum:
+        plan = bench.GradAccumPlan(repeats=1, steps=5) if args.quick else bench.GradAccumPlan()
+        report = bench.grad_accum_step_times(plan, args.data, log=_log)
+        print(json.dumps(report) if args.json else bench.format_grad_accum(report))
+        return 0
     else:
         report = bench.run(quick=args.quick, scaling=args.scaling, data=args.data, platform=args.platform, log=_log)
     print(json.dumps(report) if args.json else bench.format_table(report))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxbigram import bench, data
+from jaxbigram import bench, cli, data
 from conftest import REPO_ROOT, run_main, write
 
 # The smallest runs the harnesses spawn: a bigram and a one-layer GPT, 2 steps each, one eval, one checkpoint
@@ -316,3 +316,28 @@ def test_a_text_too_short_for_the_bench_is_one_line_before_anything_is_timed(fla
     with pytest.raises(Timed):
         bench.run(quick=not flags, data=str(write(tmp_path / "enough.txt", ("To be, or not to be " * need)[:need])),
                   log=lambda message: None)
+
+
+def test_bench_grad_accum_times_each_k_on_the_same_optimisation(tmp_path, data_path, capsys, monkeypatch):
+    """``bench --grad-accum`` at the smallest sizes: one row per k, the microbatch is batch / k, the activation
+    estimate shrinks with k, and both ks end on the same loss (the same steps from the same state: accumulation
+    changes the memory, not the optimisation). The CLI prints that report (``--json``) or its table, from its plan."""
+    gpt = write(tmp_path / "gpt.toml", TINY_GPT.replace("batch_size = 2", "batch_size = 4"))
+    plan = bench.GradAccumPlan(config=str(gpt), ks=(1, 4), steps=3, repeats=2)
+    report = bench.grad_accum_step_times(plan, str(data_path), log=lambda message: None)
+    assert [c["grad_accum"] for c in report["cases"]] == [1, 4]
+    assert [c["microbatch"] for c in report["cases"]] == [4, 1]
+    activations = [c["activation_bytes"] for c in report["cases"]]
+    assert activations[0] > activations[1] > 0
+    losses = [c["last_loss"] for c in report["cases"]]
+    assert abs(losses[0] - losses[1]) < 1e-4 and 3.0 < losses[0] < 6.0, losses
+    positive(report["cases"][0], "ms_per_step", "compile_s")
+    table = bench.format_grad_accum(report).splitlines()
+    assert len(table) == 2 + 2 and table[2].split()[:2] == ["1", "4"] and table[2].split()[3] == "1.00×"
+    plans = []
+    monkeypatch.setattr(bench, "grad_accum_step_times", lambda plan, data, log: plans.append(plan) or report)
+    for flags, want in ((["--quick", "--json"], bench.GradAccumPlan(repeats=1, steps=5)), ([], bench.GradAccumPlan())):
+        assert cli.main(["bench", "--grad-accum", *flags]) == 0
+        out = capsys.readouterr().out
+        assert plans.pop() == want and want.config == "gpt-cpu" and want.ks == (1, 4)
+        assert (json.loads(out) if flags else out.rstrip("\n")) == (report if flags else "\n".join(table))

@@ -2,7 +2,7 @@
 
 One module per harness: ``speed`` (``bench``: training, sampling, data prep, whole preset runs) with ``gpt_speed``
 (its GPT figures), ``scaling`` (``--scaling``), ``vs_torch`` (``--against torch``, with the PyTorch reference
-``torch_ref``), ``sweeps`` (``--sweeps``); ``timing`` is what they share (fresh-process runs that die with the bench,
+``torch_ref``), ``sweeps`` (``--sweeps``), ``grad_accum`` (``--grad-accum``); ``timing`` is what they share (fresh-process runs that die with the bench,
 in-process timers, A B A B alternation, medians). This package is a harness at the edge: only ``cli bench`` imports
 it, and nothing in training imports it.
 """
@@ -10,15 +10,16 @@ it, and nothing in training imports it.
 from __future__ import annotations
 
 from . import timing
+from .grad_accum import GradAccumPlan, format_grad_accum, grad_accum_step_times
 from .gpt_speed import PUBLISHED_PEAK_TFLOPS, gpt_flops_per_token
 from .scaling import run_scaling
 from .speed import FULL, QUICK, Plan, run_speed
 from .sweeps import SweepCase, SweepPlan, run_sweeps
 from .vs_torch import TorchPlan, require_torch, run_against_torch
 
-__all__ = ["FULL", "PUBLISHED_PEAK_TFLOPS", "QUICK", "Plan", "SweepCase", "SweepPlan", "TorchPlan", "format_table",
-           "gpt_flops_per_token", "require_torch", "run", "run_against_torch", "run_scaling", "run_speed",
-           "run_sweeps"]
+__all__ = ["FULL", "GradAccumPlan", "PUBLISHED_PEAK_TFLOPS", "QUICK", "Plan", "SweepCase", "SweepPlan", "TorchPlan",
+           "format_grad_accum", "format_table", "gpt_flops_per_token", "grad_accum_step_times", "require_torch", "run",
+           "run_against_torch", "run_scaling", "run_speed", "run_sweeps"]
 
 
 def _flatten(report: dict, prefix: str = "") -> dict:
