@@ -29,7 +29,8 @@ SMALL = ["--steps", str(STEPS), "--set", "checkpoint.interval=1", "--set", "eval
          "--set", "eval.iters=1", "--set", "eval.sample_chars=0"]
 # how an array file is damaged: emptied (what `: > file` leaves) or deleted
 DAMAGE = {"emptied": lambda p: p.write_bytes(b""), "deleted": lambda p: p.unlink()}
-REPEATS = 2  # per command and damage (the reports came in about one read of eight)
+REPEATS = 1  # reads per command, file and damage (the reports came in about one read of eight, before orbax's
+# abandoned reads were dropped at their loops: 16 readers x 2 files, trains and exports read each case once)
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +147,7 @@ FALL_BACK = "use --step with an older step (available: 1)"
                          ids=lambda c: c[0])
 def test_a_reader_of_a_damaged_gpt_step_says_one_line(command, how, gpt_run, gpt_files, tmp_path, capfd, reports):
     """sample, eval and plot: the one "truncated or corrupted" line (the step is theirs to read); info: the one warning
-    for a damaged manifest (it reads no array's data), then the run described from the intact step. Read again and
-    again: the same, and nothing else."""
+    for a damaged manifest (it reads no array's data), then the run described from the intact step, and nothing else."""
     for name in gpt_files:
         workdir = damaged_copy(gpt_run, tmp_path, name, how)
         for _ in range(REPEATS):

@@ -445,15 +445,14 @@ def test_a_finished_run_says_once_there_is_nothing_to_train(steps, tiny_workdir_
 
 
 @pytest.mark.parametrize("preset", ["tiny", "gpt-tiny"])
-def test_eval_json_of_an_unscorable_split_is_null_with_a_note(preset, tmp_path, capsys):
-    """A checkpoint, bigram or GPT, evaluated on a text whose splits have too few characters to score (one character:
-    neither split; ten: the val split has one): valid JSON (null, never NaN), one note on stderr, and the text
-    output says nan."""
-    text = Path(DATA).read_text(encoding="utf-8")[:20000]
-    source = write(tmp_path / "text.txt", text)
-    workdir = tmp_path / "run"
-    assert main(["train", "--config", preset, "--workdir", str(workdir), "--data", str(source), "--steps", "1"]) == 0
-    capsys.readouterr()
+def test_eval_json_of_an_unscorable_split_is_null_with_a_note(preset, tmp_path, capsys, request):
+    """A checkpoint, bigram or GPT (the session's runs, read only), evaluated on a text whose splits have too few
+    characters to score (one character: neither split; ten: the val split has one): valid JSON (null, never NaN), one
+    note on stderr, and the text output says nan."""
+    text = Path(DATA).read_text(encoding="utf-8")
+    workdir = request.getfixturevalue("tiny_workdir" if preset == "tiny" else "gpt_tiny_run")
+    workdir = workdir if preset == "tiny" else workdir[0]
+    before = snapshot(workdir)
 
     def refuse(constant):
         raise AssertionError(f"{constant} in the JSON")
@@ -469,6 +468,7 @@ def test_eval_json_of_an_unscorable_split_is_null_with_a_note(preset, tmp_path, 
         assert len(notes) == 1 and "null" in notes[0] and "Traceback" not in captured.err
         assert main(["eval", "--workdir", str(workdir), "--data", str(short)]) == 0
         assert "val nan nats (nan bits/char)" in capsys.readouterr().out
+    assert snapshot(workdir) == before
 
 
 def test_a_byte_order_mark_is_not_a_character(tmp_path, capsys):

@@ -95,7 +95,7 @@ def test_members_are_split_over_the_devices_that_divide_them():
         sweep.member_devices(8, 5, devices)
 
 
-def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_cli, tmp_path):
+def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_cli, cli_run, tmp_path):
     """The CLI has two CPU devices: each trains half of the members (the in-process run here has one device)."""
     import json
 
@@ -114,7 +114,7 @@ def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_c
     one_device = sweep.run_sweep(tmp_path / "g1", sweep.make_plan(GPT_TINY, gpt_sets, 2), err=io.StringIO(),
                                  plot=False)
     np.testing.assert_allclose(json.loads(proc.stdout)["val_loss"], one_device.val, rtol=1e-5)
-    bad = run_cli("sweep", "--config", TINY, "--set", "model.dropout=[0.0,0.1]", "--workdir", tmp_path / "t")
+    bad = cli_run("sweep", "--config", TINY, "--set", "model.dropout=[0.0,0.1]", "--workdir", tmp_path / "t")
     assert bad.returncode == 2 and bad.stderr.count("error: ") == 1 and "model.dropout" in bad.stderr
 
 
