@@ -280,21 +280,19 @@ compiled_chunk = partial(jax.jit, static_argnames=("batch_size", "block_size", "
                          donate_argnums=(0,))(_fused_steps)
 
 
-def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_size: int, block_size: int,
-                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None, loss_fn=None,
-                grad_accum: int = 1):
+def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, max_steps: int, **sizes):
     """Run ``num_steps`` steps in one compiled call (``compiled_chunk``: one compile serves every count from 0 to
-    ``max_steps``); what they do, the arguments and the result: ``_fused_steps``.
+    ``max_steps``); what they do, the result, and ``sizes`` (``batch_size``, ``block_size``; optionally
+    ``batch_buffer``, ``sharding``, ``loss_fn``, ``grad_accum``): ``_fused_steps``. The keywords are passed on as
+    given, so a call matches the program ``train_chunk.lower(...)`` compiled ahead with the same ones
+    (``compile_ahead``).
 
     A concrete ``num_steps`` (a Python int, or an array outside ``jit``) must be from 0 to ``max_steps``: checked here,
-    on the host, for the cost of a comparison (a traced one is a precondition). ``.lower`` is ``compiled_chunk``'s
-    (``compile_ahead``)."""
+    on the host, for the cost of a comparison (a traced one is a precondition)."""
     if not (type(num_steps) is int and type(max_steps) is int and 0 <= num_steps <= max_steps):
         max_steps = checks.check_int("train_chunk", "max_steps", max_steps, 1)
         checks.check_int("train_chunk", "num_steps", num_steps, 0, max_steps)
-    return compiled_chunk(state, train_data, base_key, dropout_key, num_steps, batch_size=batch_size,
-                          block_size=block_size, max_steps=max_steps, batch_buffer=batch_buffer, sharding=sharding,
-                          loss_fn=loss_fn, grad_accum=grad_accum)
+    return compiled_chunk(state, train_data, base_key, dropout_key, num_steps, max_steps=max_steps, **sizes)
 
 
 train_chunk.lower = compiled_chunk.lower
