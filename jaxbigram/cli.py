@@ -39,14 +39,24 @@ def _epilog(*examples: str) -> str:
     return "example:\n" + "\n".join(f"  {errors.program()} {e}" for e in examples)
 
 
+class _FlagRefused(Exception):
+    """A flag's value refused inside argparse's ``type`` callback, carried out of argparse (which would turn a
+    ValueError, as a UsageError is, into its own "invalid value" line) and raised as the UsageError it holds."""
+
+    def __init__(self, error: UsageError):
+        self.error = error
+        super().__init__(str(error))
+
+
 def _int_at_least(flag: str, low: int = 0):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise UsageError("cli_usage", prog=flag, message=f"expected an integer, got {text!r}") from None
+            refused = UsageError("cli_usage", prog=flag, message=f"expected an integer, got {text!r}")
+            raise _FlagRefused(refused) from None
         if value < low:
-            raise UsageError("negative", flag=flag, low=low, got=value)
+            raise _FlagRefused(UsageError("negative", flag=flag, low=low, got=value))
         return value
     return parse
 
@@ -507,7 +517,10 @@ def main(argv: list[str] | None = None, program: str | None = None) -> int:
 
 def _run(argv: list[str], context: dict) -> int:
     """Parse ``argv``, set up the runtime, run the command."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _FlagRefused as e:
+        raise e.error from None
     context["command"] = args.command
     from . import runtime
 

@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import checks
+from .checks import Range
 from .errors import UsageError
 
 PRESET_DIRS = (Path(__file__).resolve().parent / "configs",  # an installed package: the presets ship inside it
@@ -97,38 +99,6 @@ _LAYERS = "(each layer is traced and compiled on its own: a deeper GPT would tak
 MAX_EVAL_SAMPLE_CHARS = 100_000
 
 
-def _number(x: float) -> str:
-    return str(x) if isinstance(x, int) else f"{x:g}"
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric key accepts: ``low`` to ``high`` (None: unbounded; an ``open`` end is excluded)."""
-
-    low: float | None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    why: str = ""  # said after the range in the error message
-
-    def __contains__(self, value) -> bool:
-        return ((self.low is None or (value > self.low if self.low_open else value >= self.low))
-                and (self.high is None or (value < self.high if self.high_open else value <= self.high)))
-
-    @property
-    def text(self) -> str:
-        """``between 1 and 64``, ``> 0 and < 1``, ``>= 0``: as the error message and docs/config.md say it."""
-        if None not in (self.low, self.high) and not (self.low_open or self.high_open):
-            return f"between {_number(self.low)} and {_number(self.high)}"
-        bounds = [] if self.low is None else [f"{'>' if self.low_open else '>='} {_number(self.low)}"]
-        bounds += [] if self.high is None else [f"{'<' if self.high_open else '<='} {_number(self.high)}"]
-        return " and ".join(bounds)
-
-    @property
-    def rule(self) -> str:
-        return f"{self.text} {self.why}".rstrip()
-
-
 def _count(low: int, high: int = INT32_MAX, why: str = _INT32) -> Range:
     return Range(low, high, why=why)
 
@@ -141,9 +111,7 @@ def reduce_seed(seed: int) -> int:
     for any larger one (2**64, 10**30, ...). Pass every seed a user types (``train.seed`` is reduced on load; the
     CLI's ``--seed`` for sample) through it before ``jax.random.key``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"a seed is a non-negative integer, got {seed!r}")
-    return seed % SEED_MODULUS
+    return checks.check_int("reduce_seed", "seed", seed, 0) % SEED_MODULUS
 
 
 # The range of every numeric key (docs/config.md states each one as ``Range.text``; tests/test_config.py checks the
@@ -334,7 +302,10 @@ def read(name_or_path: str | Path) -> dict:
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple = (), base: dict | None = None) -> Config:
     """Read a TOML file or preset (or start from ``base``, else the defaults), apply ``section.key=value``
-    overrides, validate."""
+    overrides, validate. ``overrides`` is a list of strings (one string is refused, not read character by character)."""
+    if path is not None:
+        checks.check_type("load", "path", path, (str, os.PathLike), "a preset name or a TOML path (str or Path)")
+    checks.check_strings("load", "overrides", overrides)
     raw: dict = {s: dict(v) for s, v in (base or {}).items()}
     if path is not None:
         raw = _read_config(resolve(path))
@@ -348,6 +319,10 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = (), base
 
 def replace(cfg: Config, section: str, **changes) -> Config:
     """A copy of ``cfg`` with some keys of one section changed (validated like a file)."""
+    checks.check_type("replace", "cfg", cfg, Config, "a Config (jb.config.load)")
+    if section not in _SECTION_CLASSES:
+        checks.refuse("replace", "section", "one of " + ", ".join(_SECTION_CLASSES),
+                      repr(section) + _hint(str(section), _SECTION_CLASSES))
     raw = cfg.to_dict()
     raw[section].update(changes)
     return from_dict(raw)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
 from .errors import DownloadError, UsageError
 from .files import _atomic_write, _is_regular, _writable_dir, read_bytes, strip_bom
 from .paths import check_path_encodable, check_user_path, user_cache_dir
@@ -88,8 +89,9 @@ class Tokenizer:
             raise UsageError("prompt_unknown", chars=", ".join(repr(c) for c in e.chars)) from None
 
     def decode(self, ids) -> str:
-        """Ids → string (vectorised)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Ids (any shape, each from 0 to ``vocab_size - 1``) → string (vectorised)."""
+        ids = checks.check_ids("decode", "ids", np.asarray(ids), self.vocab_size, ndim=None)
+        ids = ids.astype(np.int64).reshape(-1)
         return _chars(self._sorted_codepoints[ids])
 
 
@@ -289,7 +291,7 @@ def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
     A cache hit is verified against the text's sha256 and a checksum of the ids; a cache that does not match is
     ignored, and the ids are encoded again and the cache rewritten where its folder is writable.
     """
-    path = Path(path)
+    path = Path(checks.check_type("load_corpus", "path", path, (str, os.PathLike), "a path (str or Path)"))
     check_path_encodable(path, "--data PATH", "data file")
     payload = read_bytes(path)
     sha256 = hashlib.sha256(payload).hexdigest()
@@ -310,7 +312,10 @@ def load_corpus(path: str | Path, use_cache: bool = True) -> Corpus:
 
 
 def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """First (1 - val_fraction) of the ids for training, the rest for validation (the lecture's 90/10)."""
+    """First (1 - val_fraction) of the ids for training, the rest for validation (the lecture's 90/10);
+    ``val_fraction`` is strictly between 0 and 1."""
+    checks.check_ids("split", "ids", ids, values=False)
+    checks.check_real("split", "val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
     n = int((1.0 - val_fraction) * len(ids))
     return ids[:n], ids[n:]
 
@@ -359,7 +364,17 @@ def check_length_for(corpus: Corpus, command: str, uses: dict[str, tuple[int, fl
 # ----------------------------------------------------------------------------- batches (pure)
 
 def get_batch(key: jax.Array, data: jax.Array, batch_size: int, block_size: int) -> tuple[jax.Array, jax.Array]:
-    """``batch_size`` random windows of ``block_size`` ids (x) and the same windows shifted by one (y), int32."""
+    """``batch_size`` random windows of ``block_size`` ids (x) and the same windows shifted by one (y), int32.
+
+    Checks what is static (free under ``jit``): one PRNG key, 1-D integer ``data`` of at least ``block_size + 1``
+    ids, ``batch_size`` and ``block_size`` integers >= 1."""
+    checks.check_key("get_batch", "key", key)
+    batch_size = checks.check_int("get_batch", "batch_size", batch_size, 1)
+    block_size = checks.check_int("get_batch", "block_size", block_size, 1)
+    data = checks.check_ids("get_batch", "data", data, values=False)
+    if data.shape[0] < block_size + 1:
+        checks.refuse("get_batch", "data", f"at least block_size + 1 = {block_size + 1} ids long",
+                      f"{data.shape[0]} ids")
     starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - block_size)
     offsets = starts[:, None] + jnp.arange(block_size)[None, :]
     return data[offsets].astype(jnp.int32), data[offsets + 1].astype(jnp.int32)

@@ -2,7 +2,9 @@
 
 Code raises ``UsageError(CODE, **fields)`` (bad input: flags, config, data, prompt), ``CheckpointError`` (a checkpoint
 missing, damaged or from another run), ``DownloadError`` (the dataset could not be fetched) or ``ResourceError`` (a
-run that cannot fit). All are ``JaxbigramError``: ``cli.main`` prints ``error: <text>`` and exits 2. Notes and
+run that cannot fit); a library function called with a bad argument raises ``ArgumentError`` (a ``UsageError``) or
+``ArgumentTypeError`` (see ``checks``). ``UsageError`` is a ``ValueError`` and ``ArgumentTypeError`` a ``TypeError``, as a
+Python caller expects. All are ``JaxbigramError``: ``cli.main`` prints ``error: <text>`` and exits 2. Notes and
 warnings are ``message(CODE, **fields)``, printed by the caller.
 
 Every message is formatted by ``message``: each field is shown on one printable line (``printable_path``: a newline,
@@ -147,6 +149,8 @@ MESSAGES = {
     "plot_prompt_alone": "--prompt only sets what `{program} plot --attention` reads: add --attention, or leave --prompt out",
     "extra_missing": "`{program} {command}` needs the optional package {package}: pip install 'jaxbigram[{extra}]'",
     "xla_flag_value": "XLA_FLAGS sets --{flag}={got}: set it to a whole number from {low} to {high}, or remove it from XLA_FLAGS",
+    # the library API's arguments (issue 26, the library API: checks.py raises it as ArgumentError / ArgumentTypeError)
+    "api_argument": "{function}: {argument} must be {expected}, got {got}",
     # notes and warnings: printed (on stderr) as they are, the command goes on
     "compile_cache_unusable": "the compile cache folder {path} cannot be used ({reason}): set JAXBIGRAM_COMPILE_CACHE to a writable folder, or to off",
     "note_uncached": "note: compiling without a cache: {problem}",
@@ -243,8 +247,20 @@ class JaxbigramError(Exception):
         super().__init__(message(code, **fields))
 
 
-class UsageError(JaxbigramError):
-    """Bad input the user can fix: a flag, a config value, a data or prompt file."""
+class UsageError(JaxbigramError, ValueError):
+    """Bad input the user can fix: a flag, a config value, a data or prompt file (a ``ValueError``, as a Python
+    caller of the library expects)."""
+
+
+# the library API's argument errors (issue 26, the library API): what ``checks`` raises, "<function>: <argument> must
+# be <what>, got <value>" (code ``api_argument``); a Python caller catches ValueError / TypeError, the CLI prints
+# ``error: …`` and exits 2 as for any JaxbigramError
+class ArgumentError(UsageError):
+    """A library function called with a value it does not take (a ``ValueError``)."""
+
+
+class ArgumentTypeError(JaxbigramError, TypeError):
+    """A library function called with an argument of the wrong type (a ``TypeError``)."""
 
 
 class CheckpointError(JaxbigramError):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from . import data as data_lib
-from . import files, parallel, runs
+from . import checks, files, parallel, runs
 from .errors import UsageError, message
 from .optimum import bigram_counts, optimum_report
 
@@ -26,7 +26,10 @@ def exact_report(model, params, train_ids: np.ndarray, val_ids: np.ndarray, trai
     what training left on the table; for any other model the optimum is the baseline it must beat.
 
     A split of fewer than 2 ids has no character pair to score: its loss is NaN whatever the model (this is the one
-    place that decides it; ``split_loss`` is only called with a pair to predict)."""
+    place that decides it; ``split_loss`` is only called with a pair to predict). The ids are 1-D, each from 0 to
+    V - 1 (checked)."""
+    for name, ids in (("train_ids", train_ids), ("val_ids", val_ids)):
+        checks.check_ids("exact_report", name, ids, model.vocab_size)
     report = {"model": model.kind}
     report.update(optimum_report(bigram_counts(train_ids, model.vocab_size), bigram_counts(val_ids, model.vocab_size)))
     for split, ids in (("train", train_ids if train else None), ("val", val_ids)):
@@ -43,7 +46,8 @@ def split_loss(model, params, ids: np.ndarray, batch_windows: int = 64) -> float
     A model whose ``cheap_split_loss`` is set computes it itself (the bigram: from its pair counts). Otherwise the
     split is cut into consecutive windows of ``block_size`` (``models.gpt.context_windows``) and scored
     ``batch_windows`` windows per call, each call's windows split over this process's devices (every core of a CPU);
-    a short last call is padded with masked windows so one compiled shape serves every call."""
+    a short last call is padded with masked windows so one compiled shape serves every call. The ids are checked."""
+    checks.check_ids("split_loss", "ids", ids, model.vocab_size, min_length=2)
     if model.cheap_split_loss:
         return model.split_loss(params, ids)
     from .models.gpt import context_windows
@@ -72,7 +76,10 @@ def estimate_loss(model, params, key, train_data, val_data, *, iters: int, batch
     """The lecture's estimate: mean loss over ``iters`` random batches of each split, no dropout (pure; keys
     explicit). One batch at a time (``lax.map``): memory stays that of one batch, and on a CPU it measured faster
     than vectorising several batches per pass, for both models. ``loss_fn``: in place of ``model.loss`` (e.g. its
-    ``fast_loss``)."""
+    ``fast_loss``). Checked at trace time (static, free): ``iters`` >= 1, one key, and the batches as ``get_batch``
+    checks them; precondition (as ``model.loss``'s): every id of the data from 0 to V - 1."""
+    checks.check_int("estimate_loss", "iters", iters, 1)
+    checks.check_key("estimate_loss", "key", key)
     loss_fn = loss_fn or model.loss
 
     def mean_loss(split_key, split_data):

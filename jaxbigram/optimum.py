@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import checks
+
 
 @dataclass(frozen=True)
 class BigramCounts:
@@ -29,7 +31,10 @@ def bigram_counts(ids: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> Big
     Memory is O(chunk + distinct pairs), whatever the length of ``ids`` (a memory map is read chunk by chunk).
     Small vocabularies count into a dense V×V table per chunk; big ones collect each chunk's distinct pairs and merge
     them into the running total only once the pending ones outnumber it, so merging costs O(n log n) overall.
+    ``ids`` are 1-D integers, each from 0 to ``vocab_size - 1`` (checked chunk by chunk, as they are read).
     """
+    vocab_size = checks.check_int("bigram_counts", "vocab_size", vocab_size, 1)
+    ids = checks.check_ids("bigram_counts", "ids", ids, values=False)
     codes_acc = np.zeros(0, dtype=np.int64)
     counts_acc = np.zeros(0, dtype=np.int64)
     pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -45,7 +50,7 @@ def bigram_counts(ids: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> Big
     n_pairs = max(len(ids) - 1, 0)
     for start in range(0, n_pairs, chunk):
         stop = min(start + chunk, n_pairs)
-        window = np.asarray(ids[start:stop + 1], dtype=np.int64)
+        window = np.asarray(checks.check_ids("bigram_counts", "ids", ids[start:stop + 1], vocab_size), dtype=np.int64)
         codes = window[:-1] * vocab_size + window[1:]
         if vocab_size * vocab_size <= 4 * chunk:
             binned = np.bincount(codes, minlength=vocab_size * vocab_size)
@@ -94,4 +99,6 @@ def smoothed_loss(train: BigramCounts, evaluated: BigramCounts, alpha: float = 1
 
 def optimum_report(train: BigramCounts, val: BigramCounts) -> dict:
     """``optimum_train_loss`` (exact minimum) and ``optimum_val_loss`` (add-one smoothed count model on val)."""
+    for name, counts in (("train", train), ("val", val)):
+        checks.check_type("optimum_report", name, counts, BigramCounts, "BigramCounts (bigram_counts)")
     return {"optimum_train_loss": train_optimum(train), "optimum_val_loss": smoothed_loss(train, val, 1.0)}

@@ -9,14 +9,30 @@ a generation streamed chunk by chunk draws exactly the same numbers as one call.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 
+from . import checks
 from .config import reduce_seed
 
 SAMPLE_BLOCK = 8192
+
+
+def check_sample_args(function: str, model, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                      num_samples) -> None:
+    """Refuse (host side, before anything runs) what ``model.sample_stream`` cannot sample with: a prompt that is not
+    1-D with at least one id from 0 to V - 1, ``max_new_tokens`` < 0, a temperature that is not a finite number > 0,
+    ``top_k`` outside 0 (off) to V, ``top_p`` outside (0, 1], ``num_samples`` < 1, or a key that is not one key."""
+    checks.check_key(function, "key", key)
+    checks.check_ids(function, "prompt_ids", prompt_ids, model.vocab_size, min_length=1)
+    checks.check_int(function, "max_new_tokens", max_new_tokens, 0)
+    checks.check_real(function, "temperature", temperature, 0.0, low_open=True)
+    checks.check_int(function, "top_k", top_k, 0, model.vocab_size)
+    checks.check_real(function, "top_p", top_p, 0.0, 1.0, low_open=True)
+    checks.check_int(function, "num_samples", num_samples, 1)
 
 
 def filtered_cdf(logits, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
@@ -100,8 +116,9 @@ def sample_key(seed: int, index: int) -> jax.Array:
 def sample_text(model, params, tokenizer, seed: int, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0,
                 top_p=1.0, index: int = 0) -> Iterator[str]:
     """Sample ``index`` of ``seed`` as text, piece by piece: the decoded prompt, then the new characters chunk by chunk
-    as ``model.sample_stream`` yields them (one stream; the same seed and index give the same text)."""
-    yield tokenizer.decode(prompt_ids)
-    for chunk in model.sample_stream(params, sample_key(seed, index), prompt_ids, max_new_tokens, temperature, top_k,
-                                     top_p):
-        yield tokenizer.decode(chunk[0])
+    as ``model.sample_stream`` yields them (one stream; the same seed and index give the same text). The arguments
+    are checked on the call, before the first piece."""
+    checks.check_int("sample_text", "index", index, 0)
+    stream = model.sample_stream(params, sample_key(seed, index), prompt_ids, max_new_tokens, temperature, top_k,
+                                 top_p)
+    return itertools.chain([tokenizer.decode(prompt_ids)], (tokenizer.decode(chunk[0]) for chunk in stream))

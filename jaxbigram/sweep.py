@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from . import checks
 from . import config as config_lib
 from . import data as data_lib
 from . import loop, models, progress, train
@@ -90,6 +91,7 @@ def _check_members(seeds, settings: int) -> None:
 
 def make_plan(config_path, overrides, seeds: int | None) -> Plan:
     """Settings = the product of every list value (``--set key=[a, b]`` or the config's ``[sweep]`` table)."""
+    checks.check_strings("make_plan", "overrides", overrides)
     raw = config_lib.read(config_path or config_lib.DEFAULT_PRESET)
     table = raw.pop(SWEEP_SECTION, None)
     if table is None:
@@ -195,7 +197,11 @@ def place(tree, sharding: NamedSharding):
 
 
 def member(tree, k: int):
-    """Member ``k`` of a stacked pytree."""
+    """Member ``k`` (0 to members - 1) of a stacked pytree (a leading member axis on every leaf)."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves or not getattr(leaves[0], "ndim", 0):
+        checks.refuse_type("member", "tree", "a pytree of arrays with a leading member axis", tree)
+    checks.check_int("member", "k", k, 0, leaves[0].shape[0] - 1)
     return jax.tree.map(lambda leaf: leaf[k], tree)
 
 

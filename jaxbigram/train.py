@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from . import checks
 from . import data as data_lib
 from . import loop, memory, models, parallel, progress
 from . import config as config_lib
@@ -78,6 +79,19 @@ def hparams_of(cfg: TrainConfig) -> dict:
     return {k: jnp.float32(getattr(cfg, k)) for k in HPARAM_KEYS}
 
 
+def check_hparams(function: str, hparams) -> None:
+    """A dict of exactly the ``HPARAM_KEYS`` (``hparams_of``): its keys are static, so this is free under ``jit``."""
+    expected = f"a dict of exactly {', '.join(HPARAM_KEYS)} (train.hparams_of)"
+    if not isinstance(hparams, dict):
+        checks.refuse_type(function, "hparams", expected, hparams)
+    missing = [k for k in HPARAM_KEYS if k not in hparams]
+    unknown = sorted(set(hparams) - set(HPARAM_KEYS), key=str)
+    got = [f"missing {', '.join(missing)}"] if missing else []
+    got += [f"unknown {', '.join(map(str, unknown))}"] if unknown else []
+    if got:
+        checks.refuse(function, "hparams", expected, "; ".join(got))
+
+
 def traced_optimizer(cfg: TrainConfig, hparams: dict, decay_mask=None) -> optax.GradientTransformation:
     """``make_optimizer(cfg)`` with the ``HPARAM_KEYS`` values taken from ``hparams`` (arrays, possibly traced): the
     schedule has the config's shape (warmup, steps) with peak 1, scaled by the traced learning rate. Same state
@@ -92,7 +106,12 @@ def _decay_mask_of(model, params):
 
 def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.TrainState:
     """Fresh parameters and AdamW state at step 0. ``apply_fn`` is the Flax module's ``apply``, as in the Flax
-    examples: ``state.apply_fn({"params": params}, x, deterministic, rngs=...)`` → logits ``(B, T, V)``."""
+    examples: ``state.apply_fn({"params": params}, x, deterministic, rngs=...)`` → logits ``(B, T, V)``. ``cfg`` is
+    the run's ``TrainConfig`` (``cfg.train`` of a Config); ``key`` one PRNG key (checked at trace time too)."""
+    checks.check_key("create_train_state", "key", key)
+    if not hasattr(model, "init") or not hasattr(model, "module"):
+        checks.refuse_type("create_train_state", "model", "a model (jb.models.build)", model)
+    checks.check_type("create_train_state", "cfg", cfg, TrainConfig, "a TrainConfig (cfg.train of a Config)")
     params = model.init(key)
     state = train_state.TrainState.create(apply_fn=model.module().apply, params=params,
                                           tx=make_optimizer(cfg, _decay_mask_of(model, params)))
@@ -106,7 +125,20 @@ def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropou
     logits, or ``loss_fn(params, x, y, dropout_key)`` when given (a model's ``fast_loss``).
 
     ``grad_accum`` k > 1 (static): the batch runs as k microbatches of ``B / k`` rows (``accumulated_grad``), their
-    mean loss and gradient make the one update; k = 1 is the one-batch step, traced exactly as it always was."""
+    mean loss and gradient make the one update; k = 1 is the one-batch step, traced exactly as it always was.
+
+    Checked at trace time (free under ``jit``): ``x`` and ``y`` int ``(B, T)`` of one shape, ``grad_accum`` a divisor
+    of ``B``, ``dropout_key`` one key. Precondition, as in JAX (an out-of-range id gathers garbage, the loss is NaN):
+    every id of ``x`` and ``y`` from 0 to V - 1. It is checked only when they are concrete (an eager call, with the
+    logits' cross-entropy), never inside a compiled step."""
+    checks.check_type("train_step", "state", state, train_state.TrainState,
+                      "a TrainState (create_train_state)")
+    checks.check_batch("train_step", x, y)
+    if dropout_key is not None:
+        checks.check_key("train_step", "dropout_key", dropout_key)
+    grad_accum = checks.check_int("train_step", "grad_accum", grad_accum, 1)
+    if x.shape[0] % grad_accum:
+        checks.refuse("train_step", "grad_accum", f"a divisor of the batch size {x.shape[0]}", str(grad_accum))
     if grad_accum > 1:
         loss, grads = accumulated_grad(state, x, y, dropout_key, loss_fn, grad_accum, sharding)
         return state.apply_gradients(grads=grads), loss
@@ -116,6 +148,7 @@ def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropou
             return loss_fn(params, x, y, dropout_key)
         logits = state.apply_fn({"params": params}, x, dropout_key is None,
                                 rngs=None if dropout_key is None else {"dropout": dropout_key})
+        checks.check_batch("train_step", x, y, logits.shape[-1])  # the ids' values: only where they are concrete
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     loss, grads = jax.value_and_grad(cross_entropy)(state.params)
@@ -165,9 +198,10 @@ def step_key(base_key: jax.Array, step) -> jax.Array:
 
 
 def run_keys(seed: int) -> dict:
-    """The run's keys, all from ``seed``: init, batches (``step_key(batch, s)``), evals, dropout, and the samples
-    shown at evals (one key for the whole run, so successive samples differ only by what the model learned)."""
-    return keys_from(jax.random.key(seed))
+    """The run's keys, all from ``seed`` (an integer >= 0; as ``config.reduce_seed`` says, ``seed`` and
+    ``seed % 2**32`` are one seed): init, batches (``step_key(batch, s)``), evals, dropout, and the samples shown at
+    evals (one key for the whole run, so successive samples differ only by what the model learned)."""
+    return keys_from(jax.random.key(config_lib.reduce_seed(checks.check_int("run_keys", "seed", seed, 0))))
 
 
 def keys_from(seed_key: jax.Array) -> dict:
@@ -197,12 +231,11 @@ def _steps_per_draw(max_steps: int, per_step: int, budget: int) -> int:
     return max(1, min(max_steps, budget // max(per_step, 1)))
 
 
-@partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer", "sharding", "loss_fn",
-                                   "grad_accum"), donate_argnums=(0,))
-def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_size: int, block_size: int,
-                max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None, loss_fn=None,
-                grad_accum: int = 1):
-    """Run ``num_steps`` (≤ ``max_steps``, traced, so one compile serves every count) steps in one call.
+def _fused_steps(state, train_data, base_key, dropout_key, num_steps, *, batch_size: int, block_size: int,
+                 max_steps: int, batch_buffer: int = DEFAULT_BATCH_BUFFER, sharding=None, loss_fn=None,
+                 grad_accum: int = 1):
+    """``train_chunk``'s math (``compiled_chunk`` is it, jitted): ``num_steps`` (0 to ``max_steps``, traced, so one
+    compile serves every count; a precondition here, checked by ``train_chunk``) steps in one call.
 
     The loop is ``lax.fori_loop`` rather than ``lax.scan`` with a static length: chunks end at eval and checkpoint
     boundaries, so their lengths vary (e.g. 300, 100, 200 with the lecture's intervals), and a traced trip count keeps
@@ -216,6 +249,9 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
     ``loss_fn``: ``train_step``'s (None: the cross-entropy of the logits); ``grad_accum``: ``train_step``'s
     (microbatches per step, ``train.grad_accum``).
     """
+    checks.check_key("train_chunk", "base_key", base_key)  # static checks: at trace time only
+    checks.check_key("train_chunk", "dropout_key", dropout_key)
+    max_steps = checks.check_int("train_chunk", "max_steps", max_steps, 1)
     per_draw = _steps_per_draw(max_steps, 2 * batch_size * block_size, batch_buffer)
     draw = jax.vmap(lambda s: data_lib.get_batch(step_key(base_key, s), train_data, batch_size, block_size))
 
@@ -238,6 +274,31 @@ def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, batch_si
     return jax.lax.fori_loop(0, (num_steps + per_draw - 1) // per_draw, sub_chunk, (state, losses))
 
 
+_fused_steps.__name__ = _fused_steps.__qualname__ = "train_chunk"  # what compile logs name it: jit(train_chunk)
+compiled_chunk = partial(jax.jit, static_argnames=("batch_size", "block_size", "max_steps", "batch_buffer",
+                                                   "sharding", "loss_fn", "grad_accum"),
+                         donate_argnums=(0,))(_fused_steps)
+
+
+def train_chunk(state, train_data, base_key, dropout_key, num_steps, *, max_steps: int, **sizes):
+    """Run ``num_steps`` steps in one compiled call (``compiled_chunk``: one compile serves every count from 0 to
+    ``max_steps``); what they do, the result, and ``sizes`` (``batch_size``, ``block_size``; optionally
+    ``batch_buffer``, ``sharding``, ``loss_fn``, ``grad_accum``): ``_fused_steps``. The keywords are passed on as
+    given, so a call matches the program ``train_chunk.lower(...)`` compiled ahead with the same ones
+    (``compile_ahead``).
+
+    A concrete ``num_steps`` (a Python int, or an array outside ``jit``) must be from 0 to ``max_steps``: checked here,
+    on the host, for the cost of a comparison (a traced one is a precondition)."""
+    if not (type(num_steps) is int and type(max_steps) is int and 0 <= num_steps <= max_steps):
+        max_steps = checks.check_int("train_chunk", "max_steps", max_steps, 1)
+        checks.check_int("train_chunk", "num_steps", num_steps, 0, max_steps)
+    return compiled_chunk(state, train_data, base_key, dropout_key, num_steps, max_steps=max_steps, **sizes)
+
+
+train_chunk.lower = compiled_chunk.lower
+train_chunk.__wrapped__ = _fused_steps
+
+
 def train_steps(state, model, cfg: TrainConfig, hparams, train_data, keys: dict, num_steps, *, max_steps: int,
                 batch_buffer: int = DEFAULT_BATCH_BUFFER, loss_fn=None):
     """``train_chunk``'s math, unjitted (to run inside a larger pure function, ``vmap``ped or not), with the
@@ -248,7 +309,7 @@ def train_steps(state, model, cfg: TrainConfig, hparams, train_data, keys: dict,
     static_tx = state.tx
     if hparams is not None:
         state = state.replace(tx=traced_optimizer(cfg, hparams, _decay_mask_of(model, state.params)))
-    state, losses = train_chunk.__wrapped__(state, train_data, keys["batch"], keys["dropout"], num_steps,
+    state, losses = _fused_steps(state, train_data, keys["batch"], keys["dropout"], num_steps,
                                             batch_size=cfg.batch_size, block_size=cfg.block_size,
                                             max_steps=max_steps, batch_buffer=batch_buffer, loss_fn=loss_fn,
                                             grad_accum=cfg.grad_accum)
@@ -262,10 +323,17 @@ def make_train(cfg: Config, model, train_ids, *, batch_buffer: int = DEFAULT_BAT
     (``hparams_of``; traced values) replaces the config's ``HPARAM_KEYS``. Jittable and ``vmap``pable whole: one
     compile trains many seeds and hyperparameters at once. Equals ``fit`` of the same config and seed up to float
     rounding (bit for bit with ``hparams=None`` where XLA fuses alike)."""
+    checks.check_type("make_train", "cfg", cfg, Config, "a Config (jb.config.load)")
+    if not hasattr(model, "vocab_size"):
+        checks.refuse_type("make_train", "model", "a model (jb.models.build)", model)
     tcfg = cfg.train
+    checks.check_ids("make_train", "train_ids", train_ids, model.vocab_size, min_length=tcfg.block_size + 1)
     train_data = jnp.asarray(train_ids)
 
     def train(seed_key: jax.Array, hparams: dict | None = None):
+        checks.check_key("make_train's train", "seed_key", seed_key)  # static checks: at trace time under jit
+        if hparams is not None:
+            check_hparams("make_train's train", hparams)
         keys = keys_from(seed_key)
         state = create_train_state(keys["init"], model, tcfg)
         return train_steps(state, model, tcfg, hparams, train_data, keys, tcfg.steps, max_steps=tcfg.steps,
@@ -399,6 +467,8 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fre
     metrics log (the history and the final state are in the result). ``saved``: the newest step's metadata when the
     caller has read it already (``train_and_evaluate``), so it is read once.
     """
+    checks.check_type("fit", "cfg", cfg, Config, "a Config (jb.config.load)")
+    checks.check_type("fit", "corpus", corpus, data_lib.Corpus, "a Corpus (jb.data.load_corpus)")
     out, err = out or sys.stdout, err or sys.stderr
     log = partial(print, file=err, flush=True)
     run, tcfg = prepare(cfg, corpus, log), cfg.train

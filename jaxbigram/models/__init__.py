@@ -24,6 +24,7 @@ A model is a frozen, hashable dataclass (so jitted functions take it as a static
 
 from __future__ import annotations
 
+from .. import checks
 from ..config import ModelConfig
 from ..errors import UsageError
 from .bigram import Bigram
@@ -43,7 +44,10 @@ REGISTRY = {"bigram": _bigram, "gpt": _gpt}
 
 
 def build(cfg: ModelConfig, vocab_size: int, block_size: int):
-    """The model named by ``cfg.kind``, sized for this vocabulary and context length."""
+    """The model named by ``cfg.kind``, sized for this vocabulary and context length (each an integer >= 1)."""
+    checks.check_type("build", "cfg", cfg, ModelConfig, "a ModelConfig (cfg.model of a Config)")
+    vocab_size = checks.check_int("build", "vocab_size", vocab_size, 1)
+    block_size = checks.check_int("build", "block_size", block_size, 1)
     if cfg.kind not in REGISTRY:
         raise UsageError("model_unknown", got=cfg.kind, choices=", ".join(REGISTRY))
     return REGISTRY[cfg.kind](cfg, vocab_size, block_size)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import sampling
+from .. import checks, sampling
 from ..optimum import bigram_counts
 
 
@@ -66,17 +66,23 @@ class Bigram:
         return self.module().init(key, jnp.zeros((1, 1), jnp.int32))["params"]
 
     def logits(self, params: dict, x: jax.Array) -> jax.Array:
+        """ids ``(B, T)`` → logits ``(B, T, V)``. Precondition (checked only when ``x`` is concrete, never under
+        ``jit``): every id from 0 to V - 1."""
+        checks.check_ids("logits", "x", x, self.vocab_size, ndim=2)
         return self.module().apply({"params": params}, x)
 
     def loss(self, params: dict, x: jax.Array, y: jax.Array, dropout_key=None) -> jax.Array:
-        """Mean cross-entropy of predicting ``y`` from ``x`` (both int ``(B, T)``); no dropout in a bigram."""
+        """Mean cross-entropy of predicting ``y`` from ``x`` (both int ``(B, T)``, one shape: checked at trace time);
+        no dropout in a bigram. Precondition: every id from 0 to V - 1 (checked only on concrete arrays)."""
+        checks.check_batch("loss", x, y, self.vocab_size)
         return optax.softmax_cross_entropy_with_integer_labels(self.logits(params, x), y).mean()
 
     def fast_loss(self, params: dict, x: jax.Array, y: jax.Array, dropout_key=None) -> jax.Array:
         """``loss`` computed from the batch's (V, V) pair counts: Σ count(i,j)·(−log softmax(W)[i,j]) / (B·T). The
         same value and gradient (to float rounding), in O(B·T + V²) work instead of O(B·T·V), and it stays cheap
         under ``vmap`` (the logits' gradient is a scatter-add of (B·T, V) rows, which XLA serialises per member):
-        what ``run.py sweep`` trains and estimates with."""
+        what ``run.py sweep`` trains and estimates with. Precondition as ``loss``'s (an id >= V would be dropped)."""
+        checks.check_batch("fast_loss", x, y, self.vocab_size)
         v = self.vocab_size
         pairs = (x.astype(jnp.int32) * v + y.astype(jnp.int32)).ravel()
         counts = jnp.zeros(v * v, jnp.float32).at[pairs].add(1.0).reshape(v, v)
@@ -103,7 +109,14 @@ class Bigram:
 
     def sample_stream(self, params, key, prompt_ids, max_new_tokens: int, temperature=1.0, top_k=0, top_p=1.0,
                       num_samples: int = 1, chunk_blocks: int = 16):
-        """Yield ``(num_samples, n)`` arrays of new ids, chunk by chunk; together they equal ``generate``'s output."""
+        """``(num_samples, n)`` arrays of new ids, chunk by chunk (an iterator); together they equal ``generate``'s
+        output. The arguments are checked on the call (``sampling.check_sample_args``)."""
+        sampling.check_sample_args("sample", self, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                   num_samples)
+        return self._stream(params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p, num_samples,
+                            chunk_blocks)
+
+    def _stream(self, params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p, num_samples, chunk_blocks):
         cdf = next_char_cdf(params, temperature, top_k, top_p)
         last = jnp.full((num_samples,), jnp.asarray(prompt_ids)[-1], dtype=jnp.int32)
         done = 0

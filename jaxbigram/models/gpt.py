@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import sampling
+from .. import checks, sampling
 from . import cpu_matmul, gpt_sampler
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -338,12 +338,19 @@ class GPT:
         return _init_params(self, key)
 
     def logits(self, params, x) -> jax.Array:
-        """ids ``(B, T)`` (``T <= block_size``) → logits ``(B, T, V)`` float32, deterministic."""
+        """ids ``(B, T)`` (``T <= block_size``) → logits ``(B, T, V)`` float32, deterministic. Precondition (checked
+        only when ``x`` is concrete, never under ``jit``): every id from 0 to V - 1."""
+        checks.check_ids("logits", "x", x, self.vocab_size, ndim=2)
+        if x.shape[1] > self.block_size:
+            checks.refuse("logits", "x", f"at most block_size = {self.block_size} positions long",
+                          f"{x.shape[1]} positions")
         return self.module().apply({"params": params}, x)
 
     def loss(self, params, x, y, dropout_key: jax.Array | None = None) -> jax.Array:
         """Mean cross-entropy over ``(B, T)`` (float32). Dropout is active only with a ``dropout_key`` and
-        ``dropout > 0``."""
+        ``dropout > 0``. ``x`` and ``y`` are int ``(B, T)`` of one shape, ``T <= block_size`` (checked at trace time);
+        precondition: every id from 0 to V - 1 (checked only on concrete arrays, never under ``jit``)."""
+        checks.check_batch("loss", x, y, self.vocab_size, self.block_size)
         train = dropout_key is not None and self.dropout > 0
         logits = self.module().apply({"params": params}, x, not train,
                                      rngs={"dropout": dropout_key} if train else None)
@@ -357,9 +364,8 @@ class GPT:
         """Causal attention weights ``(n_layer, n_head, T, T)`` float32 of a prompt (1-D ids; its last ``block_size``
         ids, ``T`` of them): row ``i`` of each map is how query position ``i`` weighs positions ``0..i``. Pure, no
         dropout; the same math as the model's own attention."""
+        checks.check_ids("attention_weights", "ids", ids, self.vocab_size, ndim=None, min_length=1)
         ids = jnp.asarray(ids, dtype=jnp.int32).reshape(-1)[-self.block_size:]
-        if ids.size == 0:
-            raise ValueError("the prompt must hold at least one id")
         return _attention_maps(self, params, ids[None])[0]
 
     def decay_mask(self, params):
@@ -380,7 +386,9 @@ class GPT:
                       num_samples: int = 1, chunk: int = 256) -> Iterator[jax.Array]:
         """Yield ``(num_samples, n)`` int32 arrays of new ids, ``chunk`` at a time; together they equal a single
         call's output (any ``chunk``), and the same key gives the same ids. Only the last ``block_size`` ids of the
-        prompt matter (the lecture's crop)."""
+        prompt matter (the lecture's crop). The arguments are checked on the call (``sampling.check_sample_args``)."""
+        sampling.check_sample_args("sample", self, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                                   num_samples)
         return gpt_sampler.sample_stream(self, params, key, prompt_ids, max_new_tokens, temperature, top_k, top_p,
                                          num_samples, chunk)
 
