@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbigram import config, data, models, sweep, train
+from jaxbigram import config, data, models, sweep, sweep_export, sweep_members, sweep_report, sweep_shapes, train
 from jaxbigram.checkpoint import Store
 from jaxbigram.errors import UsageError
 from conftest import TINY, same_tree
@@ -64,7 +64,7 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(tmp_path):
     with pytest.raises(UsageError, match="other settings"):
         sweep.run_sweep(tmp_path / "b", sweep.make_plan(TINY, ["train.learning_rate=[0.02,0.07]"], 2),
                         err=io.StringIO(), plot=False)
-    out = sweep.export_member(tmp_path / "b", 3, tmp_path / "member3")
+    out = sweep_export.export_member(tmp_path / "b", 3, tmp_path / "member3")
     params, meta = Store(out, read_only=True).restore_params(200)
     assert same_tree(params, sweep.member(resumed.states.params, 3))
     assert meta["config"]["train"]["learning_rate"] == 0.05 and meta["config"]["train"]["seed"] == 1338
@@ -72,11 +72,11 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(tmp_path):
 
 def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused():
     plan = sweep.make_plan(TINY, ["train.learning_rate=[0.1,0.2]"], seeds=2)
-    rows = sweep.summarize(plan, np.array([2.0, 2.2, 1.9, 1.9]), None)
+    rows = sweep_report.summarize(plan, np.array([2.0, 2.2, 1.9, 1.9]), None)
     assert [r["best"] for r in rows] == [False, True] and rows[0]["val_max"] == 2.2
-    assert rows[1]["val_std"] == 0.0 and "*" in sweep.format_table(rows)
-    diverged = sweep.summarize(plan, np.full(4, np.nan), None)  # every member diverged: no best setting
-    assert not any(r["best"] for r in diverged) and "*" not in sweep.format_table(diverged).splitlines()[1]
+    assert rows[1]["val_std"] == 0.0 and "*" in sweep_report.format_table(rows)
+    diverged = sweep_report.summarize(plan, np.full(4, np.nan), None)  # every member diverged: no best setting
+    assert not any(r["best"] for r in diverged) and "*" not in sweep_report.format_table(diverged).splitlines()[1]
     with pytest.raises(UsageError, match="differ in model.dropout"):  # within a shape: one program
         sweep.make_plan(TINY, ["model.dropout=[0.0,0.1]"], seeds=1)
     with pytest.raises(UsageError, match="grad_clip"):
@@ -85,14 +85,14 @@ def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused(
 
 def test_members_are_split_over_the_devices_that_divide_them():
     devices = ["cpu0", "cpu1", "cpu2", "cpu3"]
-    assert sweep.member_devices(8, 0, devices) == devices
-    assert sweep.member_devices(6, 0, devices) == devices[:3]  # the most devices that divide the members evenly
-    assert sweep.member_devices(7, 0, devices) == devices[:1]
-    assert sweep.member_devices(6, 2, devices) == devices[:2]
+    assert sweep_members.member_devices(8, 0, devices) == devices
+    assert sweep_members.member_devices(6, 0, devices) == devices[:3]  # the most devices that divide the members evenly
+    assert sweep_members.member_devices(7, 0, devices) == devices[:1]
+    assert sweep_members.member_devices(6, 2, devices) == devices[:2]
     with pytest.raises(UsageError, match="does not divide the sweep's 6 members"):
-        sweep.member_devices(6, 4, devices)
+        sweep_members.member_devices(6, 4, devices)
     with pytest.raises(UsageError, match="devices"):
-        sweep.member_devices(8, 5, devices)
+        sweep_members.member_devices(8, 5, devices)
 
 
 def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_cli, tmp_path):
@@ -236,7 +236,8 @@ def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_ru
     plan = sweep.make_plan(TINY, SHAPES, seeds=2)
     assert [label for label, _ in sweep.group_plans(plan)] == ["train.batch_size=4", "train.batch_size=8"]
     whole = sweep.run_sweep(tmp_path / "w", plan, err=io.StringIO(), plot=True)
-    assert [p.name for p in sweep.shape_groups(tmp_path / "w")] == ["0-train.batch_size=4", "1-train.batch_size=8"]
+    assert [p.name for p in sweep_shapes.shape_groups(tmp_path / "w")] == ["0-train.batch_size=4",
+                                                                           "1-train.batch_size=8"]
     assert [r["members"] for r in whole.rows] == [[0, 1], [2, 3]] and whole.plot.is_file()
     alone = fit_alone(whole.plan.members[3], corpus, tmp_path / "alone")
     assert alone.state.params is not None and whole.plan.members[3].train.batch_size == 8
@@ -253,7 +254,7 @@ def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_ru
     assert main(["info", "--workdir", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
     assert "shape sweep: 4 members in 2 shapes" in out and "members 2 to 3" in out
-    folder = sweep.export_member(tmp_path / "w", 3, tmp_path / "m3")
+    folder = sweep_export.export_member(tmp_path / "w", 3, tmp_path / "m3")
     params, meta = Store(folder, read_only=True).restore_params(20)
     assert same_tree(params, sweep.member(whole.groups[1].states.params, 1))
     assert meta["config"]["train"]["batch_size"] == 8 and meta["config"]["train"]["seed"] == 1338
@@ -309,6 +310,6 @@ def test_kill9_mid_shape_then_the_same_command_resumes_bit_identical(run_cli, tm
     resumed = run_cli(*argv[2:], "--json")
     assert resumed.returncode == 0, resumed.stderr
     whole = sweep.run_sweep(tmp_path / "w", sweep.make_plan(TINY, sets, 2), err=io.StringIO(), plot=False)
-    for folder, group in zip(sweep.shape_groups(tmp_path / "k"), whole.groups):
+    for folder, group in zip(sweep_shapes.shape_groups(tmp_path / "k"), whole.groups):
         params, _ = Store(folder, read_only=True).restore_params(30)
         assert same_tree(params, group.states.params)
