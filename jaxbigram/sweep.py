@@ -293,7 +293,7 @@ def run_shape_sweep(workdir, groups: list, *, data: str | None, fresh: bool, log
                     shutil.rmtree(old, ignore_errors=True)
         result = join_groups(groups, results)
         if plot:
-            result.plot = plot_sweep(result.plan, result.history, workdir / SWEEP_PNG, result.rows)
+            result.plot = plot_sweep(result.plan, result.history, workdir / SWEEP_PNG, result.rows, result.fit)
         return result
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import progress
+from .compute import predict
 from .errors import UsageError, message
 from .tensorboard import EVENTS_DIR, EventLog, run_name
 
@@ -146,21 +147,55 @@ def member_run(plan: Plan, k: int) -> str:
                     + f"_seed{plan.seed(k)}")
 
 
-def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None) -> Path | None:
-    """``sweep.png``. Left: val-loss estimates by step, per setting the mean over seeds with a min–max band (the
-    y axis fits the curves after the first eval; the untrained start is off the scale). Right (with ``rows``, the
-    table): each setting's exact val loss, mean ± std over seeds, a thin line from min to max, the best in red."""
-    from .plot import _pyplot
+def scaling_points(rows: list | None) -> dict | None:
+    """The points of ``sweep.png``'s scaling panels: per setting of a GPT, its non-embedding parameters N, training
+    FLOPs and exact val loss (mean, min and max over its seeds, a diverged seed left out; ``best`` the table's *).
+    None: fewer than 2 sizes N > 0 (a one-shape sweep, or a bigram's, whose N is 0), nothing to draw."""
+    points = [r for r in rows or [] if (r.get("params_non_embedding") or 0) > 0 and r["val_mean"] is not None]
+    if len({r["params_non_embedding"] for r in points}) < 2:
+        return None
+    return {"settings": [r["setting"] for r in points],
+            **{name: np.array([r[key] for r in points], np.float64)
+               for name, key in (("params", "params_non_embedding"), ("flops", "flops"), ("mean", "val_mean"),
+                                 ("low", "val_min"), ("high", "val_max"))},
+            "best": np.array([r["best"] for r in points])}
 
+
+def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None,
+               fit: dict | None = None) -> Path | None:
+    """``sweep.png`` (``sweep_figure``), or None without matplotlib."""
     try:
-        plt = _pyplot()
+        fig = sweep_figure(plan, history, rows, fit)
     except UsageError:
         return None
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def sweep_figure(plan: Plan, history: list, rows: list | None = None, fit: dict | None = None):
+    """The figure of ``sweep.png``. Top left: val-loss estimates by step, per setting the mean over seeds with a
+    min–max band (the y axis fits the curves after the first eval; the untrained start is off the scale). Top right
+    (with ``rows``, the table): each setting's exact val loss, mean ± std over seeds, a thin line from min to max, the
+    best in red. Below, when the rows span 2+ sizes (``scaling_points``: a shape sweep of a GPT): the exact val loss
+    against non-embedding parameters and against training FLOPs, log–log, bars from the seeds' min to max, and on
+    the parameters panel the fit ``L(N) = E + A·N^(−α)`` (``fit``: ``sweep_shapes.scaling_fit``'s) where there is
+    one."""
+    from .plot import _pyplot
+
+    plt = _pyplot()
     steps = np.array([h["step"] for h in history])
     val = np.array([h["val_loss"] for h in history], dtype=np.float64)  # (evals, members)
-    fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(12 if rows else 8, 5), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 2]} if rows else None)
-    ax = axes[0][0]
+    scale = scaling_points(rows)
+    if scale is None:
+        fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(12 if rows else 8, 5), squeeze=False,
+                                 gridspec_kw={"width_ratios": [3, 2]} if rows else None)
+        axes = axes[0]
+    else:
+        fig = plt.figure(figsize=(12, 10), layout="constrained")  # a row each: 3:2 above, 1:1 below
+        top, bottom = fig.subfigures(2, 1)
+        axes = top.subplots(1, 2, width_ratios=[3, 2])
+        _draw_scaling(plt, *bottom.subplots(1, 2), scale, fit, plan.seeds)
+    ax = axes[0]
     for s, label in enumerate(plan.labels):
         block = val[:, s * plan.seeds:(s + 1) * plan.seeds]
         line, = ax.plot(steps, block.mean(axis=1), label=label)
@@ -178,7 +213,7 @@ def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None) 
     ax.set_ylabel("val loss (estimate, nats)")
     ax.legend(fontsize=8)
     if rows:
-        ax = axes[0][1]
+        ax = axes[1]
         y = np.arange(len(rows))[::-1]
         for yi, row in zip(y, rows):
             ax.plot([row["val_min"], row["val_max"]], [yi, yi], color="0.6", linewidth=1)
@@ -189,7 +224,39 @@ def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None) 
         ax.set_title(f"at step {int(steps[-1]) if len(steps) else 0}, {plan.seeds} seed(s) per setting",
                      fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    if scale is None:
+        fig.tight_layout()
+    plt.close(fig)  # pyplot lets go of it; the caller saves it
+    return fig
+
+
+def _draw_scaling(plt, by_params, by_compute, scale: dict, fit: dict | None, seeds: int) -> None:
+    """The scaling panels of ``sweep_figure``: exact val loss against N and against training FLOPs, the fit on N."""
+    ticker = plt.matplotlib.ticker
+    bars = [scale["mean"] - scale["low"], scale["high"] - scale["mean"]]
+    for ax, key, label in ((by_params, "params", "non-embedding parameters N (log)"),
+                           (by_compute, "flops", "training compute, FLOPs (log)")):
+        ax.errorbar(scale[key], scale["mean"], yerr=bars, fmt="o", color="C0", capsize=4, markersize=5,
+                    label=f"exact val loss, mean over {seeds} seed(s); bar = min to max")
+        best = scale["best"]
+        ax.plot(scale[key][best], scale["mean"][best], "o", color="C3", markersize=7, label="lowest mean val loss")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.2f"))
+        ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2, 5)))  # labelled at 1, 2 and 5 of each decade
+        ax.xaxis.set_minor_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False,
+                                                                    minor_thresholds=(math.inf, math.inf)))
+        ax.set_xlabel(label)
+        ax.set_ylabel("exact val loss (nats, log)")
+        ax.grid(True, which="both", alpha=0.3)
+    if fit is not None:
+        n = np.geomspace(min(fit["params"]), max(fit["params"]), 100)
+        by_params.plot(n, predict(fit, n), "-", color="C1",
+                       label=f"fit E + A·N^-α: E = {fit['E']:.3f}, A = {fit['A']:.3g}, α = {fit['alpha']:.3f}")
+    by_params.set_title("exact val loss against size" + ("" if fit is not None else " (no fit: fewer than 3 sizes)"),
+                        fontsize=10)
+    by_compute.set_title("exact val loss against training compute", fontsize=10)
+    by_params.legend(fontsize=8)
+    by_compute.legend(fontsize=8)

@@ -266,6 +266,42 @@ def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_ru
     assert snapshot(tmp_path / "w") == before
 
 
+def test_a_shape_sweeps_plot_draws_val_loss_against_size_and_compute_with_the_fit(tmp_path):
+    """A GPT's three sizes (rows as a shape sweep gives them, its losses made up: nothing trains): below the table
+    panel, exact val loss (mean over seeds, bars min to max) against non-embedding N and against training FLOPs,
+    log–log, the fit drawn on N; a one-size table gets no such panels."""
+    from jaxbigram import compute
+
+    plan = sweep.make_plan(GPT_TINY, ["model.n_embd=[16,32,64]"], seeds=2)
+    val = np.array([2.6, 2.5, 2.3, 2.25, 2.1, 2.16])
+    history = [{"step": s, "train_loss": list(val + d), "val_loss": list(val + d)}
+               for s, d in ((0, 2.0), (20, 0.0))]
+    rows = sweep_report.summarize(plan, val, None)
+    for row, cfg in zip(rows, plan.settings):
+        row.update(compute.compute_of(models.build(cfg.model, 65, cfg.train.block_size), 20, 8, 16))
+    n = np.array([r["params_non_embedding"] for r in rows], np.float64)
+    pairs = val.reshape(3, 2)
+    fit = {**compute.fit_power_law(n, pairs.mean(axis=1)), "params": n.tolist()}  # scaling_fit's, less its bootstrap
+    points = sweep_report.scaling_points(rows)
+    assert points["params"].tolist() == n.tolist() and len(set(n)) == 3
+    np.testing.assert_allclose(points["mean"], pairs.mean(axis=1))
+    np.testing.assert_allclose([points["low"], points["high"]], [pairs.min(axis=1), pairs.max(axis=1)])
+    fig = sweep_report.sweep_figure(plan, history, rows, fit)
+    by_params, by_compute = fig.axes[2:]
+    assert len(fig.axes) == 4 and "non-embedding" in by_params.get_xlabel() and "FLOPs" in by_compute.get_xlabel()
+    for ax, x in ((by_params, n), (by_compute, [r["flops"] for r in rows])):
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        assert any(line.get_xdata().tolist() == list(x) and np.allclose(line.get_ydata(), pairs.mean(axis=1))
+                   for line in ax.get_lines())  # the points, one per size
+    curve = next(line for line in by_params.get_lines() if len(line.get_xdata()) == 100)
+    assert curve.get_xdata()[0] == n.min() and curve.get_xdata()[-1] == pytest.approx(n.max())
+    np.testing.assert_allclose(curve.get_ydata(), fit["E"] + fit["A"] * curve.get_xdata() ** -fit["alpha"])
+    assert sweep_report.scaling_points(rows[:1]) is None and len(sweep_report.sweep_figure(plan, history).axes) == 1
+    path = sweep_report.plot_sweep(plan, history, tmp_path / "sweep.png", rows, fit)
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[16:24] == (1200).to_bytes(4, "big") + (1000).to_bytes(4, "big")
+
+
 @pytest.mark.parametrize("sets, expected", [
     (["model.kind='gpt'", "model.n_head=[3]", "model.n_embd=[64]"], "divisible by model.n_head = 3"),
     (["model.kind='gpt'", "model.n_embd=[0,32]"], "model.n_embd must be"),
