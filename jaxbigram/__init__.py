@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "lecture", "loop", "memory", "metadata",
               "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "signals", "sweep",
-              "tensorboard", "train")
+              "sweep_export", "sweep_members", "sweep_report", "sweep_shapes", "tensorboard", "train")
 
 
 def __getattr__(name: str):

@@ -271,7 +271,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from . import sweep
+    from . import sweep, sweep_export, sweep_report, sweep_shapes
     from .runtime import select_platform
 
     _check_paths(args, "--workdir", "--data", "--config", "--out")
@@ -286,7 +286,7 @@ def cmd_sweep(args) -> int:
             raise UsageError("sweep_export_flags", flags=", ".join(training))
         if args.out is None:
             raise UsageError("sweep_export_out")
-        folder = sweep.export_member(args.workdir, args.export, args.out, log=_log)
+        folder = sweep_export.export_member(args.workdir, args.export, args.out, log=_log)
         print(printable_path(folder))
         _log(f"next: {errors.program()} sample --workdir {shell_word(args.out)}")
         return 0
@@ -297,16 +297,16 @@ def cmd_sweep(args) -> int:
     seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps({"step": result.step, "seconds": seconds, "settings": result.rows,
-                          "val_loss": sweep.finite_or_none(result.val),  # JSON has no NaN: a diverged member's null
-                          "train_loss": None if result.train is None else sweep.finite_or_none(result.train),
+                          "val_loss": sweep_report.finite_or_none(result.val),  # JSON has no NaN: diverged is null
+                          "train_loss": None if result.train is None else sweep_report.finite_or_none(result.train),
                           "diverged": {str(k): s for k, s in sorted(result.diverged.items())},
                           "plot": None if result.plot is None else str(result.plot), "fit": result.fit},
                          allow_nan=False))
     else:
         print(f"swept {len(result.val)} members to step {result.step} in {seconds:.1f} s")
-        print(sweep.format_table(result.rows))
+        print(sweep_report.format_table(result.rows))
         if result.groups:
-            print(sweep.format_fit(result.fit))
+            print(sweep_shapes.format_fit(result.fit))
     if result.plot is not None:
         _log(f"plot: {printable_path(result.plot)}")
     return 0
@@ -365,7 +365,7 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from .runs import run_info
 
-    from .sweep import shape_sweep_info
+    from .sweep_shapes import shape_sweep_info
 
     _check_paths(args, "--workdir")
     shapes = shape_sweep_info(args.workdir, log=_log)

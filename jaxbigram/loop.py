@@ -14,7 +14,7 @@ The rules it applies, the same for a run and a sweep (a single run is a one-memb
   A single run therefore stops at its first non-finite loss, as it always did.
 
 The program supplies the math (train, estimate, exact losses, what a checkpoint records) and the reporter the
-output (``progress.Reporter`` for a run, ``sweep.SweepReporter`` for a sweep); this module only decides.
+output (``progress.Reporter`` for a run, ``sweep_report.SweepReporter`` for a sweep); this module only decides.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def check_ours(workdir: Path, fresh: bool, replaceable: bool = True) -> None:
     folder under ``checkpoints/`` that is not a jaxbigram checkpoint (one has ``state/`` and ``meta/``), or a
     ``metrics.jsonl`` with no checkpoints beside it (a run writes its log only from its first checkpoint on) unless
     ``fresh`` says to replace it (``replaceable``: the refusal says ``--fresh`` would)."""
-    if (workdir / "groups").is_dir():  # a shape sweep's folder (sweep.GROUPS_DIR): its groups are its runs
+    if (workdir / "groups").is_dir():  # a shape sweep's folder (sweep_shapes.GROUPS_DIR): its groups are its runs
         raise UsageError("is_shape_sweep", workdir=workdir)
     folder = workdir / "checkpoints"
     steps = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []

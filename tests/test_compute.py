@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from jaxbigram import compute, config, models, sweep
+from jaxbigram import compute, config, models, sweep_shapes
 from conftest import leaf_count
 
 
@@ -35,7 +35,7 @@ def test_scaling_fit_takes_the_best_setting_of_each_size():
     rows = [{"setting": f"s{i}", "members": [2 * i, 2 * i + 1], "val_mean": v, "params_non_embedding": n}
             for i, (n, v) in enumerate([(100, 3.0), (100, 2.9), (1000, 2.5), (10000, 2.3)])]
     val = np.array([3.0, 3.0, 2.9, 2.9, 2.5, 2.5, 2.3, 2.3])
-    fit = sweep.scaling_fit(rows, val)
+    fit = sweep_shapes.scaling_fit(rows, val)
     assert fit["params"] == [100, 1000, 10000] and fit["settings"] == ["s1", "s2", "s3"]
     np.testing.assert_allclose(compute.predict(fit, fit["params"]), [2.9, 2.5, 2.3], atol=1e-3)
-    assert "3 sizes, 3 parameters" in sweep.format_fit(fit) and "no fit" in sweep.format_fit(None)
+    assert "3 sizes, 3 parameters" in sweep_shapes.format_fit(fit) and "no fit" in sweep_shapes.format_fit(None)

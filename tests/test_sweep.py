@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbigram import config, data, models, sweep, train
+from jaxbigram import config, data, models, sweep, sweep_export, sweep_members, sweep_report, sweep_shapes, train
 from jaxbigram.checkpoint import Store
 from jaxbigram.errors import UsageError
 from conftest import TINY, same_tree
@@ -64,7 +64,7 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(tmp_path):
     with pytest.raises(UsageError, match="other settings"):
         sweep.run_sweep(tmp_path / "b", sweep.make_plan(TINY, ["train.learning_rate=[0.02,0.07]"], 2),
                         err=io.StringIO(), plot=False)
-    out = sweep.export_member(tmp_path / "b", 3, tmp_path / "member3")
+    out = sweep_export.export_member(tmp_path / "b", 3, tmp_path / "member3")
     params, meta = Store(out, read_only=True).restore_params(200)
     assert same_tree(params, sweep.member(resumed.states.params, 3))
     assert meta["config"]["train"]["learning_rate"] == 0.05 and meta["config"]["train"]["seed"] == 1338
@@ -72,11 +72,11 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(tmp_path):
 
 def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused():
     plan = sweep.make_plan(TINY, ["train.learning_rate=[0.1,0.2]"], seeds=2)
-    rows = sweep.summarize(plan, np.array([2.0, 2.2, 1.9, 1.9]), None)
+    rows = sweep_report.summarize(plan, np.array([2.0, 2.2, 1.9, 1.9]), None)
     assert [r["best"] for r in rows] == [False, True] and rows[0]["val_max"] == 2.2
-    assert rows[1]["val_std"] == 0.0 and "*" in sweep.format_table(rows)
-    diverged = sweep.summarize(plan, np.full(4, np.nan), None)  # every member diverged: no best setting
-    assert not any(r["best"] for r in diverged) and "*" not in sweep.format_table(diverged).splitlines()[1]
+    assert rows[1]["val_std"] == 0.0 and "*" in sweep_report.format_table(rows)
+    diverged = sweep_report.summarize(plan, np.full(4, np.nan), None)  # every member diverged: no best setting
+    assert not any(r["best"] for r in diverged) and "*" not in sweep_report.format_table(diverged).splitlines()[1]
     with pytest.raises(UsageError, match="differ in model.dropout"):  # within a shape: one program
         sweep.make_plan(TINY, ["model.dropout=[0.0,0.1]"], seeds=1)
     with pytest.raises(UsageError, match="grad_clip"):
@@ -85,14 +85,14 @@ def test_summary_marks_the_best_setting_and_keys_that_change_shapes_are_refused(
 
 def test_members_are_split_over_the_devices_that_divide_them():
     devices = ["cpu0", "cpu1", "cpu2", "cpu3"]
-    assert sweep.member_devices(8, 0, devices) == devices
-    assert sweep.member_devices(6, 0, devices) == devices[:3]  # the most devices that divide the members evenly
-    assert sweep.member_devices(7, 0, devices) == devices[:1]
-    assert sweep.member_devices(6, 2, devices) == devices[:2]
+    assert sweep_members.member_devices(8, 0, devices) == devices
+    assert sweep_members.member_devices(6, 0, devices) == devices[:3]  # the most devices that divide the members evenly
+    assert sweep_members.member_devices(7, 0, devices) == devices[:1]
+    assert sweep_members.member_devices(6, 2, devices) == devices[:2]
     with pytest.raises(UsageError, match="does not divide the sweep's 6 members"):
-        sweep.member_devices(6, 4, devices)
+        sweep_members.member_devices(6, 4, devices)
     with pytest.raises(UsageError, match="devices"):
-        sweep.member_devices(8, 5, devices)
+        sweep_members.member_devices(8, 5, devices)
 
 
 def test_cli_sweep_prints_the_table_and_two_devices_train_the_same_members(run_cli, cli_run, tmp_path):
@@ -236,7 +236,8 @@ def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_ru
     plan = sweep.make_plan(TINY, SHAPES, seeds=2)
     assert [label for label, _ in sweep.group_plans(plan)] == ["train.batch_size=4", "train.batch_size=8"]
     whole = sweep.run_sweep(tmp_path / "w", plan, err=io.StringIO(), plot=True)
-    assert [p.name for p in sweep.shape_groups(tmp_path / "w")] == ["0-train.batch_size=4", "1-train.batch_size=8"]
+    assert [p.name for p in sweep_shapes.shape_groups(tmp_path / "w")] == ["0-train.batch_size=4",
+                                                                           "1-train.batch_size=8"]
     assert [r["members"] for r in whole.rows] == [[0, 1], [2, 3]] and whole.plot.is_file()
     alone = fit_alone(whole.plan.members[3], corpus, tmp_path / "alone")
     assert alone.state.params is not None and whole.plan.members[3].train.batch_size == 8
@@ -253,7 +254,7 @@ def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_ru
     assert main(["info", "--workdir", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
     assert "shape sweep: 4 members in 2 shapes" in out and "members 2 to 3" in out
-    folder = sweep.export_member(tmp_path / "w", 3, tmp_path / "m3")
+    folder = sweep_export.export_member(tmp_path / "w", 3, tmp_path / "m3")
     params, meta = Store(folder, read_only=True).restore_params(20)
     assert same_tree(params, sweep.member(whole.groups[1].states.params, 1))
     assert meta["config"]["train"]["batch_size"] == 8 and meta["config"]["train"]["seed"] == 1338
@@ -263,6 +264,42 @@ def test_a_shape_sweep_trains_each_shape_as_a_sweep_whose_members_equal_their_ru
         line = run_main(capsys, [*argv, "--workdir", tmp_path / "w"])
         assert "shape sweep" in line or "members are 0 to 3" in line, line
     assert snapshot(tmp_path / "w") == before
+
+
+def test_a_shape_sweeps_plot_draws_val_loss_against_size_and_compute_with_the_fit(tmp_path):
+    """A GPT's three sizes (rows as a shape sweep gives them, its losses made up: nothing trains): below the table
+    panel, exact val loss (mean over seeds, bars min to max) against non-embedding N and against training FLOPs,
+    log–log, the fit drawn on N; a one-size table gets no such panels."""
+    from jaxbigram import compute
+
+    plan = sweep.make_plan(GPT_TINY, ["model.n_embd=[16,32,64]"], seeds=2)
+    val = np.array([2.6, 2.5, 2.3, 2.25, 2.1, 2.16])
+    history = [{"step": s, "train_loss": list(val + d), "val_loss": list(val + d)}
+               for s, d in ((0, 2.0), (20, 0.0))]
+    rows = sweep_report.summarize(plan, val, None)
+    for row, cfg in zip(rows, plan.settings):
+        row.update(compute.compute_of(models.build(cfg.model, 65, cfg.train.block_size), 20, 8, 16))
+    n = np.array([r["params_non_embedding"] for r in rows], np.float64)
+    pairs = val.reshape(3, 2)
+    fit = {**compute.fit_power_law(n, pairs.mean(axis=1)), "params": n.tolist()}  # scaling_fit's, less its bootstrap
+    points = sweep_report.scaling_points(rows)
+    assert points["params"].tolist() == n.tolist() and len(set(n)) == 3
+    np.testing.assert_allclose(points["mean"], pairs.mean(axis=1))
+    np.testing.assert_allclose([points["low"], points["high"]], [pairs.min(axis=1), pairs.max(axis=1)])
+    fig = sweep_report.sweep_figure(plan, history, rows, fit)
+    by_params, by_compute = fig.axes[2:]
+    assert len(fig.axes) == 4 and "non-embedding" in by_params.get_xlabel() and "FLOPs" in by_compute.get_xlabel()
+    for ax, x in ((by_params, n), (by_compute, [r["flops"] for r in rows])):
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        assert any(line.get_xdata().tolist() == list(x) and np.allclose(line.get_ydata(), pairs.mean(axis=1))
+                   for line in ax.get_lines())  # the points, one per size
+    curve = next(line for line in by_params.get_lines() if len(line.get_xdata()) == 100)
+    assert curve.get_xdata()[0] == n.min() and curve.get_xdata()[-1] == pytest.approx(n.max())
+    np.testing.assert_allclose(curve.get_ydata(), fit["E"] + fit["A"] * curve.get_xdata() ** -fit["alpha"])
+    assert sweep_report.scaling_points(rows[:1]) is None and len(sweep_report.sweep_figure(plan, history).axes) == 1
+    path = sweep_report.plot_sweep(plan, history, tmp_path / "sweep.png", rows, fit)
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[16:24] == (1200).to_bytes(4, "big") + (1000).to_bytes(4, "big")
 
 
 @pytest.mark.parametrize("sets, expected", [
@@ -309,6 +346,6 @@ def test_kill9_mid_shape_then_the_same_command_resumes_bit_identical(run_cli, tm
     resumed = run_cli(*argv[2:], "--json")
     assert resumed.returncode == 0, resumed.stderr
     whole = sweep.run_sweep(tmp_path / "w", sweep.make_plan(TINY, sets, 2), err=io.StringIO(), plot=False)
-    for folder, group in zip(sweep.shape_groups(tmp_path / "k"), whole.groups):
+    for folder, group in zip(sweep_shapes.shape_groups(tmp_path / "k"), whole.groups):
         params, _ = Store(folder, read_only=True).restore_params(30)
         assert same_tree(params, group.states.params)

@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from jaxbigram import sweep, tensorboard
+from jaxbigram import sweep, sweep_report, tensorboard
 from conftest import TINY
 
 
@@ -89,12 +89,12 @@ def test_a_sweep_resume_rewrites_every_members_events(tmp_path):
     plan = sweep.make_plan(TINY, ["train.steps=50", "eval.interval=25", "checkpoint.interval=25"], seeds=2)
     sweep.run_sweep(tmp_path / "s", plan, err=io.StringIO(), plot=False)
     runs = tmp_path / "s" / tensorboard.EVENTS_DIR
-    for f in (runs / sweep.member_run(plan, 1)).iterdir():
+    for f in (runs / sweep_report.member_run(plan, 1)).iterdir():
         f.unlink()  # as a kill before a member's events were written leaves them
     longer = sweep.make_plan(TINY, ["train.steps=75", "eval.interval=25", "checkpoint.interval=25"], seeds=2)
     result = sweep.run_sweep(tmp_path / "s", longer, err=io.StringIO(), plot=False)
     for k in range(2):
-        got = scalars(runs / sweep.member_run(plan, k))
+        got = scalars(runs / sweep_report.member_run(plan, k))
         assert [s for s, _ in got] == [h["step"] for h in result.history] == [0, 25, 50, 75]
         np.testing.assert_allclose([v for _, v in got], [h["val_loss"][k] for h in result.history], rtol=1e-6)
 
@@ -125,7 +125,7 @@ def test_sweep_writes_one_run_per_member(tmp_path):
     mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "s" / tensorboard.EVENTS_DIR))
     mux.Reload()
     runs = sorted(mux.Runs())
-    assert runs == [sweep.member_run(plan, k) for k in range(4)]
+    assert runs == [sweep_report.member_run(plan, k) for k in range(4)]
     assert runs[3] == "member-003_train.learning_rate=0.05_seed1338"
     for k, run in enumerate(runs):
         got = [(e.step, e.value) for e in mux.Scalars(run, "loss/val_estimate")]

@@ -46,13 +46,13 @@ class SweepPlan:
 
 
 def _time_member_chunks(preset: str, members: int, steps: int, repeats: int, corpus, variants: dict) -> dict:
-    """Seconds per step of ``sweep.members_chunk`` for each variant (name → (loss_fn or None, devices)), called
-    alternately (A B A B …) after one warm-up call each; medians."""
+    """Seconds per step of ``sweep_members.members_chunk`` for each variant (name → (loss_fn or None, devices)),
+    called alternately (A B A B …) after one warm-up call each; medians."""
     import jax
 
     from .. import config as config_lib
     from .. import data as data_lib
-    from .. import models, sweep
+    from .. import models, sweep, sweep_members
 
     cfg = config_lib.load(preset)
     train_np, _ = data_lib.split(corpus.ids, cfg.data.val_fraction)
@@ -60,16 +60,17 @@ def _time_member_chunks(preset: str, members: int, steps: int, repeats: int, cor
     plan = sweep.Plan((cfg,), ("base",), members)
     setups = {}
     for name, (loss_fn, devices) in variants.items():
-        split = sweep.member_sharding(devices)
-        keys, hparams = sweep.member_inputs(plan, split)
+        split = sweep_members.member_sharding(devices)
+        keys, hparams = sweep_members.member_inputs(plan, split)
         data = jax.device_put(train_np, jax.sharding.NamedSharding(split.mesh, jax.sharding.PartitionSpec()))
-        setups[name] = [sweep.member_init(model, cfg.train, split)(keys["init"]), hparams, keys, data, loss_fn]
+        states = sweep_members.member_init(model, cfg.train, split)(keys["init"])
+        setups[name] = [states, hparams, keys, data, loss_fn]
 
     def call(name):
         states, hparams, keys, data, loss_fn = setups[name]
         t0 = time.perf_counter()
-        states, losses = sweep.members_chunk(states, hparams, keys, data, steps, model=model, cfg=cfg.train,
-                                             max_steps=steps, loss_fn=loss_fn)
+        states, losses = sweep_members.members_chunk(states, hparams, keys, data, steps, model=model, cfg=cfg.train,
+                                                     max_steps=steps, loss_fn=loss_fn)
         jax.block_until_ready((states, losses))
         setups[name][0] = states
         return (time.perf_counter() - t0) / steps
