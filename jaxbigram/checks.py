@@ -174,7 +174,8 @@ def check_ids(function: str, argument: str, ids, vocab_size: int | None = None, 
         refuse(function, argument, f"{an_array} of at least {min_length} id{'s' * (min_length != 1)}",
                f"{length} id{'s' * (length != 1)}")
     if vocab_size is not None and values and arr.size and not is_traced(arr):
-        low, high = int(arr.min()), int(arr.max())
+        host = np.asarray(arr)  # numpy's min and max: a jax op here would be staged under an enclosing jit
+        low, high = int(host.min()), int(host.max())
         if low < 0 or high >= vocab_size:
             refuse(function, argument, f"integer ids from 0 to {vocab_size - 1} (the vocabulary has {vocab_size})",
                    f"the id {low if low < 0 else high}")
