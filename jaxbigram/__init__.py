@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "lecture", "loop", "memory", "metadata",
-              "models", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "signals", "sweep",
+              "models", "optimizer", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "signals", "sweep",
               "sweep_export", "sweep_members", "sweep_report", "sweep_shapes", "tensorboard", "train")
 
 

@@ -1,7 +1,7 @@
 """``run.py sweep``: the plan (settings × seeds) and the driver that trains its members as one compiled program.
 
 Every member is an ordinary run (``train.make_train``'s math): its keys come from its seed as ``run_keys`` derives
-them, its ``train.HPARAM_KEYS`` are traced values, so one compile serves every member. The members' TrainStates are
+them, its ``optimizer.HPARAM_KEYS`` are traced values, so one compile serves every member. The members' TrainStates are
 one pytree with a leading member axis (``sweep_members``: the compiled, vmapped programs, split over the local
 devices). Checkpoints, resume, the lock, ``--fresh``, the damage rules and the loop are ``train``'s (``Store``,
 ``runs``, ``loop``): the member axis is just a bigger pytree. Settings that differ in a shape train as one such
@@ -34,13 +34,14 @@ from .checkpoint import Store
 from .compute import compute_of
 from .config import Config
 from .errors import UsageError, printable_path
+from .optimizer import HPARAM_KEYS
 from .sweep_members import (member_devices, member_init, member_inputs, member_loss, member_sharding, members_chunk,
                             members_estimate, members_split_loss, place)
 from .sweep_report import SweepReporter, finite_or_none, plot_sweep, summarize
 from .sweep_shapes import GROUPS_DIR, group_folder, scaling_fit, shape_groups
 
 SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rate" = [...]``) and ``seeds``
-SWEEPABLE = tuple(f"train.{k}" for k in train.HPARAM_KEYS) + ("train.seed",)
+SWEEPABLE = tuple(f"train.{k}" for k in HPARAM_KEYS) + ("train.seed",)
 SWEEP_PNG = "sweep.png"
 # keys that change shapes (or the compiled step): settings that differ in them are trained as separate groups, each
 # one compiled, vmapped program, one after another (a shape sweep: ``run_shape_sweep``)

@@ -16,6 +16,7 @@ from .errors import UsageError
 from .evaluate import estimate_loss
 from .models.bigram import _pair_nll
 from .models.gpt import context_windows
+from .optimizer import HPARAM_KEYS
 from .optimum import bigram_counts
 
 if TYPE_CHECKING:  # annotations only: sweep imports this module
@@ -68,7 +69,7 @@ def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, m
 
 
 def member_inputs(plan: Plan, split: NamedSharding) -> tuple[dict, dict]:
-    """Every member's keys (``train.run_keys`` of its seed) and ``train.hparams_of`` values, stacked and split over
+    """Every member's keys (``train.run_keys`` of its seed) and ``optimizer.hparams_of`` values, stacked and split over
     the devices: built vectorised from the settings, never member by member."""
     n = len(plan.settings) * plan.seeds
     setting = np.arange(n) // plan.seeds
@@ -76,7 +77,7 @@ def member_inputs(plan: Plan, split: NamedSharding) -> tuple[dict, dict]:
     seeds = jnp.asarray(((base[setting] + np.arange(n) % plan.seeds) % (1 << 32)).astype(np.uint32))
     keys = place(jax.vmap(train.keys_from)(jax.vmap(jax.random.key)(seeds)), split)
     hparams = place({k: jnp.asarray(np.array([getattr(c.train, k) for c in plan.settings], np.float32)[setting])
-                     for k in train.HPARAM_KEYS}, split)
+                     for k in HPARAM_KEYS}, split)
     return keys, hparams
 
 

@@ -71,7 +71,7 @@ def _sample(model, t, prompt=(0,), **kw):
 
 def _make_train(t, ids=IDS, **hparams):
     train = jb.train.make_train(jb.config.replace(CFG, "train", steps=2), t["model"], ids)
-    return train(jax.random.key(0), {**jb.train.hparams_of(CFG.train), **hparams} if hparams else None)
+    return train(jax.random.key(0), {**jb.optimizer.hparams_of(CFG.train), **hparams} if hparams else None)
 
 
 def _stacked(t):

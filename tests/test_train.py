@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbigram import config, data, models, progress, train
+from jaxbigram import config, data, models, optimizer, progress, train
 from jaxbigram.checkpoint import Store
 from jaxbigram.config import TrainConfig
 from jaxbigram.models.bigram import Bigram, logits_table
@@ -79,11 +79,11 @@ def test_create_train_state_starts_at_an_int32_step_zero_with_the_flax_apply():
 
 
 def test_learning_rate_schedules():
-    constant = train.learning_rate_schedule(TrainConfig(learning_rate=0.1))
+    constant = optimizer.learning_rate_schedule(TrainConfig(learning_rate=0.1))
     assert float(constant(0)) == float(constant(1000)) == pytest.approx(0.1)
-    warm = train.learning_rate_schedule(TrainConfig(learning_rate=0.1, warmup_steps=10))
+    warm = optimizer.learning_rate_schedule(TrainConfig(learning_rate=0.1, warmup_steps=10))
     assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.05) and float(warm(50)) == pytest.approx(0.1)
-    cosine = train.learning_rate_schedule(TrainConfig(learning_rate=0.1, lr_schedule="cosine", warmup_steps=10,
+    cosine = optimizer.learning_rate_schedule(TrainConfig(learning_rate=0.1, lr_schedule="cosine", warmup_steps=10,
                                                       steps=110, min_lr_ratio=0.1))
     assert float(cosine(10)) == pytest.approx(0.1) and float(cosine(110)) == pytest.approx(0.01)
     assert float(cosine(60)) == pytest.approx(0.055)
@@ -276,8 +276,8 @@ def test_the_training_call_compiles_once_per_run_ahead_of_the_loop(tmp_path, cor
             run_fit(tmp_path, run_cfg, corpus)
         compiles = [r.getMessage() for r in caplog.records if "XLA compilation of jit(train_chunk)" in r.getMessage()]
         assert len(compiles) == 1, compiles
-    assert train.make_optimizer(cfg.train) is train.make_optimizer(cfg.train)
-    assert train.make_optimizer(cfg.train) is train.make_optimizer(dataclasses.replace(cfg.train, seed=7))
+    assert optimizer.make_optimizer(cfg.train) is optimizer.make_optimizer(cfg.train)
+    assert optimizer.make_optimizer(cfg.train) is optimizer.make_optimizer(dataclasses.replace(cfg.train, seed=7))
 
 
 def test_samples_at_evals_change_nothing_and_repeat(tmp_path, corpus):
