@@ -92,6 +92,19 @@ def _run_flags(p) -> None:
                    help="override a config value (repeatable), e.g. --set train.learning_rate=0.01")
 
 
+def _flops(flag: str):
+    """A ``type`` callback: a positive, finite number of FLOPs (``1e12``, ``3.5e13``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _FlagRefused(UsageError("budget_range", got=text)) from None
+        if not (math.isfinite(value) and value > 0):
+            raise _FlagRefused(UsageError("budget_range", got=text))
+        return value
+    return parse
+
+
 def _run_overrides(args) -> list[str]:
     """``--set`` values, then ``--steps`` and ``--seed`` as the overrides they are."""
     overrides = list(args.overrides)
@@ -146,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=_int_at_least("--export"), default=None, metavar="K",
                    help="instead of training: write member K of the sweep in --workdir as an ordinary run in --out")
     p.add_argument("--out", default=None, help="with --export: the folder of the exported run")
+    p.add_argument("--budget", type=_flops("--budget"), default=None, metavar="FLOPS",
+                   help="iso-FLOP: each shape trains for the whole chunks of train.steps_per_call nearest FLOPS "
+                        "training FLOPs (instead of train.steps), and the summary names the loss-optimal size "
+                        "(e.g. 1e12)")
 
     p = command("sample", "generate text from a checkpoint", "Generate text from a trained checkpoint; prints only the "
                 "text on stdout.", ["sample --seed 1337 --prompt 'ROMEO:' --max-new-tokens 200"],
@@ -280,7 +297,8 @@ def cmd_sweep(args) -> int:
     if args.export is not None:
         training = [flag for flag, value in (("--config", args.config), ("--data", args.data), ("--steps", args.steps),
                                              ("--seed", args.seed), ("--fresh", args.fresh),
-                                             ("--set", args.overrides), ("--seeds", args.seeds))
+                                             ("--set", args.overrides), ("--seeds", args.seeds),
+                                             ("--budget", args.budget))
                     if value not in (None, False, [])]
         if training:
             raise UsageError("sweep_export_flags", flags=", ".join(training))
@@ -290,7 +308,9 @@ def cmd_sweep(args) -> int:
         print(printable_path(folder))
         _log(f"next: {errors.program()} sample --workdir {shell_word(args.out)}")
         return 0
-    plan = sweep.make_plan(args.config, _run_overrides(args), args.seeds)
+    if args.budget is not None and args.steps is not None:
+        raise UsageError("budget_steps", what="--steps")
+    plan = sweep.make_plan(args.config, _run_overrides(args), args.seeds, budget=args.budget)
     _log(select_platform(args.platform))
     started = time.perf_counter()
     result = sweep.run_sweep(args.workdir, plan, data=args.data, fresh=args.fresh, err=sys.stderr)
@@ -300,13 +320,16 @@ def cmd_sweep(args) -> int:
                           "val_loss": sweep_report.finite_or_none(result.val),  # JSON has no NaN: diverged is null
                           "train_loss": None if result.train is None else sweep_report.finite_or_none(result.train),
                           "diverged": {str(k): s for k, s in sorted(result.diverged.items())},
-                          "plot": None if result.plot is None else str(result.plot), "fit": result.fit},
+                          "plot": None if result.plot is None else str(result.plot), "fit": result.fit,
+                          "budget": result.budget},
                          allow_nan=False))
     else:
         print(f"swept {len(result.val)} members to step {result.step} in {seconds:.1f} s")
-        print(sweep_report.format_table(result.rows))
+        print(sweep_report.format_table(result.rows, steps=result.budget is not None))
         if result.groups:
             print(sweep_shapes.format_fit(result.fit))
+        if result.budget is not None:
+            print(sweep_shapes.format_budget(result.budget))
     if result.plot is not None:
         _log(f"plot: {printable_path(result.plot)}")
     return 0

@@ -7,9 +7,13 @@
   attention scores and their weighted sum, 2·n_layer·T·C; backward twice the forward). The bigram's logits are a
   table lookup: its only arithmetic is the V-wide softmax and its gradient, counted as ``6·V``.
 - Training FLOPs = FLOPs per token × tokens seen (steps × batch_size × block_size).
+- ``--budget FLOPS`` (iso-FLOP): each size trains for the whole chunks of ``steps_per_call`` steps nearest the budget
+  (``budget_steps``); ``isoflop_minimum`` fits a parabola in log N to the sizes' losses at one budget.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -74,3 +78,30 @@ def fit_with_seeds(n, per_seed, resamples: int = 200, seed: int = 0) -> dict | N
 def predict(fit: dict, n) -> np.ndarray:
     """``E + A·n^(−α)`` of a fit."""
     return fit["E"] + fit["A"] * np.asarray(n, np.float64) ** -fit["alpha"]
+
+
+def budget_steps(budget: float, flops_per_token: int, tokens_per_step: int, steps_per_call: int) -> dict:
+    """The steps that spend ``budget`` training FLOPs, in whole chunks of ``steps_per_call``: ``{chunk_flops, chunks,
+    steps, flops}``, ``chunks`` = budget / chunk_flops rounded to the nearest whole number (halves up), or 0 when the
+    budget buys less than one chunk (``flops``: what the steps spend)."""
+    chunk = flops_per_token * tokens_per_step * steps_per_call
+    chunks = 0 if budget < chunk else math.floor(budget / chunk + 0.5)
+    steps = chunks * steps_per_call
+    return {"chunk_flops": chunk, "chunks": chunks, "steps": steps, "flops": flops_per_token * tokens_per_step * steps}
+
+
+def isoflop_minimum(n, loss) -> dict | None:
+    """The loss-optimal size at one budget from the sizes' losses (Hoffmann et al. 2022, approach 2): the parabola
+    ``loss ≈ a + b·ln N + c·(ln N)²`` by least squares, its vertex ``{N, loss, inside}`` (``inside``: between the
+    smallest and the largest size). None with fewer than 3 distinct sizes, or a parabola without a minimum (c ≤ 0)."""
+    n, loss = np.asarray(n, np.float64), np.asarray(loss, np.float64)
+    ok = np.isfinite(loss) & (n > 0)
+    n, loss = n[ok], loss[ok]
+    if len(np.unique(n)) < 3:
+        return None
+    c, b, a = np.polyfit(np.log(n), loss, 2)
+    if c <= 0:
+        return None
+    at = -b / (2 * c)
+    return {"N": float(np.exp(at)), "loss": float(a + b * at + c * at * at),
+            "inside": bool(n.min() <= np.exp(at) <= n.max())}

@@ -69,6 +69,11 @@ MESSAGES = {
     "sweep_duplicate": "--set {key} (or [sweep] {key}) lists {got!r} twice ({values!r}): give each value once",
     "is_shape_sweep": "{workdir} holds a shape sweep (one sweep per shape under groups/), not one run or one sweep: resume it with the same `{program} sweep` command, list it with `{program} info --workdir {workdir:shell}`, write member K as a run with `{program} sweep --workdir {workdir:shell} --export K --out DIR`, or use another --workdir",
     "shape_sweep_mixed": "{workdir} already holds {what}: a shape sweep trains its shapes under groups/ of a folder of its own; use another --workdir",
+    # sweep --budget FLOPS: iso-FLOP shape sweeps (issue 27 section 2)
+    "budget_range": "--budget must be a positive, finite number of FLOPs (e.g. 1e12 or 3.5e13), got {got!r}",
+    "budget_steps": "--budget and {what} both set the steps: under --budget each size trains for the steps that spend the budget, so leave train.steps out (or drop --budget)",
+    "budget_too_small": "--budget {budget} FLOPs is less than one chunk of {size}: its train.steps_per_call = {chunk} steps cost {flops} FLOPs; pass --budget {works} or more (one chunk of the largest size), or lower train.steps_per_call",
+    "budget_too_big": "--budget {budget} FLOPs buys {size} {steps} steps, more than train.steps may be ({max}): lower --budget",
     "config_product": "config keys {keys} multiply to {got}, more than {limit} ({why}): lower one of them",
     "config_choice": "config key {key} must be one of {choices}, got {got!r}",
     "set_syntax": "--set expects section.key=value, got {got!r}: for example --set train.learning_rate=0.01",

@@ -13,6 +13,7 @@ Pure above the driver; ``run_sweep`` is the edge (files, prints).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -31,14 +32,14 @@ from . import data as data_lib
 from . import loop, models, train
 from . import runs
 from .checkpoint import Store
-from .compute import compute_of
+from .compute import budget_steps, compute_of
 from .config import Config
 from .errors import UsageError, printable_path
 from .optimizer import HPARAM_KEYS
 from .sweep_members import (member_devices, member_init, member_inputs, member_loss, member_sharding, members_chunk,
                             members_estimate, members_split_loss, place)
 from .sweep_report import SweepReporter, finite_or_none, plot_sweep, summarize
-from .sweep_shapes import GROUPS_DIR, group_folder, scaling_fit, shape_groups
+from .sweep_shapes import GROUPS_DIR, budget_summary, group_folder, scaling_fit, shape_groups
 
 SWEEP_SECTION = "sweep"  # a config's table of swept keys (``"train.learning_rate" = [...]``) and ``seeds``
 SWEEPABLE = tuple(f"train.{k}" for k in HPARAM_KEYS) + ("train.seed",)
@@ -58,6 +59,7 @@ class Plan:
     settings: tuple
     labels: tuple  # "train.learning_rate=0.03", or "base" when nothing is swept
     seeds: int
+    budget: float | None = None  # --budget FLOPS: each shape's train.steps spend it (``apply_budget``)
 
     @property
     def members(self) -> list[Config]:
@@ -71,7 +73,8 @@ class Plan:
 
     def spec(self) -> dict:
         return {"members": len(self.settings) * self.seeds, "seeds": self.seeds, "labels": list(self.labels),
-                "configs": [c.to_dict() for c in self.settings]}
+                "configs": [c.to_dict() for c in self.settings],
+                **({} if self.budget is None else {"budget": self.budget})}
 
 
 MAX_MEMBERS = 1 << 20  # settings × seeds: past this, building the members alone takes minutes (and memory refuses)
@@ -86,9 +89,27 @@ def _check_members(seeds, settings: int) -> None:
                          max=f"{MAX_MEMBERS:,}")
 
 
-def make_plan(config_path, overrides, seeds: int | None) -> Plan:
-    """Settings = the product of every list value (``--set key=[a, b]`` or the config's ``[sweep]`` table)."""
+def check_budget(budget) -> float | None:
+    """``--budget``: None, or a positive finite number of FLOPs (as a float)."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise UsageError("budget_range", got=budget)
+    try:
+        value = float(budget)
+    except OverflowError:  # an integer past a float's range
+        raise UsageError("budget_range", got=budget) from None
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError("budget_range", got=budget)
+    return value
+
+
+def make_plan(config_path, overrides, seeds: int | None, budget: float | None = None) -> Plan:
+    """Settings = the product of every list value (``--set key=[a, b]`` or the config's ``[sweep]`` table);
+    ``budget`` (FLOPs): each shape's steps are set later, from the corpus's vocabulary (``apply_budget``), so
+    ``train.steps`` may not be given too."""
     checks.check_strings("make_plan", "overrides", overrides)
+    budget = check_budget(budget)
     raw = config_lib.read(config_path or config_lib.DEFAULT_PRESET)
     table = raw.pop(SWEEP_SECTION, None)
     if table is None:
@@ -121,6 +142,11 @@ def make_plan(config_path, overrides, seeds: int | None) -> Plan:
         twice = [v for i, v in enumerate(values) if v in values[:i]]
         if twice:  # two equal settings (two groups of one shape, or one member trained twice)
             raise UsageError("sweep_duplicate", key=key, got=twice[0], values=values)
+    if budget is not None:
+        steps = [item for item in overrides if config_lib.parse_override(item)[:2] == ("train", "steps")]
+        if steps or "train.steps" in axes:
+            raise UsageError("budget_steps", what=f"--set {steps[-1]}" if steps else
+                             "[sweep] train.steps")
     _check_members(seeds, math.prod(len(v) for v in axes.values()))
     settings, labels = [], []
     for combo in itertools.product(*axes.values()):
@@ -130,7 +156,7 @@ def make_plan(config_path, overrides, seeds: int | None) -> Plan:
             setting.setdefault(section, {})[name] = value
         settings.append(config_lib.from_dict(setting))
         labels.append(", ".join(f"{k}={v}" for k, v in zip(axes, combo)) or "base")
-    plan = Plan(tuple(settings), tuple(labels), seeds)
+    plan = Plan(tuple(settings), tuple(labels), seeds, budget)
     for _, group in group_plans(plan):
         check_shared(group.settings)
     return plan
@@ -152,8 +178,49 @@ def group_plans(plan: Plan) -> list[tuple[str, Plan]]:
     for i, shape in enumerate(shapes):
         groups.setdefault(shape, []).append(i)
     return [(", ".join(f"{SHAPE_KEYS[i]}={shape[i]}" for i in varying) or "base",
-             Plan(tuple(plan.settings[i] for i in idx), tuple(plan.labels[i] for i in idx), plan.seeds))
+             Plan(tuple(plan.settings[i] for i in idx), tuple(plan.labels[i] for i in idx), plan.seeds, plan.budget))
             for shape, idx in groups.items()]
+
+
+def _shown_flops(value) -> str:
+    """A saved budget as --budget takes it (``3e+09``; anything else as it is)."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
+def _at_least(flops: int) -> str:
+    """``flops`` rounded up to 3 significant digits, as --budget takes it (``6.3e+08``): never below ``flops``."""
+    unit = 10 ** max(len(str(flops)) - 3, 0)
+    return f"{-(-flops // unit) * unit:.3g}"
+
+
+def apply_budget(groups: list, vocab_size: int) -> tuple[list, list]:
+    """``--budget``: each shape group with ``train.steps`` = the whole chunks of ``train.steps_per_call`` nearest its
+    budget (``compute.budget_steps`` of its model's training FLOPs), and per group what it spends (``{shape, chunks,
+    chunk_flops, steps, flops, steps_per_call}``). Refuses (before anything trains) a budget that buys some group
+    less than one chunk, naming the smallest budget that buys every group one. Groups without a budget: as given."""
+    if not groups or groups[0][1].budget is None:
+        return groups, []
+    budget = groups[0][1].budget
+    spent = []
+    for label, group in groups:
+        tcfg = group.settings[0].train
+        model = models.build(group.settings[0].model, vocab_size, tcfg.block_size)
+        per_token = compute_of(model, 1, tcfg.batch_size, tcfg.block_size)["flops_per_token"]
+        spent.append({"shape": label, "steps_per_call": tcfg.steps_per_call,
+                      **budget_steps(budget, per_token, tcfg.batch_size * tcfg.block_size, tcfg.steps_per_call)})
+    short = [s for s in spent if not s["chunks"]]
+    if short:
+        raise UsageError("budget_too_small", budget=f"{budget:.3g}", size=short[-1]["shape"],
+                         chunk=short[-1]["steps_per_call"], flops=f"{short[-1]['chunk_flops']:.3g}",
+                         works=_at_least(max(s["chunk_flops"] for s in spent)))
+    long = [s for s in spent if s["steps"] > config_lib.INT32_MAX]
+    if long:
+        raise UsageError("budget_too_big", budget=f"{budget:.3g}", size=long[0]["shape"],
+                         steps=f"{long[0]['steps']:,}", max=f"{config_lib.INT32_MAX:,}")
+    budgeted = [(label, dataclasses.replace(group, settings=tuple(config_lib.replace(c, "train", steps=s["steps"])
+                                                                  for c in group.settings)))
+                for (label, group), s in zip(groups, spent)]
+    return budgeted, spent
 
 
 def check_shared(settings) -> None:
@@ -192,6 +259,7 @@ class SweepResult:
     groups: list = field(default_factory=list)  # a shape sweep: each group's own SweepResult (states: theirs)
     fit: dict | None = None  # a shape sweep of a GPT over 3+ sizes: L(N) = E + A·N^(−α) (``scaling_fit``)
     plan: Plan | None = None  # the members in this result's order (a shape sweep numbers them group by group)
+    budget: dict | None = None  # --budget: what each size spent and the best size (``sweep_shapes.budget_summary``)
 
 
 def _sweep_meta(plan: Plan, corpus, model) -> dict:
@@ -205,6 +273,9 @@ def _check_same_sweep(saved: dict | None, plan: Plan, workdir: Path) -> None:
     old = saved.get(SWEEP_SECTION)
     if not isinstance(old, dict):
         what = "a `train` run, not a sweep"
+    elif old.get("budget") != plan.budget:
+        what = ("a sweep without --budget" if old.get("budget") is None else
+                f"a sweep with --budget {_shown_flops(old['budget'])} FLOPs")
     elif old.get("seeds") != plan.seeds or len(old.get("configs", [])) != len(plan.settings):
         what = f"another sweep ({len(old.get('configs', []))} settings × {old.get('seeds')} seeds)"
     else:
@@ -234,6 +305,7 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=static.data.path)
         corpus = data_lib.load_corpus(path)
         log(f"data: {printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters)")
+        [(label, plan)], spent = apply_budget(groups, corpus.tokenizer.vocab_size)
         store = Store(workdir, keep=static.checkpoint.keep, log=log)
         try:
             result = _fit_members(plan, corpus, store, fresh, log, saved)
@@ -242,6 +314,8 @@ def run_sweep(workdir, plan: Plan, *, data: str | None = None, fresh: bool = Fal
         if plot:
             result.plot = plot_sweep(plan, result.history, workdir / SWEEP_PNG, result.rows)
         result.plan = plan
+        if spent:
+            result.budget = budget_summary(plan.budget, spent, [(label, plan)], result.rows)
         return result
 
 
@@ -278,6 +352,7 @@ def run_shape_sweep(workdir, groups: list, *, data: str | None, fresh: bool, log
         path, source = data_lib.resolve_data_path(data, recorded=recorded, config_path=static.data.path)
         corpus = data_lib.load_corpus(path)
         log(f"data: {printable_path(corpus.path)} (from {source}; {len(corpus.ids):,} characters)")
+        groups, spent = apply_budget(groups, corpus.tokenizer.vocab_size)  # before anything trains, as below
         for label, group in groups:  # every group's sizes and memory, before anything trains
             cfg = group.settings[0]
             train_np, val_np = data_lib.split(corpus.ids, cfg.data.val_fraction)
@@ -299,6 +374,8 @@ def run_shape_sweep(workdir, groups: list, *, data: str | None, fresh: bool, log
                 for old in stale:  # --fresh: the replaced sweep's other shapes go once the new one has saved
                     shutil.rmtree(old, ignore_errors=True)
         result = join_groups(groups, results)
+        if spent:
+            result.budget = budget_summary(groups[0][1].budget, spent, groups, result.rows)
         if plot:
             result.plot = plot_sweep(result.plan, result.history, workdir / SWEEP_PNG, result.rows, result.fit)
         return result
@@ -410,6 +487,6 @@ def _fit_members(plan: Plan, corpus, store: Store, fresh: bool, log, saved: dict
             train_loss[k] = math.nan
     rows = summarize(plan, val, train_loss)
     for row in rows:  # every setting of a group has its shape; steps as its config says
-        row.update(compute_of(model, tcfg.steps, tcfg.batch_size, tcfg.block_size))
+        row.update(compute_of(model, tcfg.steps, tcfg.batch_size, tcfg.block_size), steps=int(states.step[0]))
     return SweepResult(rows=rows, states=states, history=done.history, val=val,
                        train=train_loss, step=int(states.step[0]), diverged=done.diverged)

@@ -44,14 +44,16 @@ def summarize(plan: Plan, val: np.ndarray, train_loss: np.ndarray | None) -> lis
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """The table a researcher reads: per setting, exact val (and train) loss over seeds; ``*`` the best."""
+def format_table(rows: list[dict], steps: bool = False) -> str:
+    """The table a researcher reads: per setting, exact val (and train) loss over seeds; ``*`` the best; ``steps``:
+    a column of each setting's steps (``--budget`` gives each size its own)."""
     has_train = "train_mean" in rows[0]
     width = max(len("setting"), *(len(r["setting"]) for r in rows))
     has_compute = "params" in rows[0]
     head = f"  {'setting':<{width}}  seeds  val mean ± std      val min   val max"
     head += "  train mean ± std" if has_train else ""
     head += "      params   non-emb  FLOP/token   tokens     FLOPs" if has_compute else ""
+    head += "      steps" if steps else ""
     lines = [head]
     for r in rows:
         if r["val_mean"] is None:
@@ -66,6 +68,8 @@ def format_table(rows: list[dict]) -> str:
         if has_compute:
             line += (f"  {r['params']:>10,} {r['params_non_embedding']:>9,}  {r['flops_per_token']:>10.3g}  "
                      f"{r['tokens']:>7.3g}  {r['flops']:>8.3g}")
+        if steps:
+            line += f"  {r['steps']:>9,}"
         lines.append(line)
     lines.append("(exact losses in nats over the whole splits; * = lowest mean val loss; a diverged member is left "
                  "out)" if any(r["diverged"] for r in rows) else

@@ -1,4 +1,5 @@
-"""A shape sweep's folders (``groups/<i>-<shape>/``), its ``info`` and the scaling fit ``L(N)`` over its sizes."""
+"""A shape sweep's folders (``groups/<i>-<shape>/``), its ``info``, the scaling fit ``L(N)`` over its sizes and, under
+``--budget``, the loss-optimal size for the budget."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runs
-from .compute import fit_with_seeds
+from .compute import fit_with_seeds, isoflop_minimum
 from .tensorboard import run_name
 
 GROUPS_DIR = "groups"  # a shape sweep's workdir: groups/<i>-<shape>/, each an ordinary sweep folder
@@ -61,3 +62,44 @@ def format_fit(fit: dict | None) -> str:
             f"{fit['A_std']:.2g}, α = {fit['alpha']:.3f} ± {fit['alpha_std']:.3f}"
             + (" (3 sizes, 3 parameters: the curve passes through the points; see docs/scaling-laws.md)"
                if fit["sizes"] == 3 else ""))
+
+
+def budget_summary(budget: float, spent: list, groups: list, rows: list) -> dict:
+    """``--budget``'s summary: the budget, what each size spent (``sweep.apply_budget``'s, with its best setting's
+    mean exact val loss and parameters) and ``best``, the size with the lowest such loss (None if every member
+    diverged); ``parabola``: ``compute.isoflop_minimum`` over the sizes' N (a GPT at 3+ sizes, else None). ``rows``:
+    the table's, group after group, ``len(group.settings)`` each."""
+    sizes, first = [], 0
+    for s, (label, group) in zip(spent, groups):
+        own = rows[first:first + len(group.settings)]
+        first += len(group.settings)
+        scored = [r for r in own if r["val_mean"] is not None]
+        top = min(scored, key=lambda r: r["val_mean"]) if scored else None
+        sizes.append({**s, "shape": label, "val_mean": None if top is None else top["val_mean"],
+                      "params": own[0].get("params"), "params_non_embedding": own[0].get("params_non_embedding")})
+    scored = [s for s in sizes if s["val_mean"] is not None]
+    best = min(scored, key=lambda s: s["val_mean"]) if scored else None
+    n = [s["params_non_embedding"] or 0 for s in scored]
+    return {"flops": budget, "sizes": sizes, "best": best,
+            "parabola": isoflop_minimum(n, [s["val_mean"] for s in scored]) if all(n) else None}
+
+
+def format_budget(summary: dict) -> str:
+    """``--budget``'s lines under the table: what each size spent, the best size, and the parabola's minimum."""
+    budget = summary["flops"]
+    lines = [f"budget {budget:.3g} FLOPs per size (iso-FLOP; steps rounded to whole chunks of train.steps_per_call):"]
+    for s in summary["sizes"]:
+        lines.append(f"  {s['shape']}: {s['chunks']:,} chunk(s) of {s['steps_per_call']:,} = {s['steps']:,} steps, "
+                     f"{s['flops']:.3g} FLOPs ({s['flops'] / budget:.1%} of the budget)")
+    best = summary["best"]
+    if best is None:
+        lines.append(f"best for budget {budget:.3g} FLOPs: none (every member diverged)")
+    else:
+        lines.append(f"best for budget {budget:.3g} FLOPs: {best['shape']} (N = {best['params_non_embedding']:,} "
+                     f"non-embedding parameters of {best['params']:,}, val {best['val_mean']:.4f})")
+    p = summary["parabola"]
+    if p is not None:
+        lines.append(f"parabola in log N through the sizes' val losses: minimum at N ≈ {p['N']:,.0f} (val ≈ "
+                     f"{p['loss']:.4f}), " + ("inside the sizes trained" if p["inside"] else
+                                              "outside the sizes trained: an extrapolation, train sizes around it"))
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """sweep.py: a member equals its single run, a resumed sweep equals an uninterrupted one, shape keys are refused."""
 
 import io
+import json
 
 import jax
 import numpy as np
@@ -349,3 +350,67 @@ def test_kill9_mid_shape_then_the_same_command_resumes_bit_identical(run_cli, tm
     for folder, group in zip(sweep_shapes.shape_groups(tmp_path / "k"), whole.groups):
         params, _ = Store(folder, read_only=True).restore_params(30)
         assert same_tree(params, group.states.params)
+
+
+# ----------------------------------------------------------------------------- --budget (iso-FLOP)
+
+BUDGET_SHAPES = ["model.n_embd=[8,16]", "train.steps_per_call=10", "eval.iters=1", "eval.sample_chars=0"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--budget", "0"], "positive, finite number of FLOPs"),
+    (["--budget=-1e12"], "got '-1e12'"),  # argparse reads a bare -1e12 as a flag
+    (["--budget", "nan"], "got 'nan'"),
+    (["--budget", "inf"], "got 'inf'"),
+    (["--budget", "1e400"], "got '1e400'"),
+    (["--budget", "lots"], "got 'lots'"),
+    (["--budget", "1e12", "--steps", "10"], "--budget and --steps both set the steps"),
+    (["--budget", "1e12", "--set", "train.steps=10"], "--budget and --set train.steps=10 both set the steps"),
+    (["--budget", "1e3"], "less than one chunk of model.n_embd=16"),
+    (["--budget", "1e12", "--export", "0", "--out", "x"], ", --budget (give those when training"),
+])
+def test_a_hostile_budget_is_one_line_and_touches_nothing(flags, expected, cli_run, tmp_path):
+    from conftest import error_line
+
+    sets = [a for s in BUDGET_SHAPES for a in ("--set", s)]
+    proc = cli_run("sweep", "--config", GPT_TINY, "--workdir", tmp_path / "b", *sets, *flags, cwd=tmp_path)
+    assert proc.returncode == 2 and expected in error_line(proc.stderr), proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == []  # no workdir, no --out
+
+
+def test_a_budget_sweep_gives_each_size_its_steps_and_names_the_best(cli_run, tmp_path):
+    """gpt-tiny at widths 8 and 16, 10 steps a chunk: each width trains the whole chunks nearest the budget (by hand,
+    6·N + 6·n_layer·T·C FLOPs a token, 8 × 16 tokens a step), the table shows them, the named best size is the
+    argmin of the printed losses; the same command resumes (--json: the budget keys), another budget is refused."""
+    from conftest import error_line, snapshot
+
+    budget, vocab = 6.5e7, 65
+    chunks = []
+    for c in (8, 16):
+        model = models.build(config.load(GPT_TINY, [f"model.n_embd={c}"]).model, vocab, 16)
+        n = model.param_count() - (vocab + 16) * c
+        chunks.append(int(np.floor(budget / ((6 * n + 6 * 2 * 16 * c) * 8 * 16 * 10) + 0.5)))
+    assert 1 <= min(chunks) and max(chunks) <= 3 and chunks[0] != chunks[1]
+    argv = ["sweep", "--config", GPT_TINY, "--workdir", tmp_path / "w", "--budget", "6.5e7",
+            *[a for s in BUDGET_SHAPES for a in ("--set", s)]]
+    proc = cli_run(*argv)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = [line for line in lines if "model.n_embd=" in line and "±" in line]
+    assert [int(r.split()[-1]) for r in rows] == [10 * k for k in chunks]  # the steps column
+    val = [float(r.split("±")[0].split()[-1]) for r in rows]
+    best = next(line for line in lines if line.startswith("best for budget 6.5e+07 FLOPs: "))
+    assert f"model.n_embd={(8, 16)[int(np.argmin(val))]} (" in best and f"val {min(val):.4f}" in best
+    for c, k in zip((8, 16), chunks):
+        assert any(line.startswith(f"  model.n_embd={c}: {k} chunk(s) of 10 = {10 * k} steps") for line in lines)
+    again = cli_run(*argv, "--json")
+    assert again.returncode == 0, again.stderr
+    out = json.loads(again.stdout)
+    assert [r["steps"] for r in out["settings"]] == [10 * k for k in chunks] and out["budget"]["flops"] == budget
+    assert [s["chunks"] for s in out["budget"]["sizes"]] == chunks
+    assert out["budget"]["best"]["shape"] == best.split(": ")[1].split(" (")[0]
+    before = snapshot(tmp_path / "w")
+    for other in (["--budget", "1e8"], []):
+        refused = cli_run(*[a for a in argv if a not in ("--budget", "6.5e7")], *other)
+        assert refused.returncode == 2 and "a sweep with --budget 6.5e+07 FLOPs" in error_line(refused.stderr)
+    assert snapshot(tmp_path / "w") == before
