@@ -9,9 +9,10 @@ import importlib
 
 __version__ = "0.1.0"
 
-SUBMODULES = ("bench", "checkpoint", "cli", "config", "data", "errors", "evaluate", "files", "lecture", "loop", "memory", "metadata",
-              "models", "optimizer", "optimum", "parallel", "paths", "plot", "progress", "runtime", "runs", "sampling", "signals", "sweep",
-              "sweep_export", "sweep_members", "sweep_report", "sweep_shapes", "tensorboard", "train")
+SUBMODULES = ("bench", "checkpoint", "cli", "compute", "config", "data", "errors", "evaluate", "files", "flags",
+              "lecture", "loop", "memory", "metadata", "models", "optimizer", "optimum", "parallel", "paths", "plot",
+              "progress", "runtime", "runs", "sampling", "signals", "sweep", "sweep_export", "sweep_members",
+              "sweep_report", "sweep_shapes", "tensorboard", "train")
 
 
 def __getattr__(name: str):
