@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import checks
 from .checks import Range
+from .memory import divisors
 from .errors import UsageError
 
 PRESET_DIRS = (Path(__file__).resolve().parent / "configs",  # an installed package: the presets ship inside it
@@ -222,12 +223,6 @@ def from_dict(raw: dict) -> Config:
                          works=_divisors_near(cfg.train.batch_size, cfg.train.grad_accum))
     _check_products(cfg)
     return cfg
-
-
-def divisors(n: int) -> list[int]:
-    """The divisors of ``n`` ≥ 1, ascending (O(√n): a batch size is at most int32)."""
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted({*small, *(n // d for d in small)})
 
 
 def _divisors_near(n: int, k: int) -> str:

@@ -13,9 +13,16 @@ per-batch losses at once). A model other than the bigram passes its own ``param_
 
 from __future__ import annotations
 
+import math
 import os
 
 from .errors import ResourceError
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n`` ≥ 1, ascending (O(√n): a batch size is at most int32)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 FLOAT_BYTES = 4  # float32 parameters, moments, gradients and logits
 INDEX_BYTES = 4  # int32 ids in a batch
@@ -128,7 +135,6 @@ def check_members_fit(terms: dict[str, int], members: int, available_bytes: int 
 def accum_that_fits(terms_of, batch_size: int, grad_accum: int, fits) -> int | None:
     """The smallest ``train.grad_accum`` above ``grad_accum`` that divides ``batch_size`` and makes ``fits(
     terms_of(k))`` true (None: none does; what is left is not activations)."""
-    from .config import divisors
 
     return next((k for k in divisors(batch_size) if k > grad_accum and fits(terms_of(k))), None)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,6 @@ from .models.gpt import context_windows
 from .optimizer import HPARAM_KEYS
 from .optimum import bigram_counts
 
-if TYPE_CHECKING:  # annotations only: sweep imports this module
-    from .sweep import Plan
 
 MEMBER_AXIS = "members"  # the mesh axis the members are split along
 
@@ -68,7 +65,7 @@ def members_chunk(states, hparams, keys, train_data, num_steps, *, model, cfg, m
                                                       batch_buffer=buffer, loss_fn=loss_fn))(states, hparams, keys)
 
 
-def member_inputs(plan: Plan, split: NamedSharding) -> tuple[dict, dict]:
+def member_inputs(plan, split: NamedSharding) -> tuple[dict, dict]:
     """Every member's keys (``train.run_keys`` of its seed) and ``optimizer.hparams_of`` values, stacked and split over
     the devices: built vectorised from the settings, never member by member."""
     n = len(plan.settings) * plan.seeds

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,11 +13,9 @@ from .compute import predict
 from .errors import UsageError, message
 from .tensorboard import EVENTS_DIR, EventLog, run_name
 
-if TYPE_CHECKING:  # annotations only: sweep imports this module
-    from .sweep import Plan
 
 
-def summarize(plan: Plan, val: np.ndarray, train_loss: np.ndarray | None) -> list[dict]:
+def summarize(plan, val: np.ndarray, train_loss: np.ndarray | None) -> list[dict]:
     """One row per setting: mean, std (over seeds, ddof 1), min and max of the exact losses of its members that did
     not diverge (None where every one did; ``diverged`` counts the others); ``best`` marks the lowest mean val
     loss."""
@@ -92,7 +89,7 @@ class SweepReporter:
     per diverged member, and per member a TensorBoard run (``progress.MetricsLog`` without a file: its rows are the
     checkpoint's history, written once a checkpoint holds them)."""
 
-    def __init__(self, plan: Plan, workdir: Path, history: list, resumed_step: int | None, log):
+    def __init__(self, plan, workdir: Path, history: list, resumed_step: int | None, log):
         self.plan, self.workdir, self.log, self.t0 = plan, workdir, log, time.perf_counter()
         warned = []
 
@@ -143,7 +140,7 @@ class SweepReporter:
                  f"losses show as null) and the other members go on")
 
 
-def member_run(plan: Plan, k: int) -> str:
+def member_run(plan, k: int) -> str:
     """Member ``k``'s folder under ``tensorboard/``: its index, setting and seed (``member-003_train.learning_rate=
     0.05_seed1338``), so TensorBoard's run list reads like the table."""
     setting = plan.labels[k // plan.seeds]
@@ -165,7 +162,7 @@ def scaling_points(rows: list | None) -> dict | None:
             "best": np.array([r["best"] for r in points])}
 
 
-def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None,
+def plot_sweep(plan, history: list, path: Path, rows: list | None = None,
                fit: dict | None = None) -> Path | None:
     """``sweep.png`` (``sweep_figure``), or None without matplotlib."""
     try:
@@ -176,7 +173,7 @@ def plot_sweep(plan: Plan, history: list, path: Path, rows: list | None = None,
     return path
 
 
-def sweep_figure(plan: Plan, history: list, rows: list | None = None, fit: dict | None = None):
+def sweep_figure(plan, history: list, rows: list | None = None, fit: dict | None = None):
     """The figure of ``sweep.png``. Top left: val-loss estimates by step, per setting the mean over seeds with a
     min–max band (the y axis fits the curves after the first eval; the untrained start is off the scale). Top right
     (with ``rows``, the table): each setting's exact val loss, mean ± std over seeds, a thin line from min to max, the

@@ -390,7 +390,7 @@ def test_a_budget_sweep_gives_each_size_its_steps_and_names_the_best(cli_run, tm
         model = models.build(config.load(GPT_TINY, [f"model.n_embd={c}"]).model, vocab, 16)
         n = model.param_count() - (vocab + 16) * c
         chunks.append(int(np.floor(budget / ((6 * n + 6 * 2 * 16 * c) * 8 * 16 * 10) + 0.5)))
-    assert 1 <= min(chunks) and max(chunks) <= 3 and chunks[0] != chunks[1]
+    assert min(chunks) >= 1 and max(chunks) <= 3 and chunks[0] != chunks[1]
     argv = ["sweep", "--config", GPT_TINY, "--workdir", tmp_path / "w", "--budget", "6.5e7",
             *[a for s in BUDGET_SHAPES for a in ("--set", s)]]
     proc = cli_run(*argv)
