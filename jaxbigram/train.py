@@ -46,6 +46,13 @@ def create_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.T
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32, as after a restore: one compile
 
 
+@partial(jax.jit, static_argnums=(1, 2))
+def fresh_train_state(key: jax.Array, model, cfg: TrainConfig) -> train_state.TrainState:
+    """``create_train_state`` as one compiled program, traced once per model and config: a run's start builds its
+    state (parameters, AdamW's moments, the step) in one XLA call, not one small compile per leaf."""
+    return create_train_state(key, model, cfg)
+
+
 def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array, dropout_key=None, loss_fn=None,
                grad_accum: int = 1, sharding=None):
     """One AdamW step on batch (x, y) → (new state, mean cross-entropy before the step). Dropout (where the model
@@ -400,7 +407,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fre
     out, err = out or sys.stdout, err or sys.stderr
     log = partial(print, file=err, flush=True)
     run, tcfg = prepare(cfg, corpus, log), cfg.train
-    abstract = run.dp.abstract(lambda: create_train_state(run.keys["init"], run.model, tcfg))
+    abstract = run.dp.abstract(lambda: fresh_train_state(run.keys["init"], run.model, tcfg))
     resumed = None if fresh or store is None or not store.steps() else runs.resume(store, abstract, run.meta, log,
                                                                                    newest=saved)
     start = 0 if resumed is None else int(resumed[1].step)
@@ -421,7 +428,7 @@ def fit(cfg: Config, corpus: data_lib.Corpus, store: Store | None = None, *, fre
                     f"its exact losses")
                 return FitResult(state=state, history=history, report=None)
         else:  # a new run: only now allocate the (possibly V×V×3) state
-            state = run.dp.replicate(create_train_state(run.keys["init"], run.model, tcfg))
+            state = run.dp.replicate(fresh_train_state(run.keys["init"], run.model, tcfg))
         if reporter is None:
             lr = jax.jit(learning_rate_schedule(tcfg))
             reporter = progress.Reporter(start_step=start, total_steps=tcfg.steps, resumed=resumed is not None,

@@ -21,7 +21,7 @@ from jaxbigram.errors import UsageError
 from jaxbigram.models.bigram import logits_table
 from jaxbigram.parallel import DataParallel, select_devices
 from jaxbigram.train import fit
-from conftest import REPO_ROOT as ROOT, store_params
+from conftest import REPO_ROOT as ROOT, SUITE_OPT_LEVEL, store_params
 DEVICE_COUNTS = (1, 2, 4, 8)  # as in parallel_worker.py
 STEPS, HALF = 40, 20
 CONFIG = f"""
@@ -43,7 +43,7 @@ keep = 2
 
 def _env(devices: int = 1) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {SUITE_OPT_LEVEL}"
     return env
 
 
